@@ -1,0 +1,366 @@
+"""A model as a DAG of primitive ops, the common language of every abstract domain.
+
+``to_graph(model)`` traces a PyTorch module with ``torch.fx`` and maps each call to one primitive op:
+
+=================  ==========================================================================
+op                 from
+=================  ==========================================================================
+Linear             nn.Linear
+Conv2d             nn.Conv2d
+ConvTranspose2d    nn.ConvTranspose2d
+ChannelAffine      certkit.nn.Normalize, nn.BatchNorm1d/2d in eval mode (per-channel y = s·x + t)
+Flatten            nn.Flatten, torch.flatten, x.flatten(1), x.view(B, -1), x.reshape(B, -1)
+ReLU/Sigmoid/Tanh  the modules and their functional forms
+AvgPool2d          nn.AvgPool2d
+MaxPool2d          nn.MaxPool2d
+Add                ``a + b`` of two traced tensors (residual connections)
+=================  ==========================================================================
+
+Ops read their parameters from the live modules at call time, so a graph stays valid while the model
+trains, and ``torch.func.functional_call`` can swap the weights (as the Bayesian methods do). Anything
+else raises :class:`UnsupportedOpError` naming the module or function: an unknown op is never treated
+as the identity.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from certkit.nn import Normalize
+
+
+class UnsupportedOpError(TypeError):
+    """A module or function that certkit cannot bound."""
+
+
+# -------------------------------------------------------------------------------------------- ops
+class Op:
+    """A primitive op. ``forward`` is the concrete semantics that every abstract domain over-approximates."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+class AffineOp(Op):
+    """``y = A(x) + b`` for a linear map A with weight ``W``; ``apply(x, W', b')`` evaluates the same
+    structure with another weight (``|W|`` for interval radii, ``W²`` for row norms)."""
+
+    module: nn.Module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.module.bias
+
+    def apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.weight, self.bias)
+
+
+@dataclass(repr=False)
+class Linear(AffineOp):
+    module: nn.Linear
+
+    def apply(self, x, weight, bias):
+        return F.linear(x, weight, bias)
+
+
+@dataclass(repr=False)
+class Conv2d(AffineOp):
+    module: nn.Conv2d
+
+    def apply(self, x, weight, bias):
+        m = self.module
+        if m.padding_mode != "zeros":
+            raise UnsupportedOpError(f"Conv2d with padding_mode={m.padding_mode!r} (only 'zeros')")
+        return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+@dataclass(repr=False)
+class ConvTranspose2d(AffineOp):
+    module: nn.ConvTranspose2d
+
+    def apply(self, x, weight, bias):
+        m = self.module
+        return F.conv_transpose2d(x, weight, bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+
+
+@dataclass(repr=False)
+class ChannelAffine(AffineOp):
+    """Per-channel ``y = s·x + t`` (channel axis 1): Normalize, or BatchNorm with its running statistics."""
+
+    module: nn.Module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.scale_shift()[0]
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.scale_shift()[1]
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.module
+        if isinstance(m, Normalize):
+            return m.channel_affine()
+        if m.training:
+            raise UnsupportedOpError(
+                f"{type(m).__name__} in training mode uses batch statistics and cannot be bounded"
+                " per input: call model.eval() first"
+            )
+        if m.running_mean is None:
+            raise UnsupportedOpError(f"{type(m).__name__} without running statistics (track_running_stats=False)")
+        scale = torch.rsqrt(m.running_var + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight
+        shift = -m.running_mean * scale
+        if m.bias is not None:
+            shift = shift + m.bias
+        return scale, shift
+
+    def apply(self, x, weight, bias):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        y = x * weight.view(shape)
+        return y if bias is None else y + bias.view(shape)
+
+
+@dataclass(repr=False)
+class Flatten(Op):
+    start_dim: int = 1
+
+    def forward(self, x):
+        return torch.flatten(x, self.start_dim)
+
+
+@dataclass(repr=False)
+class Activation(Op):
+    """A monotone elementwise nonlinearity."""
+
+    fn: object = None
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class ReLU(Activation):
+    def __init__(self):
+        super().__init__(torch.relu)
+
+
+class Sigmoid(Activation):
+    def __init__(self):
+        super().__init__(torch.sigmoid)
+
+
+class Tanh(Activation):
+    def __init__(self):
+        super().__init__(torch.tanh)
+
+
+@dataclass(repr=False)
+class AvgPool2d(Op):
+    module: nn.AvgPool2d
+
+    def forward(self, x):
+        return self.module(x)
+
+
+@dataclass(repr=False)
+class MaxPool2d(Op):
+    module: nn.MaxPool2d
+
+    def forward(self, x):
+        if self.module.return_indices:
+            raise UnsupportedOpError("MaxPool2d(return_indices=True)")
+        return self.module(x)
+
+
+class Add(Op):
+    def forward(self, a, b):
+        return a + b
+
+
+class Input(Op):
+    def forward(self, x):
+        return x
+
+
+OP_TYPES: tuple[type[Op], ...] = (
+    Input, Linear, Conv2d, ConvTranspose2d, ChannelAffine, Flatten, ReLU, Sigmoid, Tanh, AvgPool2d, MaxPool2d, Add,
+)
+
+
+# ------------------------------------------------------------------------------------------ graph
+@dataclass
+class Node:
+    op: Op
+    inputs: tuple[int, ...]
+    name: str
+
+
+@dataclass
+class Graph:
+    """Nodes in topological order; node 0 is the input, ``output`` the index of the result."""
+
+    nodes: list[Node]
+    output: int
+    users: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.users = [[] for _ in self.nodes]
+        for i, n in enumerate(self.nodes):
+            for j in n.inputs:
+                self.users[j].append(i)
+
+    def forward(self, x: torch.Tensor, return_all: bool = False):
+        """Concrete evaluation (equals the model's forward); with return_all, every node's value."""
+        vals: list[torch.Tensor] = []
+        for n in self.nodes:
+            vals.append(x if isinstance(n.op, Input) else n.op.forward(*(vals[j] for j in n.inputs)))
+        return vals if return_all else vals[self.output]
+
+    def __repr__(self) -> str:
+        lines = [f"{i:3d} {n.name:30s} {n.op!r:18s} <- {list(n.inputs)}" for i, n in enumerate(self.nodes)]
+        return "Graph(\n" + "\n".join(lines) + f"\n  output={self.output})"
+
+
+_MODULE_OPS = {
+    nn.Linear: Linear,
+    nn.Conv2d: Conv2d,
+    nn.ConvTranspose2d: ConvTranspose2d,
+    Normalize: ChannelAffine,
+    nn.BatchNorm1d: ChannelAffine,
+    nn.BatchNorm2d: ChannelAffine,
+    nn.ReLU: lambda m: ReLU(),
+    nn.Sigmoid: lambda m: Sigmoid(),
+    nn.Tanh: lambda m: Tanh(),
+    nn.AvgPool2d: AvgPool2d,
+    nn.MaxPool2d: MaxPool2d,
+    nn.Flatten: lambda m: Flatten(m.start_dim) if m.end_dim == -1 else None,
+}
+_IDENTITY_MODULES = (nn.Identity,)
+_FUNCTION_OPS = {
+    torch.relu: ReLU, F.relu: ReLU, torch.sigmoid: Sigmoid, torch.tanh: Tanh, F.sigmoid: Sigmoid, F.tanh: Tanh,
+}
+_METHOD_OPS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, Normalize) or super().is_leaf_module(m, qualname)
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def to_graph(model: nn.Module | Graph) -> Graph:
+    """Trace ``model`` into a :class:`Graph` (cached per model object)."""
+    if isinstance(model, Graph):
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    if model in _CACHE:
+        return _CACHE[model]
+    try:
+        fx_graph = _Tracer().trace(model)
+    except Exception as e:  # fx cannot trace data-dependent control flow etc.
+        raise UnsupportedOpError(f"cannot trace {type(model).__name__} with torch.fx: {e}") from e
+    graph = _convert(model, fx_graph)
+    _CACHE[model] = graph
+    return graph
+
+
+def _flatten_args(n: torch.fx.Node) -> int | None:
+    """start_dim if a view/reshape/flatten call flattens everything after the batch axis, else None."""
+    if n.target == "flatten" or n.target is torch.flatten:
+        start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+        end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+        return start if end == -1 and start >= 1 else None
+    shape = n.args[1:]
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    if len(shape) == 2 and shape[1] == -1:
+        first = shape[0]
+        if isinstance(first, torch.fx.Node) and first.op == "call_method" and first.target == "size":
+            return 1 if (first.args[1:] or first.kwargs.get("dim")) in ((0,), 0) else None
+        if isinstance(first, torch.fx.Node) and first.op == "call_function" and first.target is operator.getitem:
+            return 1 if first.args[1] == 0 else None
+    return None
+
+
+def _convert(model: nn.Module, fx_graph: torch.fx.Graph) -> Graph:
+    modules = dict(model.named_modules())
+    nodes: list[Node] = []
+    index: dict[torch.fx.Node, int] = {}  # fx node -> our node (tensor values only)
+    shape_nodes: set[torch.fx.Node] = set()  # x.size(...) / x.shape helpers
+    output = None
+
+    def src(a, where: str) -> int:
+        if isinstance(a, torch.fx.Node) and a in index:
+            return index[a]
+        raise UnsupportedOpError(f"{where}: argument {a!r} is not a traced tensor (constants are not supported)")
+
+    def add(op: Op, inputs: tuple[int, ...], name: str, fx_node: torch.fx.Node) -> None:
+        nodes.append(Node(op, inputs, name))
+        index[fx_node] = len(nodes) - 1
+
+    for n in fx_graph.nodes:
+        if n.op == "placeholder":
+            if nodes:
+                raise UnsupportedOpError("models with more than one input are not supported")
+            add(Input(), (), n.name, n)
+        elif n.op == "call_module":
+            m = modules[n.target]
+            if isinstance(m, _IDENTITY_MODULES) or (isinstance(m, nn.Dropout) and not m.training):
+                index[n] = src(n.args[0], n.target)
+                continue
+            factory = next((f for t, f in _MODULE_OPS.items() if type(m) is t), None)
+            op = factory(m) if factory else None
+            if op is None:
+                raise UnsupportedOpError(
+                    f"unsupported module '{n.target}' ({type(m).__name__}); supported: "
+                    + ", ".join(t.__name__ for t in _MODULE_OPS)
+                )
+            add(op, (src(n.args[0], n.target),), n.target, n)
+        elif n.op in ("call_function", "call_method"):
+            t = n.target
+            if n.op == "call_method" and t == "size" or (t is getattr and n.args[1] == "shape"):
+                shape_nodes.add(n)
+            elif t is operator.getitem and n.args[0] in shape_nodes:
+                shape_nodes.add(n)
+            elif t in (operator.add, torch.add, "add", operator.iadd) and len(n.args) == 2 and not n.kwargs:
+                add(Add(), (src(n.args[0], str(t)), src(n.args[1], str(t))), n.name, n)
+            elif (n.op == "call_function" and t in _FUNCTION_OPS) or (n.op == "call_method" and t in _METHOD_OPS):
+                cls = _FUNCTION_OPS[t] if n.op == "call_function" else _METHOD_OPS[t]
+                add(cls(), (src(n.args[0], str(t)),), n.name, n)
+            elif t in ("flatten", "view", "reshape", torch.flatten, torch.reshape):
+                start = _flatten_args(n)
+                if start is None:
+                    raise UnsupportedOpError(f"{n.name}: only flattening reshapes (x.view(B, -1)) are supported")
+                add(Flatten(start), (src(n.args[0], n.name),), n.name, n)
+            else:
+                name = getattr(t, "__name__", str(t))
+                raise UnsupportedOpError(f"unsupported operation '{name}' at {n.name}")
+        elif n.op == "get_attr":
+            raise UnsupportedOpError(f"unsupported use of a parameter or buffer as a value: {n.target}")
+        elif n.op == "output":
+            if not isinstance(n.args[0], torch.fx.Node):
+                raise UnsupportedOpError("models must return a single tensor")
+            output = src(n.args[0], "output")
+    assert output is not None
+    return Graph(nodes, output)

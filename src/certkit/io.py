@@ -1,0 +1,156 @@
+"""Checkpoints, configs and result files.
+
+A model checkpoint is one ``.safetensors`` file: the weights, and in its header a JSON document with the
+architecture (name, input shape, classes, normalisation), the config, metrics and the certkit version. Loading
+rebuilds the architecture from :mod:`certkit.models` and never executes code from the file.
+
+Results are JSON lines appended one row at a time and flushed; :class:`ResultsWriter` reads what a killed run
+already wrote (dropping a torn last line) so that the run resumes without losing or duplicating a row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import certkit
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or not a certkit model."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, arch: dict[str, Any], **meta: Any) -> Path:
+    """Write ``model``'s weights and metadata (``arch`` = {name, in_shape, num_classes, mean, std, kwargs})."""
+    path = Path(path)
+    header = {"certkit_version": certkit.__version__, "arch": arch, **meta}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"certkit": json.dumps(header)}))
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a certkit checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or n > 100_000_000:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        return json.loads(header["__metadata__"]["certkit"])
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not a certkit safetensors checkpoint or is corrupt ({e})") from e
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored at ``path``; returns (model in eval mode, metadata)."""
+    from certkit.models import build
+
+    meta = read_metadata(path)
+    arch = meta.get("arch") or {}
+    try:
+        model = build(arch["name"], arch["in_shape"], arch["num_classes"], arch.get("mean"), arch.get("std"),
+                      **arch.get("kwargs", {}))
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the architecture from its metadata ({e})") from e
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated ({e})") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit architecture {arch['name']!r} ({e})") from e
+    return model.to(device).eval(), meta
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML ({e})") from e
+
+
+class ResultsWriter:
+    """Append-only JSON-lines results keyed by ``key`` (e.g. the test-set index).
+
+    ``done`` holds the keys already written; rows with those keys are skipped on resume. A torn last line (a
+    kill in mid-write) is removed on open.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str = "idx", header: dict[str, Any] | None = None):
+        self.path, self.key = Path(path), key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():
+            good = []
+            text = self.path.read_text()
+            for line in text.splitlines(keepends=True):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # torn tail: keep everything before it
+                if not line.endswith("\n"):
+                    break
+                good.append(line)
+                self.rows.append(row)
+            if len("".join(good)) != len(text):
+                self.path.write_text("".join(good))
+        self.done = {r[key] for r in self.rows if key in r}
+        self.header = header
+        if header is not None and not self.rows:
+            self._write([{"_header": True, **header}])
+
+    def _write(self, rows: Iterable[dict[str, Any]]) -> None:
+        with open(self.path, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        new = [r for r in rows if r[self.key] not in self.done]
+        self._write(new)
+        self.rows += new
+        self.done.update(r[self.key] for r in new)
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if not r.get("_header")]
+
+
+__all__ = ["CheckpointError", "ResultsWriter", "load_config", "load_model", "read_metadata", "save_model"]

@@ -1,0 +1,165 @@
+"""The papers' architectures by name: ``build(name, in_shape, num_classes, mean, std, **kw)``.
+
+Every model starts with a :class:`~certkit.nn.Normalize` layer (the data set's statistics), so inputs and
+radii are in pixel space. Checkpoints record the name and arguments, so a model is rebuilt without pickles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from certkit.nn import Normalize, Residual
+
+REGISTRY: dict[str, Callable[..., nn.Sequential]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def _flat_dim(features: nn.Module, in_shape: Sequence[int]) -> int:
+    with torch.no_grad():
+        return features(torch.zeros(1, *in_shape)).flatten(1).shape[1]
+
+
+def _conv_net(in_shape, num_classes, convs, fcs, pool: bool = False) -> list[nn.Module]:
+    """conv (channels, kernel, stride, padding) layers with ReLU, then fc layers with ReLU, then the classifier."""
+    layers: list[nn.Module] = []
+    c = in_shape[0]
+    for out, k, s, p in convs:
+        layers += [nn.Conv2d(c, out, k, s, p), nn.ReLU()]
+        c = out
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    layers.append(nn.Flatten())
+    n = _flat_dim(nn.Sequential(*layers), in_shape)
+    for width in fcs:
+        layers += [nn.Linear(n, width), nn.ReLU()]
+        n = width
+    layers.append(nn.Linear(n, num_classes))
+    return layers
+
+
+@register("mlp")
+def mlp(in_shape, num_classes, hidden: Sequence[int] = (512,)):
+    """Fully connected ReLU net; the default 784-512-10 is the BNN paper's MNIST MLP."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    n = math.prod(in_shape)
+    for h in hidden:
+        layers += [nn.Linear(n, h), nn.ReLU()]
+        n = h
+    layers.append(nn.Linear(n, num_classes))
+    return layers
+
+
+@register("colt-mnist")
+def colt_mnist(in_shape, num_classes):
+    """COLT's MNIST ConvMed: conv 32 k5 s2, conv 64 k4 s2, fc 100, fc 10 (loads the released ε=0.1 weights)."""
+    return _conv_net(in_shape, num_classes, [(32, 5, 2, 2), (64, 4, 2, 1)], [100])
+
+
+@register("colt-cifar-small")
+def colt_cifar_small(in_shape, num_classes):
+    """COLT's CIFAR-10 2/255 net: conv 32 k3 s1, conv 32 k4 s2, conv 128 k4 s2, fc 250."""
+    return _conv_net(in_shape, num_classes, [(32, 3, 1, 1), (32, 4, 2, 1), (128, 4, 2, 1)], [250])
+
+
+@register("colt-cifar-large")
+def colt_cifar_large(in_shape, num_classes):
+    """COLT's CIFAR-10 8/255 net: conv 32 k5 s2, conv 128 k4 s2, fc 250."""
+    return _conv_net(in_shape, num_classes, [(32, 5, 2, 2), (128, 4, 2, 1)], [250])
+
+
+@register("bnn-cnn")
+def bnn_cnn(in_shape, num_classes):
+    """The BNN paper's CNN: 2× conv 32 k4, max-pool 2, fc 512, fc 10."""
+    return _conv_net(in_shape, num_classes, [(32, 4, 1, 0), (32, 4, 1, 0)], [512], pool=True)
+
+
+@register("stn-mnist")
+def stn_mnist(in_shape, num_classes):
+    """STN's MNIST net (Li et al. 2019): 2× conv 64 k3 with max-pool, fc 128."""
+    c = in_shape[0]
+    layers = [nn.Conv2d(c, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(),
+              nn.MaxPool2d(2), nn.Flatten()]
+    n = _flat_dim(nn.Sequential(*layers), in_shape)
+    return layers + [nn.Linear(n, 128), nn.ReLU(), nn.Linear(128, num_classes)]
+
+
+@register("lenet")
+def lenet(in_shape, num_classes):
+    """LeNet (Caffe variant, used for MNIST in the smoothing literature): conv 20 k5, pool, conv 50 k5, pool, fc 500."""
+    c = in_shape[0]
+    layers = [nn.Conv2d(c, 20, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
+              nn.Flatten()]
+    n = _flat_dim(nn.Sequential(*layers), in_shape)
+    return layers + [nn.Linear(n, 500), nn.ReLU(), nn.Linear(500, num_classes)]
+
+
+def _basic_block(c_in: int, c_out: int, stride: int) -> nn.Module:
+    body = nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+    )
+    shortcut = None
+    if stride != 1 or c_in != c_out:
+        shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+    return nn.Sequential(Residual(body, shortcut), nn.ReLU())
+
+
+def _cifar_resnet(in_shape, num_classes, depth: int):
+    """He et al.'s CIFAR ResNet-(6n+2) with basic blocks (Cohen et al. use ResNet-110 for smoothing)."""
+    if (depth - 2) % 6:
+        raise ValueError("CIFAR ResNet depth must be 6n+2")
+    n = (depth - 2) // 6
+    layers: list[nn.Module] = [nn.Conv2d(in_shape[0], 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    c = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for i in range(n):
+            layers.append(_basic_block(c, width, 2 if (stage > 0 and i == 0) else 1))
+            c = width
+    size = in_shape[1] // 4
+    return layers + [nn.AvgPool2d(size), nn.Flatten(), nn.Linear(c, num_classes)]
+
+
+@register("resnet20")
+def resnet20(in_shape, num_classes):
+    return _cifar_resnet(in_shape, num_classes, 20)
+
+
+@register("resnet110")
+def resnet110(in_shape, num_classes):
+    return _cifar_resnet(in_shape, num_classes, 110)
+
+
+@register("small-conv")
+def small_conv(in_shape, num_classes):
+    """A small conv net for the 8×8 digits demo: conv 16 k3 s1, conv 32 k3 s2, fc 64."""
+    return _conv_net(in_shape, num_classes, [(16, 3, 1, 1), (32, 3, 2, 1)], [64])
+
+
+def build(
+    name: str,
+    in_shape: Sequence[int],
+    num_classes: int = 10,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **kwargs,
+) -> nn.Sequential:
+    """Build architecture ``name`` for inputs of shape ``in_shape`` (C, H, W), with Normalize(mean, std) first."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown architecture {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    c = in_shape[0]
+    norm = Normalize(mean if mean is not None else [0.0] * c, std if std is not None else [1.0] * c)
+    return nn.Sequential(norm, *REGISTRY[name](tuple(in_shape), num_classes, **kwargs))
+
+
+__all__ = ["REGISTRY", "build", "register"]

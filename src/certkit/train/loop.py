@@ -1,0 +1,232 @@
+"""One training loop for every objective: epochs, lr schedule, evaluation and checkpoint each epoch, resume.
+
+A run directory holds ``model.safetensors`` (the latest weights with metadata), ``train_state.pt`` (weights,
+optimizer and RNG state; loads with ``weights_only=True``) and ``history.jsonl`` (one row per epoch). A killed
+run restarts from the last completed epoch with the same result as an uninterrupted one (batch order is a
+function of seed and epoch; the RNG state is restored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from certkit import graph as g
+from certkit.data import Dataset, load_dataset
+from certkit.io import ResultsWriter, save_model
+from certkit.models import build
+from certkit.train.objectives import IBPTraining, Objective, PGDTraining, Standard
+from certkit.train.schedules import Ramp
+from certkit.verify import certify
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the TOML config's sections are flattened into these fields)."""
+
+    name: str = "run"
+    data: str = "mnist"
+    data_dir: str | None = None
+    train_n: int | None = None  # use only the first n training images (quick runs)
+    arch: str = "colt-mnist"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    objective: str = "ibp"  # standard | pgd | ibp
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_milestones: list[float] = field(default_factory=list)  # epochs at which lr *= lr_gamma
+    lr_gamma: float = 0.1
+    eps: float = 0.1  # training radius (final value of the ramp)
+    norm: str = "inf"
+    warmup_epochs: float = 0.0  # epochs at eps = 0 (and kappa = kappa_start)
+    ramp_epochs: float = 0.0  # epochs over which eps and kappa go linearly to their final values
+    kappa_start: float = 1.0
+    kappa_end: float = 0.5
+    pgd_steps: int = 10
+    l1: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    eval_eps: float = 0.1
+    eval_n: int = 1000  # test images evaluated (clean and IBP-certified) after every epoch
+    device: str = "cpu"
+
+    _SECTIONS = {
+        "data": {"dataset": "data", "dir": "data_dir", "train_n": "train_n"},
+        "model": {"arch": "arch", "kwargs": "arch_kwargs"},
+        "eval": {"eps": "eval_eps", "n": "eval_n"},
+    }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Read a TOML-style dict with optional [data], [model], [train] and [eval] sections."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        flat: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in cls._SECTIONS and isinstance(value, dict):
+                for k, v in value.items():
+                    if k not in cls._SECTIONS[key]:
+                        raise ValueError(f"unknown key '{key}.{k}' in config")
+                    flat[cls._SECTIONS[key][k]] = v
+            elif key == "train" and isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        unknown = set(flat) - known
+        if unknown:
+            raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        cfg = cls(**flat)
+        if cfg.objective not in ("standard", "pgd", "ibp"):
+            raise ValueError(f"unknown objective {cfg.objective!r}; use standard, pgd or ibp")
+        if cfg.eps < 0 or cfg.eval_eps < 0:
+            raise ValueError("eps must be non-negative")
+        if cfg.epochs <= 0 or cfg.batch_size <= 0:
+            raise ValueError("epochs and batch_size must be positive")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_objective(cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> Objective:
+    begin, length = round(cfg.warmup_epochs * steps_per_epoch), round(cfg.ramp_epochs * steps_per_epoch)
+    eps = Ramp(0.0, cfg.eps, begin, length)
+    if cfg.objective == "standard":
+        return Standard()
+    if cfg.objective == "pgd":
+        return PGDTraining(eps, cfg.norm, cfg.pgd_steps)
+    return IBPTraining(eps, Ramp(cfg.kappa_start, cfg.kappa_end, begin, length), num_classes, cfg.norm)
+
+
+def lr_at(cfg: TrainConfig, epoch_float: float) -> float:
+    return cfg.lr * cfg.lr_gamma ** sum(epoch_float >= m for m in cfg.lr_milestones)
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over the weights of the affine layers (not biases, not normalisation)."""
+    graph = g.to_graph(model)
+    ws = [n.op.weight for n in graph.nodes if isinstance(n.op, g.AffineOp) and not isinstance(n.op, g.ChannelAffine)]
+    return sum(w.abs().sum() for w in ws)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, eps: float, norm: str = "inf", batch_size: int = 500,
+             method: str = "ibp") -> dict[str, float]:
+    """Clean and certified accuracy of ``model`` on ``data``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = certified = 0
+    for i in range(0, len(data), batch_size):
+        x, y = data.x[i:i + batch_size].to(device), data.y[i:i + batch_size].to(device)
+        c = certify(model, x, y, eps, method, norm)
+        correct += c.correct.sum().item()
+        certified += c.certified.sum().item()
+    model.train(was_training)
+    return {"clean_acc": correct / len(data), "cert_acc": certified / len(data)}
+
+
+def _arch_meta(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
+    return {"name": cfg.arch, "in_shape": list(data.shape), "num_classes": data.num_classes,
+            "mean": list(data.mean), "std": list(data.std), "kwargs": cfg.arch_kwargs}
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
+          train_set: Dataset | None = None, test_set: Dataset | None = None,
+          log: bool = True) -> tuple[nn.Module, list[dict]]:
+    """Run (or resume) the training described by ``cfg`` in ``out_dir``; returns (model, history rows).
+
+    ``progress`` shows a bar per epoch; ``log`` prints one line per epoch."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    train_set = train_set or load_dataset(cfg.data, "train", cfg.data_dir)
+    test_set = test_set or load_dataset(cfg.data, "test", cfg.data_dir)
+    if cfg.train_n:
+        train_set = train_set.subset(0, cfg.train_n)
+    torch.manual_seed(cfg.seed)
+    model = build(cfg.arch, train_set.shape, train_set.num_classes, train_set.mean, train_set.std,
+                  **cfg.arch_kwargs).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adam or sgd")
+
+    state_path = out / "train_state.pt"
+    start_epoch = 0
+    if resume and state_path.exists():
+        state = torch.load(state_path, weights_only=True, map_location=device)
+        if json.loads(state["config"]) != json.loads(json.dumps(cfg.to_dict())):
+            raise ValueError(f"{out} holds a run with a different config; choose another output directory")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+    history = ResultsWriter(out / "history.jsonl", key="epoch")
+
+    n = len(train_set)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    objective = make_objective(cfg, steps_per_epoch, train_set.num_classes)
+    eval_set = test_set.subset(0, cfg.eval_n)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        model.train()
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        sums: dict[str, float] = {}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   leave=False)
+        for b in bar:
+            step = epoch * steps_per_epoch + b
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step / steps_per_epoch)
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x, y = train_set.x[idx].to(device), train_set.y[idx].to(device)
+            loss, metrics = objective(model, x, y, step)
+            if cfg.l1 > 0:
+                loss = loss + cfg.l1 * l1_penalty(model)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {b}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if b % 20 == 0:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()})
+        train_time = time.time() - t0
+        ev = evaluate(model, eval_set, cfg.eval_eps, cfg.norm)
+        row = {"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
+               "lr": lr_at(cfg, epoch), f"test_clean_acc@{cfg.eval_n}": ev["clean_acc"],
+               f"test_ibp_acc@{cfg.eval_eps}": ev["cert_acc"], "train_time_s": round(train_time, 1),
+               "time_s": round(time.time() - t0, 1)}
+        history.write([row])
+        save_model(out / "model.safetensors", model.cpu(), _arch_meta(cfg, train_set), config=cfg.to_dict(),
+                   epoch=epoch + 1, metrics=row)
+        model.to(device)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "rng": torch.get_rng_state(), "config": json.dumps(cfg.to_dict())}, tmp)
+        os.replace(tmp, state_path)
+        if log:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"),
+                flush=True)
+    model.eval()
+    return model, history.results

@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, int(os.environ.get("CERTKIT_TEST_THREADS", "2"))))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def data_dir() -> Path | None:
+    """The real-data folder: $CERTKIT_DATA (CI points it at ../shared/data)."""
+    d = os.environ.get("CERTKIT_DATA")
+    return Path(d) if d else None
+
+
+@pytest.fixture
+def mnist_dir():
+    d = data_dir()
+    if d is None or not (d / "mnist").is_dir():
+        pytest.skip("real MNIST not available: set CERTKIT_DATA to a folder holding mnist/ (CI uses ../shared/data)")
+    return d
+
+
+@pytest.fixture
+def shared():
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} (the shared reference files) is not present")
+    return SHARED
+
+
+def assert_contained(lower, upper, values, tol=1e-5):
+    """Every sampled value lies inside [lower, upper] (up to float tolerance)."""
+    scale = 1 + values.abs()
+    assert (values >= lower - tol * scale).all(), f"below lower bound by {(lower - values).max().item()}"
+    assert (values <= upper + tol * scale).all(), f"above upper bound by {(values - upper).max().item()}"

@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from certkit.cli import main
+
+CONFIG = """
+name = "tiny"
+[data]
+dataset = "digits"
+train_n = 256
+[model]
+arch = "small-conv"
+[train]
+objective = "ibp"
+epochs = 2
+batch_size = 128
+eps = 0.05
+ramp_epochs = 1
+[eval]
+eps = 0.05
+n = 50
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "tiny.toml").write_text(CONFIG)
+    assert main(["train", "--config", str(d / "tiny.toml"), "--out", str(d / "run"), "--quiet"]) == 0
+    return d
+
+
+def test_train_then_certify_and_resume(trained, capsys):
+    ckpt = trained / "run" / "model.safetensors"
+    out = trained / "cert.jsonl"
+    args = ["certify", "--checkpoint", str(ckpt), "--data", "digits", "--eps", "0", "0.05", "--n", "40",
+            "--pgd-steps", "5", "--out", str(out), "--plot", str(trained / "p.png"), "--quiet"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "certified" in text and "pgd" in text
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["_header"] and len(rows) == 81
+    assert (trained / "p.png").stat().st_size > 1000
+    assert main(args) == 0  # a rerun resumes: nothing is written twice
+    assert len(out.read_text().splitlines()) == 81
+    assert main(["attack", "--checkpoint", str(ckpt), "--data", "digits", "--eps", "0.05", "--n", "20",
+                 "--steps", "5"]) == 0
+
+
+def test_bad_input_gives_clear_errors(trained, tmp_path, capsys):
+    ckpt = str(trained / "run" / "model.safetensors")
+    with pytest.raises(SystemExit):
+        main(["certify", "--checkpoint", ckpt, "--data", "digits", "--eps", "-0.1"])
+    assert main(["certify", "--checkpoint", str(tmp_path / "nope.safetensors"), "--eps", "0.1"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage" * 10)
+    assert main(["certify", "--checkpoint", str(bad), "--eps", "0.1"]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["certify", "--checkpoint", ckpt, "--data", "mnist", "--data-dir", str(tmp_path), "--eps", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "missing file" in err or "shape" in err
+    (tmp_path / "bad.toml").write_text("[train]\nepocs = 3\n")
+    assert main(["train", "--config", str(tmp_path / "bad.toml")]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+
+
+def test_console_script_exists():
+    r = subprocess.run([sys.executable, "-m", "certkit.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "certkit" in r.stdout

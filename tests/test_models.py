@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from certkit import LinfBall, interval_bounds, to_graph
+from certkit.data import load_dataset
+from certkit.models import REGISTRY, build
+from certkit.verify import certify
+
+SHAPES = {"mlp": (1, 28, 28), "colt-mnist": (1, 28, 28), "stn-mnist": (1, 28, 28), "lenet": (1, 28, 28),
+          "small-conv": (1, 8, 8)}
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_zoo_models_build_and_bound(name):
+    shape = SHAPES.get(name, (3, 32, 32))
+    torch.manual_seed(0)
+    m = build(name, shape, 10, [0.5] * shape[0], [0.25] * shape[0]).eval()
+    x = torch.rand(2, *shape)
+    g = to_graph(m)
+    assert torch.allclose(g.forward(x), m(x), atol=1e-5)
+    b = interval_bounds(m, LinfBall(x, 0.001))
+    out = m(x)
+    # IBP through 110 randomly initialised layers overflows; bounds that are finite must contain the output
+    assert ((b.lower <= out + 1e-5) | b.lower.isnan()).all() and ((b.upper >= out - 1e-5) | b.upper.isnan()).all()
+    if name != "resnet110":
+        assert torch.isfinite(b.lower).all()
+    c = certify(m, x, out.argmax(1), 0.001)
+    assert c.correct.all() and not c.margin_lower.isnan().any()
+
+
+def test_architecture_sizes():
+    m = build("colt-mnist", (1, 28, 28))
+    assert [tuple(p.shape) for p in m.parameters()][::2] == [(32, 1, 5, 5), (64, 32, 4, 4), (100, 3136), (10, 100)]
+    assert sum(p.numel() for p in build("mlp", (1, 28, 28)).parameters()) == 784 * 512 + 512 + 5130
+    with pytest.raises(KeyError, match="unknown architecture"):
+        build("vgg", (3, 32, 32))
+
+
+def test_colt_released_network(shared, mnist_dir):
+    """COLT's released MNIST eps=0.1 net loads into our ConvMed with a Normalize layer (99.2 % clean published)."""
+    state = torch.load(shared / "models/colt/mnist_0.1_convmed_flat_2_2_100.pt", weights_only=True,
+                       map_location="cpu")
+    m = build("colt-mnist", (1, 28, 28), 10, [0.1307], [0.3081])
+    ours = [k for k in m.state_dict() if not k.startswith("0.")]
+    theirs = [k for k in state if "deepz_lambda" not in k]
+    m.load_state_dict({**{k: m.state_dict()[k] for k in ("0.mean", "0.std")},
+                       **{a: state[b] for a, b in zip(ours, theirs)}})
+    data = load_dataset("mnist", "test", mnist_dir).subset(0, 1000)
+    c = certify(m.eval(), data.x, data.y, 0.1)
+    assert c.correct.float().mean() > 0.98
+    assert c.certified.float().mean() < c.correct.float().mean()  # not IBP-trained: IBP is loose on it

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from certkit.data import load_dataset
+from certkit.io import load_model
+from certkit.train import Ramp, TrainConfig, evaluate, train
+
+
+def tiny_cfg(**kw):
+    base = dict(name="t", data="digits", arch="small-conv", objective="ibp", epochs=3, batch_size=128, lr=2e-3,
+                eps=0.05, warmup_epochs=1, ramp_epochs=1, eval_eps=0.05, eval_n=100, train_n=512)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_ramp_reaches_its_end_exactly():
+    r = Ramp(0.0, 0.3, begin=10, length=20)
+    assert r(0) == 0 and r(10) == 0 and abs(r(20) - 0.15) < 1e-12 and r(30) == 0.3 and r(1000) == 0.3
+
+
+@pytest.mark.parametrize("objective", ["standard", "pgd", "ibp"])
+def test_objectives_train_and_checkpoint(tmp_path, objective):
+    cfg = tiny_cfg(objective=objective, epochs=2, pgd_steps=3, l1=1e-5)
+    model, history = train(cfg, tmp_path, progress=False, log=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    m2, meta = load_model(tmp_path / "model.safetensors")
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(model(x), m2(x))
+    assert meta["config"]["objective"] == objective and meta["epoch"] == 2
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+    import certkit.train.loop as loop
+
+    cfg = tiny_cfg(objective="pgd", pgd_steps=2)  # PGD uses random starts: the RNG state must be restored too
+    full, _ = train(cfg, tmp_path / "a", progress=False, log=False)
+
+    calls = {"n": 0}
+    real_evaluate = loop.evaluate
+
+    def killed_in_epoch_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the run dies after training epoch 3, before its checkpoint
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(loop, "evaluate", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", progress=False, log=False)
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
+    resumed, hist = train(cfg, tmp_path / "b", progress=False, log=False)
+    for p, q in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert [h["epoch"] for h in hist] == [1, 2, 3]  # no lost or duplicated rows
+
+
+def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
+    train(tiny_cfg(epochs=1), tmp_path, progress=False, log=False)
+    with pytest.raises(ValueError, match="different config"):
+        train(tiny_cfg(epochs=1, lr=1e-4), tmp_path, progress=False, log=False)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"train": {"epocs": 3}})
+    with pytest.raises(ValueError, match="unknown key 'data.set'"):
+        TrainConfig.from_dict({"data": {"set": "mnist"}})
+    with pytest.raises(ValueError, match="non-negative"):
+        TrainConfig.from_dict({"train": {"eps": -0.1}})
+    cfg = TrainConfig.from_dict({"name": "x", "data": {"dataset": "digits"}, "model": {"arch": "mlp"},
+                                 "train": {"epochs": 2}, "eval": {"eps": 0.2}})
+    assert (cfg.data, cfg.arch, cfg.epochs, cfg.eval_eps) == ("digits", "mlp", 2, 0.2)
+
+
+def test_ibp_training_makes_the_net_certifiable(tmp_path):
+    test = load_dataset("digits", "test")
+    cfg = tiny_cfg(epochs=12, train_n=None, eps=0.1, warmup_epochs=1, ramp_epochs=6, kappa_end=0.5, eval_n=50)
+    ibp_model, _ = train(cfg, tmp_path / "ibp", progress=False, log=False)
+    std_model, _ = train(tiny_cfg(epochs=12, train_n=None, objective="standard", eval_n=50), tmp_path / "std",
+                         progress=False, log=False)
+    ibp, std = evaluate(ibp_model, test, 0.05), evaluate(std_model, test, 0.05)
+    assert ibp["clean_acc"] > 0.8
+    assert ibp["cert_acc"] > 0.5 > std["cert_acc"]
