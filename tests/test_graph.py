@@ -24,7 +24,8 @@ def every_op_model():
         nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
         Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh()), nn.Conv2d(4, 4, 1)),
         nn.AvgPool2d(2), nn.ConvTranspose2d(4, 3, 2, stride=2), nn.Sigmoid(), nn.MaxPool2d(2),
-        nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 8)), nn.ReLU(), nn.Identity(), nn.Linear(8, 5),
+        nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 48), nn.Unflatten(1, (3, 4, 4)),
+                      nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 8)), nn.ReLU(), nn.Identity(), nn.Linear(8, 5),
     )
 
 
@@ -36,7 +37,7 @@ def test_every_supported_op_converts_and_matches_forward():
     g = to_graph(m)
     names = {type(n.op).__name__ for n in g.nodes}
     assert names >= {"Input", "ChannelAffine", "Conv2d", "ReLU", "Tanh", "Add", "AvgPool2d", "ConvTranspose2d",
-                     "Sigmoid", "MaxPool2d", "Flatten", "Linear"}
+                     "Sigmoid", "MaxPool2d", "Flatten", "Unflatten", "Linear"}
     x = torch.rand(3, 2, 16, 16)
     assert torch.allclose(g.forward(x), m(x), atol=1e-6)
 

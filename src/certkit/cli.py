@@ -14,7 +14,7 @@ from certkit import __version__
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu, or the config's)")
     p.add_argument("--data-dir", default=None, help="folder holding <dataset>/ (default: $CERTKIT_DATA or a cache)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
@@ -92,10 +92,9 @@ def cmd_train(args) -> int:
 
     raw = load_config(args.config)
     cfg = TrainConfig.from_dict(raw)
-    overrides = {"device": args.device, "data_dir": args.data_dir, "epochs": args.epochs}
-    for k, v in overrides.items():
-        if v is not None and (k != "device" or args.device != "cpu" or "device" not in raw.get("train", {})):
-            setattr(cfg, k, v)
+    for key in ("device", "data_dir", "epochs"):  # command-line values override the config's
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
     out = Path(args.out or Path("runs") / cfg.name)
     if args.fresh and (out / "train_state.pt").exists():
         for f in ("train_state.pt", "history.jsonl", "model.safetensors"):
@@ -168,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    if args.command != "train":
+        args.device = args.device or "cpu"
+    if (args.device or "").startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda requested but CUDA is not available", file=sys.stderr)
         return 2
     try:

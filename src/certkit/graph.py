@@ -10,6 +10,7 @@ Conv2d             nn.Conv2d
 ConvTranspose2d    nn.ConvTranspose2d
 ChannelAffine      certkit.nn.Normalize, nn.BatchNorm1d/2d in eval mode (per-channel y = s·x + t)
 Flatten            nn.Flatten, torch.flatten, x.flatten(1), x.view(B, -1), x.reshape(B, -1)
+Unflatten          nn.Unflatten(1, shape) (a decoder's vector -> image)
 ReLU/Sigmoid/Tanh  the modules and their functional forms
 AvgPool2d          nn.AvgPool2d
 MaxPool2d          nn.MaxPool2d
@@ -148,6 +149,16 @@ class Flatten(Op):
 
 
 @dataclass(repr=False)
+class Unflatten(Op):
+    """Reshape the features of each input (B, n) -> (B, *shape), e.g. in a decoder."""
+
+    shape: tuple[int, ...] = ()
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+
+@dataclass(repr=False)
 class Activation(Op):
     """A monotone elementwise nonlinearity."""
 
@@ -201,7 +212,8 @@ class Input(Op):
 
 
 OP_TYPES: tuple[type[Op], ...] = (
-    Input, Linear, Conv2d, ConvTranspose2d, ChannelAffine, Flatten, ReLU, Sigmoid, Tanh, AvgPool2d, MaxPool2d, Add,
+    Input, Linear, Conv2d, ConvTranspose2d, ChannelAffine, Flatten, Unflatten, ReLU, Sigmoid, Tanh, AvgPool2d,
+    MaxPool2d, Add,
 )
 
 
@@ -252,6 +264,7 @@ _MODULE_OPS = {
     nn.AvgPool2d: AvgPool2d,
     nn.MaxPool2d: MaxPool2d,
     nn.Flatten: lambda m: Flatten(m.start_dim) if m.end_dim == -1 else None,
+    nn.Unflatten: lambda m: Unflatten(tuple(m.unflattened_size)) if m.dim in (1, -1) else None,
 }
 _IDENTITY_MODULES = (nn.Identity,)
 _FUNCTION_OPS = {

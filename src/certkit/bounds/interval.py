@@ -92,7 +92,7 @@ def _transfer(op: g.Op, args: list[Bounds | _Ball], whole_kernel: bool = False) 
     bs = [_concrete(a) for a in args]
     if isinstance(op, g.AffineOp):
         return _interval_affine(op, bs[0])
-    if isinstance(op, (g.Activation, g.Flatten, g.AvgPool2d, g.MaxPool2d)):
+    if isinstance(op, (g.Activation, g.Flatten, g.Unflatten, g.AvgPool2d, g.MaxPool2d)):
         # monotone non-decreasing in every input (pools: average with positive weights, max)
         return Bounds(op.forward(bs[0].lower), op.forward(bs[0].upper))
     if isinstance(op, g.Add):

@@ -146,6 +146,23 @@ def small_conv(in_shape, num_classes):
     return _conv_net(in_shape, num_classes, [(16, 3, 1, 1), (32, 3, 2, 1)], [64])
 
 
+@register("provae-encoder")
+def provae_encoder(in_shape, num_classes, latent: int = 50, hidden: int = 256):
+    """proVAE encoder: conv 32 k4 s2, conv 64 k4 s2, fc ``hidden``, then one linear layer giving [μ, log σ]
+    (the two heads share all but their last layer). ``num_classes`` is unused."""
+    layers = [nn.Conv2d(in_shape[0], 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Flatten()]
+    n = _flat_dim(nn.Sequential(*layers), in_shape)
+    return layers + [nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent)]
+
+
+@register("provae-decoder")
+def provae_decoder(in_shape, num_classes, out_shape: Sequence[int] = (1, 28, 28)):
+    """proVAE decoder: fc to 64×(H/4)×(W/4), transposed convs 64→32→C (k4 s2), sigmoid. ``in_shape`` = (latent,)."""
+    c, h, w = out_shape
+    return [nn.Linear(in_shape[0], 64 * (h // 4) * (w // 4)), nn.ReLU(), nn.Unflatten(1, (64, h // 4, w // 4)),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, c, 4, 2, 1), nn.Sigmoid()]
+
+
 def build(
     name: str,
     in_shape: Sequence[int],
@@ -154,12 +171,15 @@ def build(
     std: Sequence[float] | None = None,
     **kwargs,
 ) -> nn.Sequential:
-    """Build architecture ``name`` for inputs of shape ``in_shape`` (C, H, W), with Normalize(mean, std) first."""
+    """Build architecture ``name`` for inputs of shape ``in_shape`` (C, H, W); with ``mean`` and ``std`` the
+    first layer is Normalize(mean, std), so that the model takes pixels in [0, 1]."""
     if name not in REGISTRY:
         raise KeyError(f"unknown architecture {name!r}; available: {', '.join(sorted(REGISTRY))}")
-    c = in_shape[0]
-    norm = Normalize(mean if mean is not None else [0.0] * c, std if std is not None else [1.0] * c)
-    return nn.Sequential(norm, *REGISTRY[name](tuple(in_shape), num_classes, **kwargs))
+    layers = REGISTRY[name](tuple(in_shape), num_classes, **kwargs)
+    if mean is not None or std is not None:
+        c = in_shape[0]
+        layers = [Normalize(mean if mean is not None else [0.0] * c, std if std is not None else [1.0] * c), *layers]
+    return nn.Sequential(*layers)
 
 
 __all__ = ["REGISTRY", "build", "register"]
