@@ -37,7 +37,7 @@ def test_train_then_certify_and_resume(trained, capsys):
     ckpt = trained / "run" / "model.safetensors"
     out = trained / "cert.jsonl"
     args = ["certify", "--checkpoint", str(ckpt), "--data", "digits", "--eps", "0", "0.05", "--n", "40",
-            "--pgd-steps", "5", "--out", str(out), "--plot", str(trained / "p.png"), "--quiet"]
+            "--pgd-steps", "5", "--float64-check", "--out", str(out), "--plot", str(trained / "p.png"), "--quiet"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "certified" in text and "pgd" in text

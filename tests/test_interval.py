@@ -145,3 +145,24 @@ def test_golden_ibp_bounds_of_auto_lirpa(shared):
         assert (tight.lower >= ref_l - 1e-6).all() and (tight.upper <= ref_u + 1e-6).all()
         if norm == "2":
             assert (tight.lower > ref_l + 1e-4).any()
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    from certkit.specs import SpecError
+
+    model = random_net(1, "mlp")
+    with pytest.raises(SpecError, match=r"do not fit the model at node '.*' \(Linear\)"):
+        interval_bounds(model, LinfBall(torch.rand(2, 1, 5, 5), 0.1))
+
+
+def test_float64_recheck_keeps_sound_verdicts():
+    from certkit.verify import certify
+
+    model = random_net(3, "mlp")
+    x = torch.rand(20, 1, 3, 4)
+    y = model(x).argmax(1)
+    c32 = certify(model, x, y, 0.01)
+    c64 = certify(model, x, y, 0.01, float64_check=True)
+    assert c32.certified.any()
+    assert torch.equal(c64.certified, c32.certified & c64.certified)  # never certifies more
+    assert c64.certified.sum() >= c32.certified.sum() - 1  # and disagrees only at round-off margins

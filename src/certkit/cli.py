@@ -49,12 +49,13 @@ def cmd_certify(args) -> int:
     eps_list = _eps_list(args.eps)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"certify-{args.method}-{data.name}.jsonl"
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
-              "pgd_steps": args.pgd_steps, "certkit_version": __version__}
+              "pgd_steps": args.pgd_steps, "float64_check": args.float64_check, "certkit_version": __version__}
     writer = ResultsWriter(out, key="key", header=header)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
     t0 = time.time()
     rows = certify_dataset(model, data.x, data.y, eps_list, args.method, args.norm, args.pgd_steps,
-                           batch_size=args.batch_size, indices=indices, writer=writer, progress=not args.quiet)
+                           batch_size=args.batch_size, indices=indices, writer=writer, progress=not args.quiet,
+                           float64_check=args.float64_check)
     rows = [r for r in rows if r["eps"] in eps_list]
     summary = summarize(rows)
     print(format_table(summary))
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--pgd-steps", type=int, default=0, help="also run PGD with this many steps")
             c.add_argument("--out", default=None, help="results JSONL (resumed if it exists)")
             c.add_argument("--plot", default=None, help="PNG of accuracy vs eps")
+            c.add_argument("--float64-check", action="store_true",
+                           help="confirm every certificate again on a float64 copy of the model")
             c.add_argument("--quiet", action="store_true")
             c.set_defaults(func=cmd_certify)
         else:

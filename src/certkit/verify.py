@@ -7,6 +7,7 @@ correctly classified inputs). Later domains (CROWN, MILP, the cascade) plug in t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,8 +40,13 @@ def certify(
     norm: str | float = "inf",
     domain: tuple[float, float] | None = (0.0, 1.0),
     num_classes: int | None = None,
+    float64_check: bool = False,
 ) -> Certificate:
-    """Certify ``model`` on a batch ``(x, y)`` for the ``norm`` ball of radius ``eps``."""
+    """Certify ``model`` on a batch ``(x, y)`` for the ``norm`` ball of radius ``eps``.
+
+    With ``float64_check``, inputs certified in the model's dtype are certified again on a float64 copy of the
+    model, and only inputs that pass both keep the verdict (guards against float32 round-off at tiny margins).
+    """
     if method not in METHODS:
         raise ValueError(f"unknown certification method {method!r}; available: {', '.join(METHODS)}")
     check_finite(x)
@@ -50,7 +56,15 @@ def certify(
     lower = METHODS[method](model, ball(norm, x, eps, domain), spec)
     margin = lower.min(1).values.nan_to_num(nan=-torch.inf)  # overflowing bounds prove nothing
     correct = logits.argmax(1) == y
-    return Certificate(correct, correct & (margin > 0), margin)
+    certified = correct & (margin > 0)
+    if float64_check and certified.any() and x.dtype != torch.float64:
+        model64 = copy.deepcopy(model).double()
+        e = torch.as_tensor(eps, dtype=torch.float64)
+        e = e[certified] if e.dim() > 0 else e
+        again = certify(model64, x[certified].double(), y[certified], e, method, norm, domain, k)
+        certified = certified.clone()
+        certified[certified.clone()] = again.certified
+    return Certificate(correct, certified, margin)
 
 
 def certify_dataset(
@@ -66,6 +80,7 @@ def certify_dataset(
     indices: list[int] | None = None,
     writer=None,
     progress: bool = False,
+    float64_check: bool = False,
 ) -> list[dict]:
     """Per-input rows ``{key, idx, eps, label, pred, correct, pgd_robust, certified, margin_lb, time_s}``.
 
@@ -91,7 +106,7 @@ def certify_dataset(
         sel = torch.tensor([start + k for k in keep])
         xb, yb = x[sel].to(device), y[sel].to(device)
         t0 = time.time()
-        cert = certify(model, xb, yb, eps, method, norm)
+        cert = certify(model, xb, yb, eps, method, norm, float64_check=float64_check)
         t_cert = (time.time() - t0) / len(sel)
         robust = None
         if pgd_steps > 0:

@@ -156,8 +156,12 @@ def interval_bounds(
         args = [vals[i] for i in node.inputs]
         if isinstance(node.op, g.Input):
             vals.append(_initial(input_set, dtype, device))
-        else:
+            continue
+        try:
             vals.append(_transfer(node.op, args, whole_kernel_norms))
+        except RuntimeError as e:
+            raise SpecError(f"inputs of shape {tuple(input_set.x.shape)} do not fit the model at node "
+                            f"'{node.name}' ({node.op!r}): {e}") from e
     last = graph.nodes[graph.output]
     out = _concrete(vals[graph.output])
     if spec is not None:
