@@ -99,3 +99,37 @@ def test_cifar_batches_are_checked(shared, tmp_path):
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown data set"):
         load_dataset("imagenet")
+
+
+def test_cifar_from_the_tar_archive(shared, tmp_path):
+    import tarfile
+
+    x = np.load(shared / "data/cifar10/cifar10_test_first1000_nhwc_uint8.npy")[:10]
+    src = tmp_path / "src" / "cifar-10-batches-py"
+    src.mkdir(parents=True)
+    (src / "test_batch").write_bytes(pickle.dumps({b"data": x.transpose(0, 3, 1, 2).reshape(10, -1),
+                                                   b"labels": list(range(10))}))
+    (tmp_path / "cifar10").mkdir()
+    with tarfile.open(tmp_path / "cifar10" / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_dataset("cifar10", "test", tmp_path)
+    d = load_dataset("cifar10", "test", tmp_path, verify=False)
+    assert d.x.shape == (10, 3, 32, 32) and d.y.tolist() == list(range(10))
+
+
+def test_svhn_mat_layout(tmp_path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (32, 32, 3, 5), dtype=np.uint8)
+    (tmp_path / "svhn").mkdir()
+    savemat(tmp_path / "svhn" / "test_32x32.mat", {"X": X, "y": np.array([[10], [1], [2], [3], [4]])})
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_dataset("svhn", "test", tmp_path)
+    d = load_dataset("svhn", "test", tmp_path, verify=False)
+    assert d.x.shape == (5, 3, 32, 32) and d.y.tolist() == [0, 1, 2, 3, 4]  # label 10 is the digit 0
+    assert torch.allclose(d.x[1, :, 4, 7], torch.from_numpy(X[4, 7, :, 1]).float() / 255)
+    (tmp_path / "svhn" / "test_32x32.mat").write_bytes(b"not a mat file")
+    with pytest.raises(DataError, match="corrupt"):
+        load_dataset("svhn", "test", tmp_path, verify=False)
