@@ -49,3 +49,10 @@ def test_results_writer_resumes_without_duplicates(tmp_path):
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r.get("idx") for r in lines] == [None, 0, 1, 2]
     assert [r["idx"] for r in w2.results] == [0, 1, 2]
+
+
+def test_results_of_another_run_are_not_mixed(tmp_path):
+    path = tmp_path / "r.jsonl"
+    ResultsWriter(path, header={"method": "ibp"}).write([{"idx": 0}])
+    with pytest.raises(ValueError, match="different run"):
+        ResultsWriter(path, header={"method": "crown"})

@@ -97,10 +97,7 @@ def cmd_train(args) -> int:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     out = Path(args.out or Path("runs") / cfg.name)
-    if args.fresh and (out / "train_state.pt").exists():
-        for f in ("train_state.pt", "history.jsonl", "model.safetensors"):
-            (out / f).unlink(missing_ok=True)
-    _, history = train(cfg, out, resume=True, progress=not args.quiet)
+    _, history = train(cfg, out, resume=not args.fresh, progress=not args.quiet)
     last = history[-1] if history else {}
     print(json.dumps(last, indent=1))
     print(f"checkpoint: {out / 'model.safetensors'}")

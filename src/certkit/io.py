@@ -132,8 +132,15 @@ class ResultsWriter:
                 self.path.write_text("".join(good))
         self.done = {r[key] for r in self.rows if key in r}
         self.header = header
-        if header is not None and not self.rows:
-            self._write([{"_header": True, **header}])
+        if header is not None:
+            if not self.rows:
+                self._write([{"_header": True, **header}])
+                self.rows.append({"_header": True, **header})
+            else:
+                old = {k: v for k, v in self.rows[0].items() if k not in ("_header", "certkit_version")}
+                new = {k: v for k, v in header.items() if k != "certkit_version"}
+                if not self.rows[0].get("_header") or old != new:
+                    raise ValueError(f"{self.path} holds results of a different run ({old}); use another file")
 
     def _write(self, rows: Iterable[dict[str, Any]]) -> None:
         with open(self.path, "a") as f:

@@ -117,14 +117,15 @@ def certify_dataset(
                 raise AssertionError(f"unsound certificate: inputs {bad} certified at eps={eps} but broken by PGD")
         with torch.no_grad():
             pred = model(xb).argmax(1)
+        cols = zip(yb.tolist(), pred.tolist(), cert.correct.tolist(), cert.certified.tolist(),
+                   cert.margin_lower.tolist(), (robust if robust is not None else cert.correct).tolist())
         batch_rows = []
-        for k in range(len(sel)):
+        for k, (label, p, ok, cert_ok, margin, rob) in enumerate(cols):
             i = ids[keep[k]]
-            row = {"key": f"{eps}:{i}", "idx": i, "eps": eps, "label": int(yb[k]), "pred": int(pred[k]),
-                   "correct": bool(cert.correct[k]), "certified": bool(cert.certified[k]),
-                   "margin_lb": float(cert.margin_lower[k]), "method": method, "time_s": round(t_cert, 6)}
+            row = {"key": f"{eps}:{i}", "idx": i, "eps": eps, "label": label, "pred": p, "correct": ok,
+                   "certified": cert_ok, "margin_lb": margin, "method": method, "time_s": round(t_cert, 6)}
             if robust is not None:
-                row["pgd_robust"] = bool(robust[k])
+                row["pgd_robust"] = rob
             batch_rows.append(row)
         if writer is not None:
             writer.write(batch_rows)

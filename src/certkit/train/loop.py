@@ -147,6 +147,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
           train_set: Dataset | None = None, test_set: Dataset | None = None,
           log: bool = True) -> tuple[nn.Module, list[dict]]:
     """Run (or resume) the training described by ``cfg`` in ``out_dir``; returns (model, history rows).
+    ``resume=False`` discards an earlier run in ``out_dir``.
 
     ``progress`` shows a bar per epoch; ``log`` prints one line per epoch."""
     out = Path(out_dir)
@@ -168,6 +169,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adam or sgd")
 
     state_path = out / "train_state.pt"
+    if not resume:
+        for f in (state_path, out / "history.jsonl", out / "model.safetensors"):
+            f.unlink(missing_ok=True)
     start_epoch = 0
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=True, map_location=device)
