@@ -166,3 +166,14 @@ def test_float64_recheck_keeps_sound_verdicts():
     assert c32.certified.any()
     assert torch.equal(c64.certified, c32.certified & c64.certified)  # never certifies more
     assert c64.certified.sum() >= c32.certified.sum() - 1  # and disagrees only at round-off margins
+
+
+@pytest.mark.parametrize("ball_cls", [L2Ball, L1Ball])
+def test_one_layer_net_with_spec_over_lp_balls(ball_cls):
+    torch.manual_seed(0)
+    model = nn.Sequential(Normalize([0.2], [0.5]), nn.Flatten(), nn.Linear(12, 4))
+    x = torch.rand(5, 1, 3, 4)
+    y = torch.randint(0, 4, (5,))
+    b = check_containment(model, ball_cls(x, 0.3), spec=margin_spec(y, 4))
+    box = interval_bounds(model, Box(*[getattr(ball_cls(x, 0.3), k) for k in ("lower", "upper")]), margin_spec(y, 4))
+    assert (b.lower >= box.lower - 1e-6).all() and (b.lower > box.lower + 1e-3).any()  # the ball bound helps

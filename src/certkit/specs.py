@@ -234,7 +234,7 @@ def margin_spec(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.fl
 
 def worst_case_logits(margin_lower: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Logits ``z`` with ``z_y = 0`` and ``z_j = −(lower bound of f_y − f_j)``: cross-entropy on these upper-
-    bounds the worst-case cross-entropy over the input set (Gowal et al. 2018, eq. 5)."""
+    bounds the worst-case cross-entropy over the input set (Gowal et al. 2018; Wong & Kolter 2018)."""
     B = y.shape[0]
     z = torch.zeros(B, num_classes, dtype=margin_lower.dtype, device=margin_lower.device)
     others = torch.arange(num_classes, device=y.device).expand(B, -1)

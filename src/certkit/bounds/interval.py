@@ -1,4 +1,4 @@
-"""Interval bound propagation (IBP; Gowal et al. 2018, eqs. 6–7).
+"""Interval bound propagation (IBP; Gowal et al. 2018, "On the effectiveness of IBP").
 
 Affine ops map a box with centre c and radius r to ``W c + b ± |W| r``; monotone activations and pools map
 the end points. Two refinements keep the bounds tight and sound:
@@ -42,7 +42,7 @@ class _Ball:
     """``x = centre + scale ⊙ δ`` with ``||δ||_p <= eps`` (before clipping), and ``box`` ⊇ the clipped set."""
 
     centre: torch.Tensor
-    scale: torch.Tensor
+    scale: torch.Tensor  # the same for every input: batch dimension 1
     eps: torch.Tensor  # (B, 1, ...)
     p: float
     box: Bounds
@@ -104,7 +104,7 @@ def _initial(input_set: InputSet, dtype: torch.dtype, device) -> Bounds | _Ball:
     box = Bounds(input_set.lower.to(device, dtype), input_set.upper.to(device, dtype))
     if isinstance(input_set, LpBall) and input_set.p != math.inf:
         x = input_set.x.to(device, dtype)
-        return _Ball(x, torch.ones_like(x), input_set.eps.to(device, dtype), input_set.p, box)
+        return _Ball(x, torch.ones_like(x[:1]), input_set.eps.to(device, dtype), input_set.p, box)
     return box
 
 
@@ -131,7 +131,7 @@ def _fold_spec(op: g.Linear, h: Bounds | _Ball, spec: LinearSpec) -> Bounds:
     lower, upper = c - r, c + r
     if isinstance(h, _Ball):  # dual-norm bound of a one-layer network over an Lp ball
         cc = torch.einsum("bkm,bm->bk", W, h.centre) + b
-        dev = h.eps.flatten(1)[:, :1] * torch.einsum("bkm,bm->bk", W.square(), h.scale.square()).sqrt()
+        dev = h.eps.flatten(1)[:, :1] * torch.einsum("bkm,m->bk", W.square(), h.scale[0].square()).sqrt()
         lower, upper = torch.maximum(lower, cc - dev), torch.minimum(upper, cc + dev)
     return Bounds(lower, upper)
 

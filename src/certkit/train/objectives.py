@@ -2,7 +2,7 @@
 
 * :class:`Standard` — cross-entropy.
 * :class:`PGDTraining` — Madry et al. 2018: cross-entropy at a PGD adversarial point.
-* :class:`IBPTraining` — Gowal et al. 2018, eq. 7: ``κ·CE(f(x), y) + (1−κ)·CE(ẑ, y)`` where ``ẑ`` are the
+* :class:`IBPTraining` — Gowal et al. 2018: ``κ·CE(f(x), y) + (1−κ)·CE(ẑ, y)`` where ``ẑ`` are the
   worst-case logits from the IBP lower bounds on the margins over the ε-ball, with ε ramped up from 0 and κ
   ramped down from 1.
 
