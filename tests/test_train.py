@@ -55,8 +55,10 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
     train(tiny_cfg(epochs=1), tmp_path, progress=False, log=False)
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match=r"different config \(lr differ\)"):
         train(tiny_cfg(epochs=1, lr=1e-4), tmp_path, progress=False, log=False)
+    _, hist = train(tiny_cfg(epochs=2), tmp_path, progress=False, log=False)  # a finished run may go on longer
+    assert [h["epoch"] for h in hist] == [1, 2]
 
 
 def test_config_validation():

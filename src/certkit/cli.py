@@ -56,7 +56,8 @@ def cmd_certify(args) -> int:
     rows = certify_dataset(model, data.x, data.y, eps_list, args.method, args.norm, args.pgd_steps,
                            batch_size=args.batch_size, indices=indices, writer=writer, progress=not args.quiet,
                            float64_check=args.float64_check)
-    rows = [r for r in rows if r["eps"] in eps_list]
+    wanted = set(indices)
+    rows = [r for r in rows if r["eps"] in eps_list and r["idx"] in wanted]  # the file may hold more
     summary = summarize(rows)
     print(format_table(summary))
     print(f"{len(rows)} results in {out} ({time.time() - t0:.1f} s this run)")

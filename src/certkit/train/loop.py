@@ -175,8 +175,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
     start_epoch = 0
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=True, map_location=device)
-        if json.loads(state["config"]) != json.loads(json.dumps(cfg.to_dict())):
-            raise ValueError(f"{out} holds a run with a different config; choose another output directory")
+        # where it runs, where the data lives and how long it goes on do not change the epochs already done
+        free = ("device", "data_dir", "epochs")
+        old = {k: v for k, v in json.loads(state["config"]).items() if k not in free}
+        new = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k not in free}
+        if old != new:
+            diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise ValueError(f"{out} holds a run with a different config ({', '.join(diff)} differ); "
+                             "choose another output directory or start afresh")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
