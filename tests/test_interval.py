@@ -7,7 +7,7 @@ from torch import nn
 from certkit import L1Ball, L2Ball, LinfBall, Normalize, Residual, interval_bounds, margin_spec, to_graph
 from certkit.graph import OP_TYPES
 from certkit.specs import Box, LinearSpec
-from conftest import assert_contained
+from conftest import assert_contained, golden_model
 from test_graph import every_op_model
 
 
@@ -116,23 +116,7 @@ def test_residual_and_nested_sequential():
 
 
 def test_golden_ibp_bounds_of_auto_lirpa(shared):
-    data = torch.load(shared / "reference/auto_LiRPA/vision_test_data", weights_only=True)
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.bn = nn.Conv2d(3, 3, 4, 2, 1), nn.BatchNorm2d(3)
-            self.shortcut, self.conv2 = nn.Conv2d(3, 3, 4, 2, 1), nn.Conv2d(3, 3, 4, 2, 1)
-            self.fc1 = nn.Linear(192, 10)
-
-        def forward(self, x):
-            y = torch.relu(self.conv1(self.bn(x))) + self.shortcut(x)
-            z = torch.relu(self.conv2(y))
-            return self.fc1(z.view(z.size(0), -1))
-
-    model = Model()
-    model.load_state_dict(data["model"])
-    model.eval()
+    model, data = golden_model(shared)
     x = data["data"]
     for norm, cls in (("inf", LinfBall), ("2", L2Ball)):
         ref_l, ref_u = data[f"l_{norm}_IBP_lb"].detach(), data[f"l_{norm}_IBP_ub"].detach()

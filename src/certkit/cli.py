@@ -47,6 +47,7 @@ def cmd_certify(args) -> int:
     model, meta = load_model(args.checkpoint, args.device)
     data = _load_eval_data(args, meta)
     eps_list = _eps_list(args.eps)
+    args.batch_size = args.batch_size or (16 if args.method == "crown" else 256)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"certify-{args.method}-{data.name}.jsonl"
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
               "pgd_steps": args.pgd_steps, "float64_check": args.float64_check, "certkit_version": __version__}
@@ -76,6 +77,7 @@ def cmd_attack(args) -> int:
 
     model, meta = load_model(args.checkpoint, args.device)
     data = _load_eval_data(args, meta)
+    args.batch_size = args.batch_size or 256
     rows = []
     for eps in _eps_list(args.eps):
         broken = 0
@@ -141,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--n", type=int, default=None, help="number of test inputs (default: all)")
         c.add_argument("--start", type=int, default=0)
         c.add_argument("--step", type=int, default=1, help="take every step-th test input")
-        c.add_argument("--batch-size", type=int, default=256)
+        c.add_argument("--batch-size", type=int, default=None, help="default: 256 (IBP, PGD), 16 (CROWN)")
         _add_common(c)
         if name == "certify":
-            c.add_argument("--method", default="ibp", choices=["ibp"])
+            c.add_argument("--method", default="ibp", choices=["ibp", "crown"])
             c.add_argument("--pgd-steps", type=int, default=0, help="also run PGD with this many steps")
             c.add_argument("--out", default=None, help="results JSONL (resumed if it exists)")
             c.add_argument("--plot", default=None, help="PNG of accuracy vs eps")

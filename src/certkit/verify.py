@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from certkit.bounds.interval import interval_bounds
+from certkit.bounds.linear import crown_bounds
 from certkit.specs import InputSet, LinearSpec, ball, check_finite, margin_spec
 
 # method name -> function(model, input_set, spec) -> lower bounds on the spec rows (B, K)
 METHODS: dict[str, Callable[[nn.Module, InputSet, LinearSpec], torch.Tensor]] = {
     "ibp": lambda model, s, spec: interval_bounds(model, s, spec).lower,
+    "crown": lambda model, s, spec: crown_bounds(model, s, spec).lower,
 }
 
 

@@ -1,0 +1,202 @@
+"""Linear backward bounds (CROWN, Zhang et al. 2018; DeepPoly, Singh et al. 2019).
+
+To bound ``C·x_t`` for a node ``t``, a linear function ``A·x_k + c`` is carried backwards from ``t`` to the input:
+affine ops are substituted exactly (Linear by ``A W``, convolutions by the transposed convolution of ``A``), and
+every ReLU ``y = relu(z)`` with pre-activation bounds ``l <= z <= u`` is replaced by a linear relaxation,
+``sl·z <= y <= su·(z − l)`` with ``su = u/(u−l)`` on unstable neurons and the adaptive lower slope ``sl = 1`` if
+``u > −l`` else ``0`` (CROWN's choice). Positive coefficients take the lower relaxation, negative ones the upper,
+when a lower bound is sought. At the input the linear function is minimised exactly over the box (and over the
+L2/L1 ball through the dual norm). Pre-activation bounds are computed the same way, layer by layer, and
+intersected with the IBP bounds of the same input (both hold, so the intersection does too); the first affine
+layer's bounds are taken from IBP, where they are exact.
+
+Memory grows with (batch × neurons of a layer × neurons of the layers below): use small batches on conv nets.
+
+Every bound is a pure function of its own input. Sigmoid, Tanh and MaxPool are not relaxed yet: they raise
+:class:`~certkit.graph.UnsupportedOpError`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from certkit import graph as g
+from certkit.bounds.interval import Bounds, interval_bounds
+from certkit.specs import InputSet, LinearSpec, LpBall, SpecError
+
+
+def _relu_relaxation(b: Bounds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lower slope, upper slope, upper intercept) of ReLU over [l, u], elementwise."""
+    l, u = b.lower, b.upper
+    active, unstable = l >= 0, (l < 0) & (u > 0)
+    su = torch.where(unstable, u / (u - l).clamp_min(1e-30), active.to(l.dtype))
+    bu = torch.where(unstable, -su * l, torch.zeros_like(l))
+    sl = torch.where(unstable, (u > -l).to(l.dtype), active.to(l.dtype))
+    return sl, su, bu
+
+
+def _affine_backward(op: g.AffineOp, A: torch.Tensor, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``A·op(x)`` (A: (B, K, *out_shape)) return (A', c) with ``A·op(x) = A'·x + c``."""
+    B, K = A.shape[:2]
+    flat = A.reshape(B * K, *A.shape[2:])
+    bias = op.bias
+    if isinstance(op, g.Linear):
+        A_in = flat @ op.weight
+    elif isinstance(op, g.ChannelAffine):
+        A_in = op.apply(flat, op.weight, None)
+    elif isinstance(op, g.Conv2d):
+        m = op.module
+        out_hw = flat.shape[-2:]
+        pad = []
+        for i in range(2):
+            full = (out_hw[i] - 1) * m.stride[i] - 2 * m.padding[i] + m.dilation[i] * (m.kernel_size[i] - 1) + 1
+            pad.append(in_shape[-2 + i] - full)
+        A_in = F.conv_transpose2d(flat, op.weight, None, m.stride, m.padding, tuple(pad), m.groups, m.dilation)
+    elif isinstance(op, g.ConvTranspose2d):
+        m = op.module
+        A_in = F.conv2d(flat, op.weight, None, m.stride, m.padding, m.dilation, m.groups)
+    else:  # pragma: no cover - every AffineOp is listed above
+        raise g.UnsupportedOpError(f"no backward rule for {op!r}")
+    if bias is None:
+        c = torch.zeros(B, K, dtype=A.dtype, device=A.device)
+    else:
+        shape = (1, -1) + (1,) * (flat.dim() - 2)
+        c = (flat * bias.view(shape)).flatten(1).sum(1).view(B, K)
+    return A_in.reshape(B, K, *in_shape), c
+
+
+def _avgpool_backward(op: g.AvgPool2d, A: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
+    m = op.module
+    k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
+    s = m.stride if isinstance(m.stride, tuple) else (m.stride, m.stride)
+    p = m.padding if isinstance(m.padding, tuple) else (m.padding, m.padding)
+    if m.ceil_mode or m.divisor_override or (not m.count_include_pad and any(p)):
+        raise g.UnsupportedOpError("CROWN through AvgPool2d needs ceil_mode=False, no divisor_override, and "
+                                   "count_include_pad=True when padded")
+    B, K, C = A.shape[:3]
+    flat = A.reshape(B * K, *A.shape[2:])
+    w = torch.full((C, 1, *k), 1.0 / (k[0] * k[1]), dtype=A.dtype, device=A.device)
+    out_hw = flat.shape[-2:]
+    pad = tuple(in_shape[-2 + i] - ((out_hw[i] - 1) * s[i] - 2 * p[i] + k[i]) for i in range(2))
+    return F.conv_transpose2d(flat, w, None, s, p, pad, C).reshape(B, K, *in_shape)
+
+
+def _concretize(A: torch.Tensor, c: torch.Tensor, input_set: InputSet) -> torch.Tensor:
+    """min over the input set of ``A·x + c``, per row: (B, K)."""
+    lo, hi = input_set.lower.to(A.dtype), input_set.upper.to(A.dtype)
+    Af = A.flatten(2)
+    mid, rad = ((hi + lo) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
+    box = torch.einsum("bkn,bn->bk", Af, mid) - torch.einsum("bkn,bn->bk", Af.abs(), rad) + c
+    if isinstance(input_set, LpBall) and input_set.p != math.inf:
+        q = {2.0: 2.0, 1.0: math.inf}[input_set.p]
+        x0 = input_set.x.to(A.dtype).flatten(1)
+        ball = torch.einsum("bkn,bn->bk", Af, x0) - input_set.eps.flatten(1)[:, :1] * Af.norm(p=q, dim=2) + c
+        box = torch.maximum(box, ball)  # both hold on the clipped ball
+    return box
+
+
+def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[int, ...]],
+              pre: dict[int, Bounds], input_set: InputSet) -> torch.Tensor:
+    """Lower bound of ``A·x_target`` over the input set (A: (B, K, *shape of target))."""
+    B, K = A.shape[:2]
+    coeff: dict[int, torch.Tensor] = {target: A}
+    const = torch.zeros(B, K, dtype=A.dtype, device=A.device)
+    for i in range(target, -1, -1):
+        if i not in coeff:
+            continue
+        Ai = coeff.pop(i)
+        node = graph.nodes[i]
+        op = node.op
+        if isinstance(op, g.Input):
+            return _concretize(Ai, const, input_set)
+        j = node.inputs[0]
+        if isinstance(op, g.AffineOp):
+            Aj, c = _affine_backward(op, Ai, shapes[j])
+            const = const + c
+        elif isinstance(op, g.ReLU):
+            sl, su, bu = _relu_relaxation(pre[j])
+            pos, neg = Ai.clamp(min=0), Ai.clamp(max=0)
+            Aj = pos * sl.unsqueeze(1) + neg * su.unsqueeze(1)
+            const = const + (neg * bu.unsqueeze(1)).flatten(2).sum(2)
+        elif isinstance(op, (g.Flatten, g.Unflatten)):
+            Aj = Ai.reshape(B, K, *shapes[j])
+        elif isinstance(op, g.AvgPool2d):
+            Aj = _avgpool_backward(op, Ai, shapes[j])
+        elif isinstance(op, g.Add):
+            for k in node.inputs:
+                coeff[k] = coeff[k] + Ai if k in coeff else Ai
+            continue
+        else:
+            raise g.UnsupportedOpError(f"CROWN has no relaxation for {op!r} yet (node '{node.name}')")
+        coeff[j] = coeff[j] + Aj if j in coeff else Aj
+    raise AssertionError("the backward pass did not reach the input")
+
+
+def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
+    """True if node j is the first Linear/Conv after the input, reached through per-element affine ops only:
+    there IBP's bound (box: interval arithmetic; L2/L1: dual norm) is already the exact one."""
+    node = graph.nodes[j]
+    if not isinstance(node.op, g.AffineOp):
+        return False
+    i = node.inputs[0]
+    while not isinstance(graph.nodes[i].op, g.Input):
+        if not isinstance(graph.nodes[i].op, (g.ChannelAffine, g.Flatten, g.Unflatten)):
+            return False
+        i = graph.nodes[i].inputs[0]
+    return True
+
+
+def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, intersect_ibp: bool = True,
+                 return_all: bool = False):
+    """CROWN bounds on the model's output, or on the rows of ``spec``.
+
+    Pre-activation bounds of every ReLU come from the same backward procedure (intersected with IBP when
+    ``intersect_ibp``). With ``return_all``, also the dict {node index: Bounds} of those pre-activation bounds.
+    """
+    graph = g.to_graph(model)
+    ibp_out, ibp_all = interval_bounds(graph, input_set, return_all=True)
+    dtype = ibp_out.lower.dtype
+    with torch.no_grad():
+        vals = graph.forward(input_set.x.to(ibp_out.lower.device, dtype), return_all=True)
+    shapes = [tuple(v.shape[1:]) for v in vals]
+    B = input_set.batch_size
+    pre: dict[int, Bounds] = {}
+
+    def identity(shape: tuple[int, ...]) -> torch.Tensor:
+        n = math.prod(shape)
+        return torch.eye(n, dtype=dtype, device=ibp_out.lower.device).view(1, n, *shape).expand(B, -1, *shape)
+
+    def bound_node(t: int, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        both = torch.cat([C, -C], 1)
+        lo = _backward(graph, t, both, shapes, pre, input_set)
+        K = C.shape[1]
+        return lo[:, :K], -lo[:, K:]
+
+    for node in graph.nodes:
+        if isinstance(node.op, (g.Sigmoid, g.Tanh, g.MaxPool2d)):
+            raise g.UnsupportedOpError(f"CROWN has no relaxation for {node.op!r} yet (node '{node.name}')")
+        if isinstance(node.op, g.ReLU) and node.inputs[0] not in pre:
+            j = node.inputs[0]
+            if _ibp_is_exact(graph, j):
+                pre[j] = ibp_all[j]
+                continue
+            lo, up = bound_node(j, identity(shapes[j]))
+            lo, up = lo.view(B, *shapes[j]), up.view(B, *shapes[j])
+            if intersect_ibp:
+                lo, up = torch.maximum(lo, ibp_all[j].lower), torch.minimum(up, ibp_all[j].upper)
+            pre[j] = Bounds(lo, up)
+    out_shape = shapes[graph.output]
+    if spec is None:
+        lo, up = bound_node(graph.output, identity(out_shape))
+        result = Bounds(lo.view(B, *out_shape), up.view(B, *out_shape))
+    else:
+        if len(out_shape) != 1 or spec.C.shape[2] != out_shape[0]:
+            raise SpecError(f"spec C of shape {tuple(spec.C.shape)} does not fit outputs of shape {out_shape}")
+        lo, up = bound_node(graph.output, spec.C.to(dtype))
+        if spec.d is not None:
+            lo, up = lo + spec.d.to(dtype), up + spec.d.to(dtype)
+        result = Bounds(lo, up)
+    return (result, pre) if return_all else result

@@ -1,0 +1,82 @@
+"""CROWN (linear backward bounds): golden bounds and sampled soundness."""
+
+import pytest
+import torch
+from torch import nn
+
+from certkit import L1Ball, L2Ball, LinfBall, Normalize, Residual, interval_bounds, margin_spec, to_graph
+from certkit.bounds.linear import crown_bounds
+from certkit.graph import UnsupportedOpError
+from certkit.specs import Box
+from certkit.verify import certify
+from conftest import assert_contained, golden_model
+
+
+def relu_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    m = nn.Sequential(
+        Normalize([0.4, 0.5], [0.3, 0.2]), nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()), nn.Conv2d(4, 4, 1)),
+        nn.AvgPool2d(2), nn.ConvTranspose2d(4, 3, 2, stride=2), nn.ReLU(), nn.Conv2d(3, 3, 4, 2, 1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(3 * 16, 12), nn.Unflatten(1, (3, 2, 2)), nn.ReLU(), nn.Flatten(), nn.Linear(12, 5),
+    )
+    m[2].running_mean.uniform_(-0.5, 0.5)
+    m[2].running_var.uniform_(0.3, 2)
+    return m.eval()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("ball_cls, eps", [(LinfBall, 0.03), (L2Ball, 0.3), (L1Ball, 0.6)])
+def test_crown_contains_sampled_outputs_and_pre_activations(seed, ball_cls, eps):
+    model = relu_net(seed)
+    s = ball_cls(torch.rand(3, 2, 8, 8), eps)
+    out, pre = crown_bounds(model, s, return_all=True)
+    graph = to_graph(model)
+    for p in s.sample(128, torch.Generator().manual_seed(seed)):
+        vals = graph.forward(p, return_all=True)
+        assert_contained(out.lower, out.upper, vals[graph.output])
+        for j, b in pre.items():
+            assert_contained(b.lower, b.upper, vals[j])
+
+
+def test_crown_with_spec_is_sound_and_tighter_than_ibp_on_average():
+    model = relu_net(4)
+    x = torch.rand(6, 2, 8, 8)
+    y = model(x).argmax(1)
+    s, spec = LinfBall(x, 0.02), margin_spec(y, 5)
+    crown = crown_bounds(model, s, spec)
+    ibp = interval_bounds(model, s, spec)
+    for p in s.sample(128, torch.Generator().manual_seed(0)):
+        assert_contained(crown.lower, crown.upper, spec.apply(model(p)))
+    assert crown.lower.mean() > ibp.lower.mean()
+    box = crown_bounds(model, Box(s.lower, s.upper), spec)  # a box input gives the same bound as the L∞ ball
+    torch.testing.assert_close(box.lower, crown.lower, rtol=1e-4, atol=1e-5)
+
+
+def test_crown_certified_inputs_are_never_broken():
+    from certkit.attacks import pgd
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    x = torch.rand(200, 10)
+    y = m(x).argmax(1)
+    for eps in (0.01, 0.03):
+        cert = certify(m, x, y, eps, method="crown")
+        ibp = certify(m, x, y, eps, method="ibp")
+        res = pgd(m, x, y, eps, steps=50, restarts=3, loss="margin")
+        assert not (cert.certified & res.success).any()
+        assert cert.certified.sum() >= ibp.certified.sum() and cert.certified.sum() > 10
+
+
+def test_unrelaxed_ops_raise():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedOpError, match="Sigmoid"):
+        crown_bounds(m, LinfBall(torch.rand(2, 4), 0.1))
+
+
+def test_golden_crown_bounds_of_auto_lirpa(shared):
+    model, data = golden_model(shared)
+    for norm, cls in (("inf", LinfBall), ("2", L2Ball)):
+        b = crown_bounds(model, cls(data["data"], 0.01, domain=None))
+        torch.testing.assert_close(b.lower, data[f"l_{norm}_CROWN_lb"].detach(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(b.upper, data[f"l_{norm}_CROWN_ub"].detach(), rtol=1e-4, atol=1e-6)
