@@ -8,7 +8,8 @@ every ReLU ``y = relu(z)`` with pre-activation bounds ``l <= z <= u`` is replace
 when a lower bound is sought. At the input the linear function is minimised exactly over the box (and over the
 L2/L1 ball through the dual norm). Pre-activation bounds are computed the same way, layer by layer, and
 intersected with the IBP bounds of the same input (both hold, so the intersection does too); the first affine
-layer's bounds are taken from IBP, where they are exact.
+layer's bounds are taken from IBP, where they are exact, and only neurons whose IBP interval crosses zero get a
+backward pass (a stable ReLU is relaxed exactly whatever its bounds).
 
 Memory grows with (batch × neurons of a layer × neurons of the layers below): use small batches on conv nets.
 
@@ -180,14 +181,20 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
             raise g.UnsupportedOpError(f"CROWN has no relaxation for {node.op!r} yet (node '{node.name}')")
         if isinstance(node.op, g.ReLU) and node.inputs[0] not in pre:
             j = node.inputs[0]
-            if _ibp_is_exact(graph, j):
-                pre[j] = ibp_all[j]
+            ibp = ibp_all[j]
+            # only neurons that IBP cannot prove stable need linear bounds: a stable ReLU is relaxed exactly
+            unstable = ((ibp.lower < 0) & (ibp.upper > 0)).flatten(1).any(0).nonzero().squeeze(1)
+            if _ibp_is_exact(graph, j) or len(unstable) == 0:
+                pre[j] = ibp
                 continue
-            lo, up = bound_node(j, identity(shapes[j]))
-            lo, up = lo.view(B, *shapes[j]), up.view(B, *shapes[j])
+            rows = torch.zeros(B, len(unstable), math.prod(shapes[j]), dtype=dtype, device=ibp.lower.device)
+            rows[:, torch.arange(len(unstable)), unstable] = 1
+            lo, up = bound_node(j, rows.view(B, len(unstable), *shapes[j]))
+            lower, upper = ibp.lower.flatten(1).clone(), ibp.upper.flatten(1).clone()
             if intersect_ibp:
-                lo, up = torch.maximum(lo, ibp_all[j].lower), torch.minimum(up, ibp_all[j].upper)
-            pre[j] = Bounds(lo, up)
+                lo, up = torch.maximum(lo, lower[:, unstable]), torch.minimum(up, upper[:, unstable])
+            lower[:, unstable], upper[:, unstable] = lo, up
+            pre[j] = Bounds(lower.view_as(ibp.lower), upper.view_as(ibp.upper))
     out_shape = shapes[graph.output]
     if spec is None:
         lo, up = bound_node(graph.output, identity(out_shape))
