@@ -63,10 +63,11 @@ def cmd_certify(args) -> int:
     print(format_table(summary))
     print(f"{len(rows)} results in {out} ({time.time() - t0:.1f} s this run)")
     if args.plot and len(summary) > 1:
-        curves = {"certified": ([s["eps"] for s in summary], [s["certified"] for s in summary])}
+        curves = {f"{args.method.upper()}-certified": ([s["eps"] for s in summary], [s["certified"] for s in summary])}
         if all("pgd" in s for s in summary):
             curves["PGD"] = ([s["eps"] for s in summary], [s["pgd"] for s in summary])
-        print(f"plot: {plot_accuracy_vs_eps(curves, args.plot, title=data.name)}")
+        title = f"{Path(args.checkpoint).parent.name} on {data.name} ({len(data)} test inputs)"
+        print(f"plot: {plot_accuracy_vs_eps(curves, args.plot, title=title)}")
     return 0
 
 
