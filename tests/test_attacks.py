@@ -48,3 +48,19 @@ def test_ibp_certified_points_are_never_broken(seed):
         assert not (cert.certified & res.success).any()
         if eps == 0.005:
             assert cert.certified.sum() > 20  # the test is not vacuous
+
+
+def test_certify_rejects_bad_input():
+    from certkit.specs import SpecError
+
+    m = linear_model()
+    with pytest.raises(SpecError, match="labels must have shape"):
+        certify(m, torch.rand(2, 4), torch.tensor([0]), 0.1)
+    with pytest.raises(SpecError, match="do not fit the model"):
+        certify(m, torch.rand(2, 5), torch.tensor([0, 1]), 0.1)
+    with pytest.raises(SpecError, match="NaN"):
+        certify(m, torch.tensor([[0.1, float("nan"), 0.2, 0.3]]), torch.tensor([0]), 0.1)
+    with pytest.raises(SpecError, match="non-negative"):
+        certify(m, torch.rand(1, 4), torch.tensor([0]), -1.0)
+    with pytest.raises(ValueError, match="unknown certification method"):
+        certify(m, torch.rand(1, 4), torch.tensor([0]), 0.1, method="magic")

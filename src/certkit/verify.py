@@ -16,7 +16,7 @@ from torch import nn
 
 from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import crown_bounds
-from certkit.specs import InputSet, LinearSpec, ball, check_finite, margin_spec
+from certkit.specs import InputSet, LinearSpec, SpecError, ball, check_finite, margin_spec
 
 # method name -> function(model, input_set, spec) -> lower bounds on the spec rows (B, K)
 METHODS: dict[str, Callable[[nn.Module, InputSet, LinearSpec], torch.Tensor]] = {
@@ -52,7 +52,12 @@ def certify(
     if method not in METHODS:
         raise ValueError(f"unknown certification method {method!r}; available: {', '.join(METHODS)}")
     check_finite(x)
-    logits = model(x)
+    if y.shape != (x.shape[0],):
+        raise SpecError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    try:
+        logits = model(x)
+    except RuntimeError as e:
+        raise SpecError(f"inputs of shape {tuple(x.shape)} do not fit the model: {e}") from e
     k = num_classes or logits.shape[1]
     spec = margin_spec(y, k, logits.dtype)
     lower = METHODS[method](model, ball(norm, x, eps, domain), spec)
