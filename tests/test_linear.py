@@ -27,10 +27,11 @@ def relu_net(seed: int) -> nn.Module:
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("ball_cls, eps", [(LinfBall, 0.03), (L2Ball, 0.3), (L1Ball, 0.6)])
-def test_crown_contains_sampled_outputs_and_pre_activations(seed, ball_cls, eps):
+@pytest.mark.parametrize("intermediate", ["crown", "ibp"])
+def test_crown_contains_sampled_outputs_and_pre_activations(seed, ball_cls, eps, intermediate):
     model = relu_net(seed)
     s = ball_cls(torch.rand(3, 2, 8, 8), eps)
-    out, pre = crown_bounds(model, s, return_all=True)
+    out, pre = crown_bounds(model, s, return_all=True, intermediate=intermediate)
     graph = to_graph(model)
     for p in s.sample(128, torch.Generator().manual_seed(seed)):
         vals = graph.forward(p, return_all=True)
@@ -80,3 +81,12 @@ def test_golden_crown_bounds_of_auto_lirpa(shared):
         b = crown_bounds(model, cls(data["data"], 0.01, domain=None))
         torch.testing.assert_close(b.lower, data[f"l_{norm}_CROWN_lb"].detach(), rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(b.upper, data[f"l_{norm}_CROWN_ub"].detach(), rtol=1e-4, atol=1e-6)
+        # CROWN-IBP: equal in L∞; in L2 never looser, because our IBP intermediates use the exact per-position
+        # norm where auto_LiRPA charges the whole kernel (see test_golden_ibp_bounds_of_auto_lirpa)
+        b = crown_bounds(model, cls(data["data"], 0.01, domain=None), intermediate="ibp")
+        ref_l, ref_u = data[f"l_{norm}_CROWN-IBP_lb"].detach(), data[f"l_{norm}_CROWN-IBP_ub"].detach()
+        if norm == "inf":
+            torch.testing.assert_close(b.lower, ref_l, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(b.upper, ref_u, rtol=1e-4, atol=1e-6)
+        else:
+            assert (b.lower >= ref_l - 1e-6).all() and (b.upper <= ref_u + 1e-6).all()

@@ -151,12 +151,16 @@ def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
 
 
 def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, intersect_ibp: bool = True,
-                 return_all: bool = False):
+                 return_all: bool = False, intermediate: str = "crown"):
     """CROWN bounds on the model's output, or on the rows of ``spec``.
 
     Pre-activation bounds of every ReLU come from the same backward procedure (intersected with IBP when
-    ``intersect_ibp``). With ``return_all``, also the dict {node index: Bounds} of those pre-activation bounds.
+    ``intersect_ibp``), or, with ``intermediate="ibp"``, from IBP alone: that is CROWN-IBP (Zhang et al. 2020),
+    one backward pass from the output, cheap enough for training. With ``return_all``, also the dict
+    {node index: Bounds} of the pre-activation bounds.
     """
+    if intermediate not in ("crown", "ibp"):
+        raise ValueError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
     graph = g.to_graph(model)
     ibp_out, ibp_all = interval_bounds(graph, input_set, return_all=True)
     dtype = ibp_out.lower.dtype
@@ -184,7 +188,7 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
             ibp = ibp_all[j]
             # only neurons that IBP cannot prove stable need linear bounds: a stable ReLU is relaxed exactly
             unstable = ((ibp.lower < 0) & (ibp.upper > 0)).flatten(1).any(0).nonzero().squeeze(1)
-            if _ibp_is_exact(graph, j) or len(unstable) == 0:
+            if intermediate == "ibp" or _ibp_is_exact(graph, j) or len(unstable) == 0:
                 pre[j] = ibp
                 continue
             rows = torch.zeros(B, len(unstable), math.prod(shapes[j]), dtype=dtype, device=ibp.lower.device)
