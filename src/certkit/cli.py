@@ -47,7 +47,7 @@ def cmd_certify(args) -> int:
     model, meta = load_model(args.checkpoint, args.device)
     data = _load_eval_data(args, meta)
     eps_list = _eps_list(args.eps)
-    args.batch_size = args.batch_size or (16 if args.method == "crown" else 256)
+    args.batch_size = args.batch_size or (16 if args.method == "crown" else 256)  # CROWN: memory-bound
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"certify-{args.method}-{data.name}.jsonl"
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
               "pgd_steps": args.pgd_steps, "float64_check": args.float64_check, "certkit_version": __version__}
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--batch-size", type=int, default=None, help="default: 256 (IBP, PGD), 16 (CROWN)")
         _add_common(c)
         if name == "certify":
-            c.add_argument("--method", default="ibp", choices=["ibp", "crown"])
+            c.add_argument("--method", default="ibp", choices=["ibp", "crown", "crown-ibp"])
             c.add_argument("--pgd-steps", type=int, default=0, help="also run PGD with this many steps")
             c.add_argument("--out", default=None, help="results JSONL (resumed if it exists)")
             c.add_argument("--plot", default=None, help="PNG of accuracy vs eps")

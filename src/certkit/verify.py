@@ -22,6 +22,7 @@ from certkit.specs import InputSet, LinearSpec, SpecError, ball, check_finite, m
 METHODS: dict[str, Callable[[nn.Module, InputSet, LinearSpec], torch.Tensor]] = {
     "ibp": lambda model, s, spec: interval_bounds(model, s, spec).lower,
     "crown": lambda model, s, spec: crown_bounds(model, s, spec).lower,
+    "crown-ibp": lambda model, s, spec: crown_bounds(model, s, spec, intermediate="ibp").lower,
 }
 
 
