@@ -147,9 +147,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
           train_set: Dataset | None = None, test_set: Dataset | None = None,
           log: bool = True) -> tuple[nn.Module, list[dict]]:
     """Run (or resume) the training described by ``cfg`` in ``out_dir``; returns (model, history rows).
-    ``resume=False`` discards an earlier run in ``out_dir``.
 
-    ``progress`` shows a bar per epoch; ``log`` prints one line per epoch."""
+    ``resume=False`` discards an earlier run in ``out_dir``; ``progress`` shows a bar per epoch; ``log`` prints
+    one line per epoch."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
@@ -197,7 +197,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
         t0 = time.time()
         model.train()
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-        sums: dict[str, float] = {}
+        sums: dict[str, float | torch.Tensor] = {}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    leave=False)
         for b in bar:
@@ -216,13 +216,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
-            for k, v in metrics.items():
+            for k, v in metrics.items():  # summed on the device; read once per epoch
                 sums[k] = sums.get(k, 0.0) + v
-            if b % 20 == 0:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()})
+            if progress and b % 20 == 0:
+                bar.set_postfix({k: f"{float(v):.3f}" for k, v in metrics.items()})
         train_time = time.time() - t0
         ev = evaluate(model, eval_set, cfg.eval_eps, cfg.norm)
-        row = {"epoch": epoch + 1, **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
+        row = {"epoch": epoch + 1, **{f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()},
                "lr": lr_at(cfg, epoch), f"test_clean_acc@{cfg.eval_n}": ev["clean_acc"],
                f"test_ibp_acc@{cfg.eval_eps}": ev["cert_acc"], "train_time_s": round(train_time, 1),
                "time_s": round(time.time() - t0, 1)}

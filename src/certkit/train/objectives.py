@@ -22,6 +22,9 @@ from certkit.train.schedules import Ramp
 
 
 class Objective:
+    """Returns (loss, metrics); metric values are floats or detached 0-d tensors, so that a training step
+    never waits for the device just to log."""
+
     name = "objective"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int):
@@ -34,7 +37,7 @@ class Standard(Objective):
     def __call__(self, model, x, y, step):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        return loss, {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
 
 
 class PGDTraining(Objective):
@@ -50,7 +53,7 @@ class PGDTraining(Objective):
             x = pgd(model, x, y, eps, self.norm, self.steps, self.step_size, self.restarts).x_adv
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.item(), "adv_acc": (logits.argmax(1) == y).float().mean().item(), "eps": eps}
+        return loss, {"loss": loss.detach(), "adv_acc": (logits.argmax(1) == y).float().mean(), "eps": eps}
 
 
 class IBPTraining(Objective):
@@ -63,14 +66,14 @@ class IBPTraining(Objective):
         eps, kappa = self.eps(step), self.kappa(step)
         logits = model(x)
         clean = F.cross_entropy(logits, y)
-        metrics = {"acc": (logits.argmax(1) == y).float().mean().item(), "eps": eps, "kappa": kappa}
+        metrics = {"acc": (logits.argmax(1) == y).float().mean(), "eps": eps, "kappa": kappa}
         if eps <= 0 or kappa >= 1:
-            metrics["loss"] = clean.item()
+            metrics["loss"] = clean.detach()
             return clean, metrics
         spec = margin_spec(y, self.num_classes, x.dtype)
         lower = interval_bounds(model, ball(self.norm, x, eps), spec).lower
         robust = F.cross_entropy(worst_case_logits(lower, y, self.num_classes), y)
         loss = kappa * clean + (1 - kappa) * robust
-        metrics.update(loss=loss.item(), robust_loss=robust.item(),
-                       ibp_acc=(lower.min(1).values > 0).float().mean().item())
+        metrics.update(loss=loss.detach(), robust_loss=robust.detach(),
+                       ibp_acc=(lower.detach().min(1).values > 0).float().mean())
         return loss, metrics
