@@ -3,7 +3,7 @@ import torch
 
 from certkit import LinfBall, interval_bounds, to_graph
 from certkit.data import load_dataset
-from certkit.models import REGISTRY, build
+from certkit.models import REGISTRY, build, load_colt_mnist
 from certkit.verify import certify
 
 SHAPES = {"mlp": (1, 28, 28), "colt-mnist": (1, 28, 28), "stn-mnist": (1, 28, 28), "lenet": (1, 28, 28),
@@ -42,13 +42,7 @@ def test_architecture_sizes():
 
 def test_colt_released_network(shared, mnist_dir):
     """COLT's released MNIST eps=0.1 net loads into our ConvMed with a Normalize layer (99.2 % clean published)."""
-    state = torch.load(shared / "models/colt/mnist_0.1_convmed_flat_2_2_100.pt", weights_only=True,
-                       map_location="cpu")
-    m = build("colt-mnist", (1, 28, 28), 10, [0.1307], [0.3081])
-    ours = [k for k in m.state_dict() if not k.startswith("0.")]
-    theirs = [k for k in state if "deepz_lambda" not in k]
-    m.load_state_dict({**{k: m.state_dict()[k] for k in ("0.mean", "0.std")},
-                       **{a: state[b] for a, b in zip(ours, theirs)}})
+    m = load_colt_mnist(shared / "models/colt/mnist_0.1_convmed_flat_2_2_100.pt")
     data = load_dataset("mnist", "test", mnist_dir).subset(0, 1000)
     c = certify(m.eval(), data.x, data.y, 0.1)
     assert c.correct.float().mean() > 0.98

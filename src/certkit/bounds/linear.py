@@ -64,8 +64,7 @@ def _affine_backward(op: g.AffineOp, A: torch.Tensor, in_shape: tuple[int, ...])
     if bias is None:
         c = torch.zeros(B, K, dtype=A.dtype, device=A.device)
     else:
-        shape = (1, -1) + (1,) * (flat.dim() - 2)
-        c = (flat * bias.view(shape)).flatten(1).sum(1).view(B, K)
+        c = (flat.flatten(2).sum(2) @ bias if flat.dim() > 2 else flat @ bias).view(B, K)
     return A_in.reshape(B, K, *in_shape), c
 
 
@@ -100,11 +99,16 @@ def _concretize(A: torch.Tensor, c: torch.Tensor, input_set: InputSet) -> torch.
 
 
 def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[int, ...]],
-              pre: dict[int, Bounds], input_set: InputSet) -> torch.Tensor:
-    """Lower bound of ``A·x_target`` over the input set (A: (B, K, *shape of target))."""
+              pre: dict[int, Bounds], input_set: InputSet, const: torch.Tensor | None = None,
+              alphas: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Lower bound of ``A·x_target + const`` over the input set (A: (B, K, *shape of target)).
+
+    ``alphas`` optionally gives, per ReLU input node, lower slopes in [0, 1] of shape (B, K, *shape) for the
+    unstable neurons (α-CROWN); the default is CROWN's adaptive slope."""
     B, K = A.shape[:2]
     coeff: dict[int, torch.Tensor] = {target: A}
-    const = torch.zeros(B, K, dtype=A.dtype, device=A.device)
+    if const is None:
+        const = torch.zeros(B, K, dtype=A.dtype, device=A.device)
     for i in range(target, -1, -1):
         if i not in coeff:
             continue
@@ -118,10 +122,12 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
             Aj, c = _affine_backward(op, Ai, shapes[j])
             const = const + c
         elif isinstance(op, g.ReLU):
-            sl, su, bu = _relu_relaxation(pre[j])
-            pos, neg = Ai.clamp(min=0), Ai.clamp(max=0)
-            Aj = pos * sl.unsqueeze(1) + neg * su.unsqueeze(1)
-            const = const + (neg * bu.unsqueeze(1)).flatten(2).sum(2)
+            sl, su, bu = (t.unsqueeze(1) for t in _relu_relaxation(pre[j]))
+            if alphas is not None and j in alphas:
+                b = pre[j]
+                sl = torch.where(((b.lower < 0) & (b.upper > 0)).unsqueeze(1), alphas[j], sl)
+            Aj = Ai * torch.where(Ai >= 0, sl, su)
+            const = const + torch.einsum("bkn,bn->bk", Ai.clamp(max=0).flatten(2), bu.flatten(2)[:, 0])
         elif isinstance(op, (g.Flatten, g.Unflatten)):
             Aj = Ai.reshape(B, K, *shapes[j])
         elif isinstance(op, g.AvgPool2d):
@@ -134,6 +140,53 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
             raise g.UnsupportedOpError(f"CROWN has no relaxation for {op!r} yet (node '{node.name}')")
         coeff[j] = coeff[j] + Aj if j in coeff else Aj
     raise AssertionError("the backward pass did not reach the input")
+
+
+def _neuron_bounds(graph: g.Graph, j: int, mask: torch.Tensor, shapes: list[tuple[int, ...]],
+                   pre: dict[int, Bounds], input_set: InputSet, max_elems: int) -> tuple[torch.Tensor, ...]:
+    """Lower and upper bounds of the neurons of node ``j`` selected per input by ``mask`` (B, n).
+
+    Returns (idx, valid, lower, upper), each (B, U) with U the largest count of selected neurons of one input;
+    ``idx`` pads with neuron 0 where ``valid`` is False. When node j is affine, its transposed map applied to
+    the unit rows does not depend on the input: it is computed once for the union of selected neurons and
+    gathered per input, which saves most of the work on conv layers."""
+    B, n = mask.shape
+    counts = mask.sum(1)
+    U = int(counts.max())
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :U]
+    valid = torch.arange(U, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    idx = torch.where(valid, order, torch.zeros_like(order))
+    dtype = pre[j].lower.dtype if j in pre else input_set.x.dtype
+    dev = mask.device
+    node = graph.nodes[j]
+    first = isinstance(node.op, g.AffineOp) and not isinstance(node.op, g.ChannelAffine)
+    start = node.inputs[0] if first else j
+    size = max(math.prod(shapes[k]) for k in range(start + 1)) * (2 if first else 1)
+    chunk = max(1, max_elems // max(1, 2 * B * size))
+    lower, upper = [], []
+    union, inverse = torch.unique(idx, return_inverse=True) if first else (None, None)
+    for s in range(0, U, chunk):
+        sel = idx[:, s:s + chunk]
+        k = sel.shape[1]
+        if first:
+            op = node.op
+            uni = torch.unique(inverse[:, s:s + chunk])
+            eye = torch.zeros(len(uni), n, dtype=dtype, device=dev)
+            eye[torch.arange(len(uni)), union[uni]] = 1
+            M, c = _affine_backward(op, eye.view(1, len(uni), *shapes[j]), shapes[start])
+            pos = torch.searchsorted(uni, inverse[:, s:s + chunk].contiguous())
+            A = M[0][pos]  # (B, k, *in_shape)
+            c = c[0][pos]
+        else:
+            A = torch.zeros(B, k, n, dtype=dtype, device=dev)
+            A.scatter_(2, sel.unsqueeze(2), 1)
+            A = A.view(B, k, *shapes[j])
+            c = torch.zeros(B, k, dtype=dtype, device=dev)
+        both = torch.cat([A, -A], 1)
+        lo = _backward(graph, start, both, shapes, pre, input_set, torch.cat([c, -c], 1))
+        lower.append(lo[:, :k])
+        upper.append(-lo[:, k:])
+    return idx, valid, torch.cat(lower, 1), torch.cat(upper, 1)
 
 
 def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
@@ -151,13 +204,14 @@ def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
 
 
 def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, intersect_ibp: bool = True,
-                 return_all: bool = False, intermediate: str = "crown"):
+                 return_all: bool = False, intermediate: str = "crown", max_elems: int = 2**25):
     """CROWN bounds on the model's output, or on the rows of ``spec``.
 
     Pre-activation bounds of every ReLU come from the same backward procedure (intersected with IBP when
     ``intersect_ibp``), or, with ``intermediate="ibp"``, from IBP alone: that is CROWN-IBP (Zhang et al. 2020),
     one backward pass from the output, cheap enough for training. With ``return_all``, also the dict
-    {node index: Bounds} of the pre-activation bounds.
+    {node index: Bounds} of the pre-activation bounds. ``max_elems`` caps the size of one coefficient tensor
+    (rows are processed in chunks), trading memory for speed.
     """
     if intermediate not in ("crown", "ibp"):
         raise ValueError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
@@ -187,17 +241,17 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
             j = node.inputs[0]
             ibp = ibp_all[j]
             # only neurons that IBP cannot prove stable need linear bounds: a stable ReLU is relaxed exactly
-            unstable = ((ibp.lower < 0) & (ibp.upper > 0)).flatten(1).any(0).nonzero().squeeze(1)
-            if intermediate == "ibp" or _ibp_is_exact(graph, j) or len(unstable) == 0:
+            if intermediate == "ibp" or _ibp_is_exact(graph, j) or not ((ibp.lower < 0) & (ibp.upper > 0)).any():
                 pre[j] = ibp
                 continue
-            rows = torch.zeros(B, len(unstable), math.prod(shapes[j]), dtype=dtype, device=ibp.lower.device)
-            rows[:, torch.arange(len(unstable)), unstable] = 1
-            lo, up = bound_node(j, rows.view(B, len(unstable), *shapes[j]))
+            mask = ((ibp.lower < 0) & (ibp.upper > 0)).flatten(1)
+            idx, valid, lo, up = _neuron_bounds(graph, j, mask, shapes, pre, input_set, max_elems)
             lower, upper = ibp.lower.flatten(1).clone(), ibp.upper.flatten(1).clone()
             if intersect_ibp:
-                lo, up = torch.maximum(lo, lower[:, unstable]), torch.minimum(up, upper[:, unstable])
-            lower[:, unstable], upper[:, unstable] = lo, up
+                lo, up = torch.maximum(lo, lower.gather(1, idx)), torch.minimum(up, upper.gather(1, idx))
+            rows = torch.arange(B, device=idx.device).unsqueeze(1).expand_as(idx)
+            lower[rows[valid], idx[valid]] = lo[valid]
+            upper[rows[valid], idx[valid]] = up[valid]
             pre[j] = Bounds(lower.view_as(ibp.lower), upper.view_as(ibp.upper))
     out_shape = shapes[graph.output]
     if spec is None:

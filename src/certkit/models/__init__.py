@@ -182,4 +182,19 @@ def build(
     return nn.Sequential(*layers)
 
 
-__all__ = ["REGISTRY", "build", "register"]
+def load_colt_mnist(path) -> nn.Sequential:
+    """COLT's released MNIST network (``mnist_0.1_convmed_flat_2_2_100.pt``, Balunović & Vechev 2020) as a
+    ``colt-mnist`` model taking pixels in [0, 1]: its training normalised by (x − 0.1307)/0.3081 outside the net,
+    so a Normalize layer is put in front. The released slopes (``deepz_lambda``) are not weights and are dropped."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = build("colt-mnist", (1, 28, 28), 10, [0.1307], [0.3081])
+    ours = [k for k in model.state_dict() if not k.startswith("0.")]
+    theirs = [k for k in state if "deepz_lambda" not in k]
+    if len(ours) != len(theirs):
+        raise ValueError(f"{path}: expected {len(ours)} weight tensors of COLT's ConvMed, found {len(theirs)}")
+    model.load_state_dict({**{k: model.state_dict()[k] for k in ("0.mean", "0.std")},
+                           **{a: state[b] for a, b in zip(ours, theirs)}})
+    return model.eval()
+
+
+__all__ = ["REGISTRY", "build", "load_colt_mnist", "register"]
