@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from certkit import L1Ball, L2Ball, LinfBall, Normalize, Residual, interval_bounds, margin_spec, to_graph
-from certkit.bounds.linear import crown_bounds
+from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
 from certkit.graph import UnsupportedOpError
 from certkit.specs import Box
 from certkit.verify import certify
@@ -91,3 +91,28 @@ def test_golden_crown_bounds_of_auto_lirpa(shared):
             torch.testing.assert_close(b.upper, ref_u, rtol=1e-4, atol=1e-6)
         else:
             assert (b.lower >= ref_l - 1e-6).all() and (b.upper <= ref_u + 1e-6).all()
+
+
+@pytest.mark.parametrize("ball_cls, eps", [(LinfBall, 0.03), (L2Ball, 0.3)])
+def test_alpha_crown_is_sound_and_never_looser_than_crown(ball_cls, eps):
+    model = relu_net(5)
+    x = torch.rand(4, 2, 8, 8)
+    s, spec = ball_cls(x, eps), margin_spec(model(x).argmax(1), 5)
+    for sp in (None, spec):
+        crown = crown_bounds(model, s, sp)
+        alpha = alpha_crown_bounds(model, s, sp, iterations=10)
+        assert (alpha.lower >= crown.lower - 1e-6).all() and (alpha.upper <= crown.upper + 1e-6).all()
+        assert (alpha.lower > crown.lower + 1e-4).any()  # the optimisation does something
+        for p in s.sample(128, torch.Generator().manual_seed(1)):
+            out = model(p) if sp is None else sp.apply(model(p))
+            assert_contained(alpha.lower, alpha.upper, out)
+
+
+@pytest.mark.parametrize("norm", ["l_inf", "l_2"])
+def test_alpha_crown_at_least_as_tight_as_auto_lirpa_optimized(shared, norm):
+    model, data = golden_model(shared)
+    x = data["data"]
+    s = (LinfBall if norm == "l_inf" else L2Ball)(x, 0.01)
+    ours = alpha_crown_bounds(model, s, iterations=20, lr=0.1)
+    ref_lo, ref_up = data[f"{norm}_CROWN-Optimized_lb"], data[f"{norm}_CROWN-Optimized_ub"]
+    assert (ours.lower >= ref_lo - 5e-6).all() and (ours.upper <= ref_up + 5e-6).all()
