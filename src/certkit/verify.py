@@ -2,27 +2,60 @@
 
 ``certify(model, x, y, eps, method='ibp')`` returns, per input, whether the clean prediction is correct and
 whether the bound proves ``f_y > f_j`` for all ``j ≠ y`` over the whole ball (a certificate is only claimed for
-correctly classified inputs). Later domains (CROWN, MILP, the cascade) plug in through ``METHODS``.
+correctly classified inputs). Methods: ``ibp``, ``crown``, ``crown-ibp``, ``alpha`` (α-CROWN), ``milp`` (exact,
+HiGHS) and ``cascade``: :func:`verify_property` runs, per input, a PGD falsification attempt and then IBP →
+CROWN → α-CROWN → MILP, stopping at the first verdict. :func:`max_radius` bisects on ε for any method.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from certkit.bounds.interval import interval_bounds
-from certkit.bounds.linear import crown_bounds
-from certkit.specs import InputSet, LinearSpec, SpecError, ball, check_finite, margin_spec
+from certkit.bounds.interval import Bounds, interval_bounds
+from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
+from certkit.specs import Box, InputSet, LinearSpec, LpBall, SpecError, ball, check_finite, margin_spec
 
-# method name -> function(model, input_set, spec) -> lower bounds on the spec rows (B, K)
-METHODS: dict[str, Callable[[nn.Module, InputSet, LinearSpec], torch.Tensor]] = {
-    "ibp": lambda model, s, spec: interval_bounds(model, s, spec).lower,
-    "crown": lambda model, s, spec: crown_bounds(model, s, spec).lower,
-    "crown-ibp": lambda model, s, spec: crown_bounds(model, s, spec, intermediate="ibp").lower,
+
+def _milp_lower(model: nn.Module, s: InputSet, spec: LinearSpec, timeout: float = 60.0,
+                max_binaries: int | None = None, **_) -> torch.Tensor:
+    """Lower bounds of the spec rows by MILP with CROWN's intermediate bounds, stopping per row once the sign
+    is decided (a verified row gets a bound above 0; a falsified one a value at or below 0)."""
+    from certkit.bounds.milp import MilpEncoding, _select
+
+    crown, pre = crown_bounds(model, s, spec, return_all=True)
+    lower = crown.lower.clone()
+    for b in range(s.batch_size):
+        t0 = time.perf_counter()
+        enc = None
+        for k in lower[b].argsort().tolist():
+            if lower[b, k] > 0:
+                continue
+            if enc is None:
+                pb = {i: Bounds(v.lower[b:b + 1], v.upper[b:b + 1]) for i, v in pre.items()}
+                enc = MilpEncoding(model, _select(s, b), pb, max_binaries)
+            d = 0.0 if spec.d is None else float(spec.d[b, k])
+            r = enc.minimize(spec.C[b, k], d, time_limit=timeout - (time.perf_counter() - t0))
+            lower[b, k] = r.value if r.verdict == "falsified" else max(r.bound, lower[b, k].item())
+            if r.verdict != "verified":
+                break  # one row that is not proved decides the input
+    return lower
+
+
+# method name -> function(model, input_set, spec, **options) -> lower bounds on the spec rows (B, K)
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "ibp": lambda model, s, spec, **_: interval_bounds(model, s, spec).lower,
+    "crown": lambda model, s, spec, **_: crown_bounds(model, s, spec).lower,
+    "crown-ibp": lambda model, s, spec, **_: crown_bounds(model, s, spec, intermediate="ibp").lower,
+    "alpha": lambda model, s, spec, iterations=20, **_: alpha_crown_bounds(
+        model, s, spec, iterations=iterations, bound_upper=False).lower,
+    "milp": _milp_lower,
 }
 
 
@@ -31,6 +64,7 @@ class Certificate:
     correct: torch.Tensor  # bool (B,): clean prediction is the label
     certified: torch.Tensor  # bool (B,): correct and proved robust over the set
     margin_lower: torch.Tensor  # (B,): lower bound on min_j f_y − f_j over the set
+    verdicts: list | None = None  # the cascade's per-input Verdicts (stage, times, counterexample)
 
 
 @torch.no_grad()
@@ -44,14 +78,17 @@ def certify(
     domain: tuple[float, float] | None = (0.0, 1.0),
     num_classes: int | None = None,
     float64_check: bool = False,
+    **options,
 ) -> Certificate:
     """Certify ``model`` on a batch ``(x, y)`` for the ``norm`` ball of radius ``eps``.
 
+    ``options`` go to the method: ``iterations`` (alpha), ``timeout`` (seconds per input; milp, cascade),
+    ``max_binaries`` (milp, cascade) and the other arguments of :func:`verify_property` (cascade).
     With ``float64_check``, inputs certified in the model's dtype are certified again on a float64 copy of the
     model, and only inputs that pass both keep the verdict (guards against float32 round-off at tiny margins).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown certification method {method!r}; available: {', '.join(METHODS)}")
+    if method not in METHODS and method != "cascade":
+        raise ValueError(f"unknown certification method {method!r}; available: {', '.join(METHODS)}, cascade")
     check_finite(x)
     if y.shape != (x.shape[0],):
         raise SpecError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
@@ -61,18 +98,26 @@ def certify(
         raise SpecError(f"inputs of shape {tuple(x.shape)} do not fit the model: {e}") from e
     k = num_classes or logits.shape[1]
     spec = margin_spec(y, k, logits.dtype)
-    lower = METHODS[method](model, ball(norm, x, eps, domain), spec)
-    margin = lower.min(1).values.nan_to_num(nan=-torch.inf)  # overflowing bounds prove nothing
     correct = logits.argmax(1) == y
-    certified = correct & (margin > 0)
+    s = ball(norm, x, eps, domain)
+    verdicts = None
+    if method == "cascade":
+        verdicts = verify_property(model, s, spec, **options)
+        lower = torch.stack([v.lower for v in verdicts])
+        verified = torch.tensor([v.verdict == "verified" for v in verdicts], device=x.device)
+    else:
+        lower = METHODS[method](model, s, spec, **options)
+        verified = torch.ones_like(correct)
+    margin = lower.min(1).values.nan_to_num(nan=-torch.inf)  # overflowing bounds prove nothing
+    certified = correct & (margin > 0) & verified
     if float64_check and certified.any() and x.dtype != torch.float64:
         model64 = copy.deepcopy(model).double()
         e = torch.as_tensor(eps, dtype=torch.float64)
         e = e[certified] if e.dim() > 0 else e
-        again = certify(model64, x[certified].double(), y[certified], e, method, norm, domain, k)
+        again = certify(model64, x[certified].double(), y[certified], e, method, norm, domain, k, **options)
         certified = certified.clone()
         certified[certified.clone()] = again.certified
-    return Certificate(correct, certified, margin)
+    return Certificate(correct, certified, margin, verdicts)
 
 
 def certify_dataset(
@@ -152,3 +197,194 @@ def summarize(rows: list[dict]) -> list[dict]:
         row["certified"] = sum(r["certified"] for r in rs) / len(rs)
         out.append(row)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ cascade
+STAGES = ("attack", "ibp", "crown", "alpha", "milp")
+
+
+@dataclass
+class Verdict:
+    """One input's answer: ``verdict`` is 'verified', 'falsified' (``counterexample`` violates the property,
+    re-checked in float64) or 'unknown'; ``stage`` decided it; ``seconds`` per stage (batched stages split
+    their time evenly over the inputs they ran on); ``lower``: the best proven lower bound per row."""
+
+    verdict: str
+    stage: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    counterexample: torch.Tensor | None = None
+    lower: torch.Tensor | None = None
+
+
+def _clause_min(values: torch.Tensor, clauses: torch.Tensor) -> torch.Tensor:
+    """min over clauses of (max over the clause's rows): ≤ 0 iff some clause has all its rows ≤ 0, i.e. the
+    point violates the property. values: (B, K)."""
+    n = int(clauses.max()) + 1
+    per = torch.full((values.shape[0], n), -math.inf, dtype=values.dtype, device=values.device)
+    per = per.scatter_reduce(1, clauses.expand_as(values), values, reduce="amax")
+    return per.min(1).values
+
+
+def _proved(lower: torch.Tensor, clauses: torch.Tensor) -> torch.Tensor:
+    """Every clause has a row whose lower bound is positive. (B,) bool."""
+    return _clause_min(lower, clauses) > 0
+
+
+def verify_property(
+    model: nn.Module,
+    input_set: InputSet,
+    spec: LinearSpec,
+    clauses: torch.Tensor | None = None,
+    stages: tuple[str, ...] = STAGES,
+    timeout: float = 60.0,
+    pgd_steps: int = 50,
+    pgd_restarts: int = 3,
+    alpha_iterations: int = 20,
+    max_binaries: int | None = None,
+) -> list[Verdict]:
+    """Decide, per input, the property "for every x' in the set, some row of every clause is positive", i.e.
+    ``min_q max_{k∈q} (C·f(x') + d)_k > 0``; ``clauses`` (K,) gives each spec row's clause (default: each row
+    its own clause, so every row must be positive — the classification margin). VNN-LIB's unsafe sets are
+    disjunctions of conjunctions: a clause is one conjunction, negated.
+
+    Stages run in order on the inputs still undecided: ``attack`` (PGD on the violation, re-checked in float64),
+    ``ibp``, ``crown``, ``alpha`` (bounds; a clause is refuted when one of its rows is proved positive) and
+    ``milp`` (HiGHS with CROWN's intermediate bounds, per open clause, within what is left of ``timeout``).
+    """
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; available: {', '.join(STAGES)}")
+    B, K = spec.C.shape[:2]
+    clauses = torch.arange(K) if clauses is None else torch.as_tensor(clauses)
+    if clauses.shape != (K,):
+        raise SpecError(f"clauses must give one clause index per spec row ({K}), got shape {tuple(clauses.shape)}")
+    clauses = clauses.to(spec.C.device)
+    d = spec.d if spec.d is not None else torch.zeros(B, K, dtype=spec.C.dtype, device=spec.C.device)
+    lower = torch.full((B, K), -math.inf, dtype=spec.C.dtype, device=spec.C.device)
+    verdicts = [Verdict("unknown", "", {}) for _ in range(B)]
+    open_ = torch.ones(B, dtype=torch.bool)
+
+    def sub(idx: torch.Tensor) -> tuple[InputSet, LinearSpec]:
+        s = _subset(input_set, idx)
+        return s, LinearSpec(spec.C[idx], d[idx])
+
+    def objective(m, C, dd):
+        return lambda x: _clause_min(torch.einsum("bkn,bn->bk", C, m(x)) + dd, clauses)
+
+    for stage in stages:
+        idx = open_.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        if stage == "milp":
+            if isinstance(input_set, LpBall) and input_set.p != math.inf:
+                continue  # the MILP encodes boxes only
+            for b in idx.tolist():
+                _milp_stage(model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout, max_binaries)
+            continue
+        t0 = time.perf_counter()
+        s, sp = sub(idx)
+        if stage == "attack":
+            from certkit.attacks.pgd import pgd_minimize
+
+            x_adv, _ = pgd_minimize(objective(model, sp.C, sp.d), s, pgd_steps, pgd_restarts)
+            model64 = copy.deepcopy(model).double()
+            with torch.no_grad():
+                v64 = objective(model64, sp.C.double(), sp.d.double())(x_adv.double())
+            inside = s.contains(x_adv)
+            dt = (time.perf_counter() - t0) / len(idx)
+            for k, b in enumerate(idx.tolist()):
+                verdicts[b].seconds[stage] = dt
+                if v64[k] <= 0 and inside[k]:
+                    verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, x_adv[k:k + 1].detach())
+                    open_[b] = False
+            continue
+        method = {"ibp": "ibp", "crown": "crown", "alpha": "alpha"}[stage]
+        with torch.no_grad():
+            lo = METHODS[method](model, s, LinearSpec(sp.C, None), iterations=alpha_iterations) + sp.d
+        lower[idx] = torch.maximum(lower[idx], lo.nan_to_num(nan=-math.inf))
+        dt = (time.perf_counter() - t0) / len(idx)
+        ok = _proved(lower[idx], clauses)
+        for k, b in enumerate(idx.tolist()):
+            verdicts[b].seconds[stage] = dt
+            if ok[k]:
+                verdicts[b].verdict, verdicts[b].stage = "verified", stage
+                open_[b] = False
+    for b, v in enumerate(verdicts):
+        v.lower = lower[b].detach()
+    return verdicts
+
+
+def _subset(input_set: InputSet, idx: torch.Tensor) -> InputSet:
+    if isinstance(input_set, LpBall):
+        return type(input_set)(input_set.x[idx], input_set.eps.flatten()[idx], domain=input_set.domain)
+    return Box(input_set.lower[idx], input_set.upper[idx])
+
+
+def _milp_stage(model, input_set, spec, d, clauses, b, lower, verdict: Verdict, timeout, max_binaries) -> None:
+    """Refute each open clause of input b by MILP: a clause is refuted when one of its rows is proved positive;
+    a solution violating every row of a clause (re-checked in float64) falsifies the property."""
+    from certkit.bounds.milp import MilpEncoding, _select
+
+    t0 = time.perf_counter()
+    left = timeout - sum(verdict.seconds.values())
+    one = _select(input_set, b)
+    _, pre = crown_bounds(model, one, LinearSpec(spec.C[b:b + 1], None), return_all=True)
+    enc = MilpEncoding(model, one, pre, max_binaries)
+    decided = "verified"
+    for q in clauses.unique().tolist():
+        rows = (clauses == q).nonzero().squeeze(1).tolist()
+        if any(lower[b, k] > 0 for k in rows):
+            continue
+        refuted = False
+        for k in sorted(rows, key=lambda k: -float(lower[b, k])):
+            budget = left - (time.perf_counter() - t0)
+            if budget <= 0:
+                break
+            r = enc.minimize(spec.C[b, k], float(d[b, k]), time_limit=budget)
+            lower[b, k] = max(float(lower[b, k]), r.bound)
+            if r.verdict == "verified":
+                refuted = True
+                break
+            if r.verdict == "falsified" and len(rows) == 1:
+                verdict.verdict, verdict.stage, verdict.counterexample = "falsified", "milp", r.x.float()
+                verdict.seconds["milp"] = time.perf_counter() - t0
+                return
+        if not refuted:
+            decided = "unknown"
+            break
+    verdict.seconds["milp"] = time.perf_counter() - t0
+    if decided == "verified":
+        verdict.verdict, verdict.stage = "verified", "milp"
+
+
+def max_radius(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    method: str = "ibp",
+    norm: str | float = "inf",
+    hi: float = 0.5,
+    tol: float = 1e-3,
+    domain: tuple[float, float] | None = (0.0, 1.0),
+    **options,
+) -> torch.Tensor:
+    """The largest certified radius per input, by bisection on ε in [0, hi] to within ``tol`` (B,).
+
+    Returns a radius at which ``method`` certifies the input (0 for misclassified inputs, ``hi`` if certified
+    there). Certification is not monotone in ε for every method, so this is a certified radius, not
+    necessarily the supremum of all certified ones.
+    """
+    lo_eps = torch.zeros(len(y), dtype=torch.float64)
+    hi_eps = torch.full((len(y),), float(hi), dtype=torch.float64)
+    top = certify(model, x, y, hi, method, norm, domain, **options)
+    lo_eps[top.certified.cpu()] = hi
+    todo = top.correct.cpu() & ~top.certified.cpu()
+    while todo.any() and (hi_eps - lo_eps)[todo].max() > tol:
+        idx = todo.nonzero().squeeze(1)
+        mid = (lo_eps[idx] + hi_eps[idx]) / 2
+        c = certify(model, x[idx.to(x.device)], y[idx.to(y.device)], mid.to(x), method, norm, domain, **options)
+        ok = c.certified.cpu()
+        lo_eps[idx[ok]] = mid[ok]
+        hi_eps[idx[~ok]] = mid[~ok]
+        todo = todo & ((hi_eps - lo_eps) > tol)
+    return lo_eps

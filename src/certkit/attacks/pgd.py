@@ -90,3 +90,36 @@ def pgd(
         best[idx[broke]] = xa[broke]
         success[idx[broke]] = True
     return AttackResult(best.detach(), success)
+
+
+def pgd_minimize(
+    objective,
+    input_set,
+    steps: int = 50,
+    restarts: int = 1,
+    step_size: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise a per-input ``objective(x) -> (B,)`` over a box-shaped set by signed-gradient PGD with random
+    starts (the first from the centre). Returns the best points and their values, (B, ...) and (B,)."""
+    lo, up = input_set.lower.detach(), input_set.upper.detach()
+    step = (up - lo) / 2 * (2.5 / max(steps, 1)) if step_size is None else step_size
+    best_x = input_set.x.detach().clone()
+    with torch.no_grad():
+        best_v = objective(best_x)
+    for r in range(restarts):
+        xa = best_x.clone() if r == 0 else lo + torch.rand(lo.shape, generator=generator).to(lo) * (up - lo)
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            with torch.enable_grad():
+                v = objective(xa)
+                grad, = torch.autograd.grad(v.sum(), xa)
+            with torch.no_grad():
+                better = v.detach() < best_v
+                best_x[better], best_v[better] = xa.detach()[better], v.detach()[better]
+                xa = torch.minimum(torch.maximum(xa.detach() - step * grad.sign(), lo), up)
+        with torch.no_grad():
+            v = objective(xa)
+            better = v < best_v
+            best_x[better], best_v[better] = xa[better], v[better]
+    return best_x, best_v

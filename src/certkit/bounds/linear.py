@@ -304,9 +304,10 @@ def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = Non
     if alphas and iterations > 0:
         opt = torch.optim.Adam(list(alphas.values()), lr=lr)
         for _ in range(iterations):
-            lo = _backward(graph, graph.output, rows, shapes, pre, input_set, alphas=alphas)
+            with torch.enable_grad():
+                lo = _backward(graph, graph.output, rows, shapes, pre, input_set, alphas=alphas)
+                grads = torch.autograd.grad(-lo.sum(), list(alphas.values()))  # model weights get no .grad
             best = torch.maximum(best, lo.detach())
-            grads = torch.autograd.grad(-lo.sum(), list(alphas.values()))  # model weights get no .grad
             for a, gr in zip(alphas.values(), grads):
                 a.grad = gr
             opt.step()

@@ -1,0 +1,94 @@
+"""The verification cascade, the MILP and alpha methods of certify, and the max-radius bisection."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from certkit import LinfBall, margin_spec
+from certkit.attacks import pgd
+from certkit.specs import L2Ball, LinearSpec
+from certkit.verify import certify, max_radius, verify_property
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(),
+                          nn.Linear(24, 4)).eval()
+    with torch.no_grad():  # larger weights: several classes are predicted and the relaxations differ
+        for m in model[1::2]:
+            m.weight.mul_(2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def batch():
+    model = small_net()
+    torch.manual_seed(1)
+    x = torch.rand(24, 1, 4, 4)
+    y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_methods_are_ordered_by_strength_and_sound(batch):
+    model, x, y = batch
+    eps = 0.04
+    got = {m: certify(model, x, y, eps, m, timeout=30) for m in ("ibp", "crown", "alpha", "milp", "cascade")}
+    ibp, crown, alpha, milp, cascade = (got[m].certified for m in ("ibp", "crown", "alpha", "milp", "cascade"))
+    assert (crown | ibp).sum() <= alpha.sum() + ibp.sum()
+    assert not (crown & ~alpha).any() and not (alpha & ~milp).any()
+    assert (milp == cascade).all()  # both exact here: nothing times out
+    assert 0 < milp.sum() < len(y) and crown.sum() < milp.sum()  # the case is not trivial
+    strong = pgd(model, x, y, eps, steps=100, restarts=5, loss="margin")
+    assert not (milp & strong.success).any()
+    # every input the exact methods leave uncertified is falsified by the cascade, with a checked counterexample
+    for i, v in enumerate(got["cascade"].verdicts):
+        if v.verdict == "falsified":
+            s = LinfBall(x[i:i + 1], eps)
+            assert s.contains(v.counterexample).all()
+            assert model(v.counterexample).argmax(1).item() != y[i].item() or \
+                (model(v.counterexample)[0, y[i]] - model(v.counterexample)[0]).sort().values[1] <= 1e-6
+        else:
+            assert v.verdict == "verified" and set(v.seconds) <= {"attack", "ibp", "crown", "alpha", "milp"}
+    assert {v.verdict for v in got["cascade"].verdicts} == {"verified", "falsified"}
+
+
+def test_clauses_need_one_positive_row_each():
+    model = small_net(2)
+    x = torch.rand(3, 1, 4, 4)
+    out = model(x)
+    s = LinfBall(x, 1e-4)
+    # clause 0: row "f0 − f0_centre + 1 > 0" (true) OR row "−1 > 0" (false): refuted by its first row
+    C = torch.zeros(3, 2, 4)
+    C[:, 0, 0] = 1
+    d = torch.stack([1 - out[:, 0].detach(), -torch.ones(3)], 1)
+    v = verify_property(model, s, LinearSpec(C, d), clauses=torch.tensor([0, 0]))
+    assert all(r.verdict == "verified" for r in v)
+    # as two separate clauses, the constant row −1 > 0 is violated everywhere: falsified by the attack
+    v = verify_property(model, s, LinearSpec(C, d))
+    assert all(r.verdict == "falsified" and r.stage == "attack" for r in v)
+
+
+def test_cascade_on_l2_balls_skips_the_milp():
+    model, x, y = small_net(), torch.rand(4, 1, 4, 4), None
+    y = model(x).argmax(1)
+    c = certify(model, x, y, 0.05, "cascade", norm="2")
+    assert all("milp" not in v.seconds for v in c.verdicts)
+    v = verify_property(model, L2Ball(x, 0.05), margin_spec(y, 4), stages=("ibp",))
+    assert all(r.verdict in ("verified", "unknown") for r in v)
+    with pytest.raises(ValueError, match="unknown stages"):
+        verify_property(model, L2Ball(x, 0.05), margin_spec(y, 4), stages=("zonotope",))
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_max_radius_is_certified_and_tight_to_tol(batch, method):
+    model, x, y = batch
+    r = max_radius(model, x, y, method, hi=0.3, tol=1e-3)
+    ok = r > 0
+    assert ok.any()
+    at = certify(model, x[ok], y[ok], r[ok].float(), method)
+    assert at.certified.all()
+    above = certify(model, x[ok], y[ok], (r[ok] + 2e-3).float(), method)
+    assert not above.certified[r[ok] < 0.3 - 1e-9].any()
+    assert math.isclose(float(r.max()), float(r.max()))
