@@ -71,3 +71,33 @@ def test_bad_input_gives_clear_errors(trained, tmp_path, capsys):
 def test_console_script_exists():
     r = subprocess.run([sys.executable, "-m", "certkit.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "certkit" in r.stdout
+
+
+def test_certify_onnx_with_the_cascade_and_resume(shared, mnist_dir, tmp_path, capsys):
+    out = tmp_path / "colt.jsonl"
+    args = ["certify", "--checkpoint", str(shared / "models/colt/mnist_0.1.onnx"), "--mean", "0.1307",
+            "--std", "0.3081", "--data", "mnist", "--data-dir", str(mnist_dir), "--eps", "0.1", "--n", "4",
+            "--method", "cascade", "--timeout", "60", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()][1:]
+    assert len(rows) == 4 and all(r["verdict"] in ("verified", "falsified", "unknown") for r in rows)
+    assert all(r["certified"] == (r["verdict"] == "verified") for r in rows)
+    assert all(set(r["seconds"]) <= {"attack", "ibp", "crown", "alpha", "milp"} for r in rows)
+    assert sum(r["certified"] for r in rows) >= 3  # COLT's net is robust on most test images at 0.1
+    assert main(args) == 0  # resumes: nothing new
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_radius_and_verify_commands(shared, mnist_dir, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["radius", "--checkpoint", str(shared / "models/colt/mnist_0.1.onnx"), "--mean", "0.1307",
+                 "--std", "0.3081", "--data", "mnist", "--data-dir", str(mnist_dir), "--n", "3", "--method", "ibp",
+                 "--hi", "0.2", "--tol", "0.01", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()][1:]
+    assert len(rows) == 3 and all(0 <= r["radius"] <= 0.2 for r in rows)
+    root = shared / "vnncomp/2022/mnist_fc"
+    res = tmp_path / "res.txt"
+    assert main(["verify", str(root / "onnx/mnist-net_256x2.onnx.gz"), str(root / "vnnlib/prop_1_0.03.vnnlib.gz"),
+                 "--timeout", "60", "--out", str(res)]) == 0
+    assert capsys.readouterr().out.strip().endswith("sat")
+    assert res.read_text().startswith("sat\n((X_0 ")

@@ -1,4 +1,4 @@
-"""The ``certkit`` command: demo, train, certify, attack."""
+"""The ``certkit`` command: demo, train, certify, radius, attack, verify."""
 
 from __future__ import annotations
 
@@ -39,24 +39,50 @@ def _load_eval_data(args, meta):
     return data
 
 
+def _load_any(args):
+    """A certkit checkpoint, or an ONNX network (``--mean/--std`` put a Normalize layer in front of it)."""
+    from certkit.io import load_model
+
+    path = str(args.checkpoint)
+    if path.endswith((".onnx", ".onnx.gz")):
+        from certkit.nn import Normalize
+        from certkit.onnx_io import load_onnx
+
+        net = load_onnx(path)
+        if args.mean is not None or args.std is not None:
+            c = net.input_shape[1] if len(net.input_shape) > 1 else 1
+            mean, std = args.mean or [0.0] * c, args.std or [1.0] * c
+            net = torch.nn.Sequential(Normalize(mean, std), net).eval()
+        meta = {"arch": {"in_shape": list(load_onnx(path).input_shape[1:])}}
+        return net.to(args.device), meta
+    return load_model(path, args.device)
+
+
+def _options(args) -> dict:
+    return {k: v for k, v in {"timeout": getattr(args, "timeout", None),
+                              "max_binaries": getattr(args, "max_binaries", None),
+                              "iterations": getattr(args, "iterations", None)}.items() if v is not None}
+
+
 def cmd_certify(args) -> int:
-    from certkit.io import ResultsWriter, load_model
+    from certkit.io import ResultsWriter
     from certkit.report import format_table, plot_accuracy_vs_eps
     from certkit.verify import certify_dataset, summarize
 
-    model, meta = load_model(args.checkpoint, args.device)
+    model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
     eps_list = _eps_list(args.eps)
-    args.batch_size = args.batch_size or (16 if args.method == "crown" else 256)  # CROWN: memory-bound
+    args.batch_size = args.batch_size or {"crown": 16, "alpha": 32, "milp": 16, "cascade": 100}.get(args.method, 256)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"certify-{args.method}-{data.name}.jsonl"
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
-              "pgd_steps": args.pgd_steps, "float64_check": args.float64_check, "certkit_version": __version__}
+              "pgd_steps": args.pgd_steps, "float64_check": args.float64_check, **_options(args),
+              "certkit_version": __version__}
     writer = ResultsWriter(out, key="key", header=header)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
     t0 = time.time()
     rows = certify_dataset(model, data.x, data.y, eps_list, args.method, args.norm, args.pgd_steps,
                            batch_size=args.batch_size, indices=indices, writer=writer, progress=not args.quiet,
-                           float64_check=args.float64_check)
+                           float64_check=args.float64_check, **_options(args))
     wanted = set(indices)
     rows = [r for r in rows if r["eps"] in eps_list and r["idx"] in wanted]  # the file may hold more
     summary = summarize(rows)
@@ -71,12 +97,55 @@ def cmd_certify(args) -> int:
     return 0
 
 
+def cmd_radius(args) -> int:
+    import statistics
+
+    from certkit.io import ResultsWriter
+    from certkit.verify import max_radius
+
+    model, meta = _load_any(args)
+    data = _load_eval_data(args, meta)
+    out = Path(args.out) if args.out else Path(str(args.checkpoint)).parent / f"radius-{args.method}-{data.name}.jsonl"
+    header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
+              "hi": args.hi, "tol": args.tol, **_options(args), "certkit_version": __version__}
+    writer = ResultsWriter(out, key="idx", header=header)
+    indices = list(range(args.start, args.start + len(data) * args.step, args.step))
+    bs = args.batch_size or {"crown": 16, "alpha": 32, "milp": 4, "cascade": 16}.get(args.method, 256)
+    for i in range(0, len(indices), bs):
+        ids = [k for k in range(i, min(i + bs, len(indices))) if indices[k] not in writer.done]
+        if not ids:
+            continue
+        x, y = data.x[ids].to(args.device), data.y[ids].to(args.device)
+        r = max_radius(model, x, y, args.method, args.norm, args.hi, args.tol, **_options(args))
+        writer.write([{"idx": indices[k], "label": int(data.y[k]), "radius": float(v)} for k, v in zip(ids, r)])
+    radii = [row["radius"] for row in writer.results if row["idx"] in set(indices)]
+    print(f"{len(radii)} inputs, {args.method} max certified L{args.norm} radius: mean {statistics.mean(radii):.4f}, "
+          f"median {statistics.median(radii):.4f}, max {max(radii):.4f} (0 = misclassified or not certified)")
+    print(f"results: {out}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from certkit.onnx_io import load_onnx
+    from certkit.vnnlib import format_result, read_vnnlib, verify_vnnlib
+
+    t0 = time.time()
+    net = load_onnx(args.onnx)
+    props = read_vnnlib(args.vnnlib)
+    answer, x = verify_vnnlib(net, props, net.input_shape, timeout=args.timeout, max_binaries=args.max_binaries)
+    text = format_result(answer, net, x)
+    print(answer)
+    print(f"{time.time() - t0:.1f} s", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
 def cmd_attack(args) -> int:
     from certkit.attacks import pgd
-    from certkit.io import load_model
     from certkit.report import format_table
 
-    model, meta = load_model(args.checkpoint, args.device)
+    model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
     args.batch_size = args.batch_size or 256
     rows = []
@@ -135,21 +204,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(t)
     t.set_defaults(func=cmd_train)
 
-    for name, helptext in (("certify", "certify a checkpoint on a test set"), ("attack", "PGD-attack a checkpoint")):
+    v = sub.add_parser("verify", help="decide a VNN-LIB property of an ONNX network (VNN-COMP answer)")
+    v.add_argument("onnx")
+    v.add_argument("vnnlib")
+    v.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole instance")
+    v.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
+    v.add_argument("--out", default=None, help="result file (VNN-COMP format, with the counterexample if sat)")
+    _add_common(v)
+    v.set_defaults(func=cmd_verify)
+
+    methods = ["ibp", "crown", "crown-ibp", "alpha", "milp", "cascade"]
+    for name, helptext in (("certify", "certify a checkpoint or ONNX net on a test set"),
+                           ("radius", "largest certified radius per test input, by bisection"),
+                           ("attack", "PGD-attack a checkpoint")):
         c = sub.add_parser(name, help=helptext)
-        c.add_argument("--checkpoint", required=True)
+        c.add_argument("--checkpoint", required=True, help="certkit .safetensors checkpoint or .onnx network")
+        c.add_argument("--mean", type=float, nargs="+", default=None, help="ONNX nets: normalise inputs first")
+        c.add_argument("--std", type=float, nargs="+", default=None)
         c.add_argument("--data", default=None, help="mnist, fashion-mnist, cifar10, svhn, digits")
-        c.add_argument("--eps", type=float, nargs="+", required=True)
+        if name != "radius":
+            c.add_argument("--eps", type=float, nargs="+", required=True)
         c.add_argument("--norm", default="inf", choices=["inf", "2"])
         c.add_argument("--n", type=int, default=None, help="number of test inputs (default: all)")
         c.add_argument("--start", type=int, default=0)
         c.add_argument("--step", type=int, default=1, help="take every step-th test input")
         c.add_argument("--batch-size", type=int, default=None, help="default: 256 (IBP, PGD), 16 (CROWN)")
         _add_common(c)
-        if name == "certify":
-            c.add_argument("--method", default="ibp", choices=["ibp", "crown", "crown-ibp"])
-            c.add_argument("--pgd-steps", type=int, default=0, help="also run PGD with this many steps")
+        if name in ("certify", "radius"):
+            c.add_argument("--method", default="ibp", choices=methods)
+            c.add_argument("--timeout", type=float, default=None, help="seconds per input (milp, cascade)")
+            c.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
+            c.add_argument("--iterations", type=int, default=None, help="alpha: slope optimisation steps (20)")
             c.add_argument("--out", default=None, help="results JSONL (resumed if it exists)")
+        if name == "radius":
+            c.add_argument("--hi", type=float, default=0.5, help="largest radius tried")
+            c.add_argument("--tol", type=float, default=1e-3, help="bisection tolerance")
+            c.set_defaults(func=cmd_radius)
+        elif name == "certify":
+            c.add_argument("--pgd-steps", type=int, default=0, help="also run PGD with this many steps")
             c.add_argument("--plot", default=None, help="PNG of accuracy vs eps")
             c.add_argument("--float64-check", action="store_true",
                            help="confirm every certificate again on a float64 copy of the model")

@@ -134,8 +134,10 @@ def certify_dataset(
     writer=None,
     progress: bool = False,
     float64_check: bool = False,
+    **options,
 ) -> list[dict]:
-    """Per-input rows ``{key, idx, eps, label, pred, correct, pgd_robust, certified, margin_lb, time_s}``.
+    """Per-input rows ``{key, idx, eps, label, pred, correct, pgd_robust, certified, margin_lb, time_s}``, and
+    for the cascade ``verdict``, ``stage`` and ``seconds`` per stage. ``options`` go to :func:`certify`.
 
     With a :class:`~certkit.io.ResultsWriter`, rows are written per batch and rows already in it are skipped,
     so a killed run resumes where it stopped. A certified input that PGD breaks is a soundness bug: it raises.
@@ -159,7 +161,7 @@ def certify_dataset(
         sel = torch.tensor([start + k for k in keep])
         xb, yb = x[sel].to(device), y[sel].to(device)
         t0 = time.time()
-        cert = certify(model, xb, yb, eps, method, norm, float64_check=float64_check)
+        cert = certify(model, xb, yb, eps, method, norm, float64_check=float64_check, **options)
         t_cert = (time.time() - t0) / len(sel)
         robust = None
         if pgd_steps > 0:
@@ -179,6 +181,10 @@ def certify_dataset(
                    "certified": cert_ok, "margin_lb": margin, "method": method, "time_s": round(t_cert, 6)}
             if robust is not None:
                 row["pgd_robust"] = rob
+            if cert.verdicts is not None:
+                v = cert.verdicts[k]
+                row.update(verdict=v.verdict, stage=v.stage, seconds={s: round(t, 4) for s, t in v.seconds.items()})
+                row["time_s"] = round(sum(v.seconds.values()), 4)
             batch_rows.append(row)
         if writer is not None:
             writer.write(batch_rows)

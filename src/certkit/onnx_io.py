@@ -1,0 +1,262 @@
+"""ONNX networks as PyTorch modules that certkit's graph understands.
+
+``load_onnx(path)`` reads an ONNX file (optionally gzip-compressed) and builds an :class:`OnnxModel`: a module
+that runs the ONNX nodes in order, each as a PyTorch layer (Gemm/MatMul+Add → Linear, Conv → Conv2d,
+ConvTranspose → ConvTranspose2d, BatchNormalization → BatchNorm2d, Relu/Sigmoid/Tanh, MaxPool/AveragePool,
+Flatten, Reshape, Add of two tensors → a residual sum, Sub/Add/Mul/Div by a per-channel constant → Normalize).
+Shape arithmetic (Shape, Gather, Unsqueeze, Concat, Constant, ...) is folded into constants at load time, for
+the input shape declared in the file. Any other op raises :class:`~certkit.graph.UnsupportedOpError`.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from certkit.graph import UnsupportedOpError
+from certkit.nn import Normalize
+
+
+class _Sum(nn.Module):
+    def forward(self, a, b):
+        return a + b
+
+
+class OnnxModel(nn.Module):
+    """The converted network: ``steps`` run in order on named tensors; ``input_shape`` is the ONNX input's
+    shape including its batch dimension."""
+
+    def __init__(self, steps: list[tuple[nn.Module, list[str], str]], input_name: str, output_name: str,
+                 input_shape: tuple[int, ...]):
+        super().__init__()
+        self.layers = nn.ModuleList([m for m, _, _ in steps])
+        self.wiring = [(ins, out) for _, ins, out in steps]
+        self.input_name, self.output_name, self.input_shape = input_name, output_name, tuple(input_shape)
+
+    def forward(self, x):
+        env = {self.input_name: x}
+        for layer, (ins, out) in zip(self.layers, self.wiring):
+            env[out] = layer(*[env[i] for i in ins])
+        return env[self.output_name]
+
+
+def _attrs(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _fold(op: str, args: list[np.ndarray], at: dict, shapes: list) -> np.ndarray:
+    """Evaluate a shape-arithmetic node on constants."""
+    if op == "Constant":
+        import onnx
+
+        return onnx.numpy_helper.to_array(at["value"]) if "value" in at else np.array(at.get("value_float"))
+    if op == "Shape":
+        return np.array(shapes[0], dtype=np.int64)
+    if op == "Gather":
+        return np.take(args[0], args[1], axis=at.get("axis", 0))
+    if op == "Unsqueeze":
+        axes = at["axes"] if "axes" in at else list(args[1])
+        out = args[0]
+        for a in sorted(axes):
+            out = np.expand_dims(out, a)
+        return out
+    if op == "Squeeze":
+        axes = at.get("axes", list(args[1]) if len(args) > 1 else None)
+        return np.squeeze(args[0], axis=tuple(axes) if axes is not None else None)
+    if op == "Concat":
+        return np.concatenate(args, axis=at.get("axis", 0))
+    if op in ("Add", "Sub", "Mul", "Div"):
+        f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op]
+        return f(args[0], args[1])
+    if op in ("Cast", "Identity"):
+        return args[0]
+    if op == "Reshape":
+        return args[0].reshape(args[1])
+    if op == "Transpose":
+        return np.transpose(args[0], at.get("perm"))
+    raise UnsupportedOpError(f"ONNX op {op} on constants is not supported")
+
+
+def _channel_constant(c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The per-channel values of a constant that broadcasts per channel over a tensor of ``shape`` (B, C, ...),
+    or None."""
+    c = np.asarray(c, dtype=np.float64)
+    if c.size == 1:
+        return np.full(shape[1] if len(shape) > 1 else 1, float(c.reshape(())))
+    squeezed = c.reshape(-1)
+    if len(shape) > 1 and squeezed.size == shape[1]:
+        expect = [1] * len(shape)
+        expect[1] = shape[1]
+        if c.ndim <= len(shape) and list(c.shape) == expect[len(shape) - c.ndim:]:
+            return squeezed
+    return None
+
+
+def load_onnx(path: str | Path) -> OnnxModel:
+    """Load an ONNX network (``.onnx`` or ``.onnx.gz``) as an :class:`OnnxModel` in eval mode."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no ONNX file at {path}")
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as e:  # noqa: BLE001 - protobuf raises various errors on corrupt files
+        raise ValueError(f"{path} is not a readable ONNX file: {e}") from e
+    g = proto.graph
+    const: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in const]
+    if len(inputs) != 1 or len(g.output) != 1:
+        raise UnsupportedOpError(f"{path}: certkit takes networks with one input and one output")
+    dims = [d.dim_value if d.dim_value > 0 else 1 for d in inputs[0].type.tensor_type.shape.dim]
+    in_name = inputs[0].name
+    steps: list[tuple[nn.Module, list[str], str]] = []
+    uses: dict[str, int] = {}
+    for node in g.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    values = {in_name: torch.zeros(*dims)}  # a probe input: static shapes of every tensor
+
+    def add(module: nn.Module, ins: list[str], out: str) -> None:
+        module.eval()
+        with torch.no_grad():
+            values[out] = module(*[values[i] for i in ins])
+        steps.append((module, ins, out))
+
+    def t(a) -> torch.Tensor:
+        return torch.as_tensor(np.array(a, dtype=np.float32))
+
+    for node in g.node:
+        op, at = node.op_type, _attrs(node)
+        ins = [i for i in node.input if i]
+        out = node.output[0]
+        dyn = [i for i in ins if i in values]
+        where = f"ONNX node {node.name or out} ({op})"
+        if not dyn:  # shape arithmetic and constants
+            shapes = [tuple(values[i].shape) if i in values else None for i in ins]
+            const[out] = _fold(op, [const.get(i) for i in ins], at, shapes)
+            continue
+        if op == "Shape":
+            const[out] = np.array(values[ins[0]].shape, dtype=np.int64)
+            continue
+        x = ins[0]
+        if op == "Gemm":
+            if ins[0] not in values or ins[1] not in const:
+                raise UnsupportedOpError(f"{where}: only Gemm of a tensor with a constant matrix is supported")
+            if at.get("transA", 0):
+                raise UnsupportedOpError(f"{where}: transA is not supported")
+            w = const[ins[1]] * at.get("alpha", 1.0)
+            w = w if at.get("transB", 0) else w.T
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=len(ins) > 2)
+            lin.weight.data = t(w)
+            if len(ins) > 2:
+                lin.bias.data = t(np.broadcast_to(const[ins[2]] * at.get("beta", 1.0), (w.shape[0],)))
+            add(lin, [x], out)
+        elif op == "MatMul":
+            if ins[1] not in const or values[x].dim() != 2:
+                raise UnsupportedOpError(f"{where}: only (batch, n) @ constant matrix is supported")
+            w = const[ins[1]].T
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
+            lin.weight.data = t(w)
+            add(lin, [x], out)
+        elif op in ("Add", "Sub", "Mul", "Div") and all(i in values for i in ins):
+            if op != "Add":
+                raise UnsupportedOpError(f"{where}: {op} of two computed tensors is not supported")
+            add(_Sum(), ins, out)
+        elif op in ("Add", "Sub", "Mul", "Div"):
+            c_name = ins[1] if ins[0] in values else ins[0]
+            x = ins[0] if ins[0] in values else ins[1]
+            c = const[c_name]
+            shape = tuple(values[x].shape)
+            prev = steps[-1] if steps and steps[-1][2] == x and uses[x] == 1 else None
+            if op in ("Add", "Sub") and ins[0] == x and prev is not None and isinstance(prev[0], nn.Linear) \
+                    and np.asarray(c).size in (1, shape[-1]) and len(shape) == 2:
+                lin = prev[0]  # x W + b + c: the constant joins the Linear's bias
+                b = np.broadcast_to(np.asarray(c, np.float64) * (1.0 if op == "Add" else -1.0), (shape[-1],))
+                new = nn.Linear(lin.in_features, lin.out_features, bias=True)
+                new.weight.data = lin.weight.data.clone()
+                new.bias.data = (lin.bias.data if lin.bias is not None else torch.zeros(shape[-1])) + t(b)
+                steps.pop()
+                add(new, prev[1], out)
+                continue
+            per = _channel_constant(c, shape)
+            if per is None or (op in ("Sub", "Div") and ins[0] == c_name):
+                raise UnsupportedOpError(f"{where}: only tensor ∘ per-channel constant is supported")
+            mean, std = {"Add": (-per, np.ones_like(per)), "Sub": (per, np.ones_like(per)),
+                         "Mul": (np.zeros_like(per), 1 / per), "Div": (np.zeros_like(per), per)}[op]
+            add(Normalize(mean.tolist(), std.tolist()), [x], out)
+        elif op == "Conv":
+            w = const[ins[1]]
+            pads = at.get("pads", [0] * 4)
+            if pads[0] != pads[2] or pads[1] != pads[3]:
+                raise UnsupportedOpError(f"{where}: asymmetric padding {pads} is not supported")
+            conv = nn.Conv2d(w.shape[1] * at.get("group", 1), w.shape[0], tuple(w.shape[2:]),
+                             tuple(at.get("strides", [1, 1])), (pads[0], pads[1]),
+                             tuple(at.get("dilations", [1, 1])), at.get("group", 1), bias=len(ins) > 2)
+            conv.weight.data = t(w)
+            if len(ins) > 2:
+                conv.bias.data = t(const[ins[2]])
+            add(conv, [x], out)
+        elif op == "ConvTranspose":
+            w = const[ins[1]]
+            pads = at.get("pads", [0] * 4)
+            if pads[0] != pads[2] or pads[1] != pads[3]:
+                raise UnsupportedOpError(f"{where}: asymmetric padding {pads} is not supported")
+            conv = nn.ConvTranspose2d(w.shape[0], w.shape[1] * at.get("group", 1), tuple(w.shape[2:]),
+                                      tuple(at.get("strides", [1, 1])), (pads[0], pads[1]),
+                                      tuple(at.get("output_padding", [0, 0])), at.get("group", 1),
+                                      bias=len(ins) > 2, dilation=tuple(at.get("dilations", [1, 1])))
+            conv.weight.data = t(w)
+            if len(ins) > 2:
+                conv.bias.data = t(const[ins[2]])
+            add(conv, [x], out)
+        elif op == "BatchNormalization":
+            scale, bias, mean, var = (const[i] for i in ins[1:5])
+            bn = nn.BatchNorm2d(len(scale), eps=at.get("epsilon", 1e-5))
+            bn.weight.data, bn.bias.data = t(scale), t(bias)
+            bn.running_mean.data, bn.running_var.data = t(mean), t(var)
+            add(bn, [x], out)
+        elif op in ("Relu", "Sigmoid", "Tanh"):
+            add({"Relu": nn.ReLU, "Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh}[op](), [x], out)
+        elif op == "Flatten":
+            if at.get("axis", 1) != 1:
+                raise UnsupportedOpError(f"{where}: Flatten axis {at.get('axis')} (only 1) is not supported")
+            add(nn.Flatten(), [x], out)
+        elif op == "Reshape":
+            target = [int(v) for v in const[ins[1]]]
+            shape = tuple(values[x].shape)
+            rest = target[1:]
+            if len(rest) == 1 and rest[0] in (-1, int(np.prod(shape[1:]))):
+                add(nn.Flatten(), [x], out)
+            elif len(shape) == 2 and -1 not in rest and int(np.prod(rest)) == shape[1]:
+                add(nn.Unflatten(1, tuple(rest)), [x], out)
+            elif target[0] in (1, -1, 0) and list(values[x].reshape(target).shape[1:]) == list(shape[1:]):
+                add(nn.Identity(), [x], out)
+            else:
+                raise UnsupportedOpError(f"{where}: reshape {shape} → {target} is not supported")
+        elif op in ("MaxPool", "AveragePool"):
+            pads = at.get("pads", [0] * 4)
+            if pads[0] != pads[2] or pads[1] != pads[3]:
+                raise UnsupportedOpError(f"{where}: asymmetric padding {pads} is not supported")
+            k, s = tuple(at["kernel_shape"]), tuple(at.get("strides", at["kernel_shape"]))
+            pool = nn.MaxPool2d(k, s, (pads[0], pads[1])) if op == "MaxPool" else \
+                nn.AvgPool2d(k, s, (pads[0], pads[1]), count_include_pad=bool(at.get("count_include_pad", 0)))
+            add(pool, [x], out)
+        elif op in ("Identity", "Dropout"):
+            add(nn.Identity(), [x], out)
+        else:
+            raise UnsupportedOpError(f"{where}: ONNX op {op} is not supported")
+    out_name = g.output[0].name
+    if out_name not in values:
+        raise UnsupportedOpError(f"{path}: the output {out_name} does not depend on the input")
+    return OnnxModel(steps, in_name, out_name, tuple(dims)).eval()

@@ -1,0 +1,212 @@
+"""VNN-LIB properties (the VNN-COMP format) as certkit input boxes and output clauses.
+
+A VNN-LIB file declares inputs ``X_i`` and outputs ``Y_j`` and asserts the *unsafe* set: "sat" means a point
+satisfying every assertion exists (a counterexample), "unsat" that the property holds. The assertions are
+brought to disjunctive normal form; each disjunct is an input box and a conjunction of linear output atoms.
+Atoms ``a <= b`` / ``a >= b`` become safe rows ``r·Y + d > 0`` (their negation), so that a disjunct is refuted
+when one of its rows is proved positive — the clause convention of :func:`certkit.verify.verify_property`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class VnnlibError(ValueError):
+    """A VNN-LIB file certkit cannot read."""
+
+
+@dataclass
+class VnnProperty:
+    """One input box and the output clauses to refute on it: the property holds on the box iff every clause
+    has a row with ``C·Y + d > 0`` everywhere. C: (K, n_out), d: (K,), clauses: (K,) clause index per row."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    C: np.ndarray
+    d: np.ndarray
+    clauses: np.ndarray
+
+
+def _tokens(text: str) -> list:
+    text = re.sub(r";[^\n]*", "", text)
+    toks = re.findall(r"\(|\)|[^\s()]+", text)
+    stack: list[list] = [[]]
+    for tok in toks:
+        if tok == "(":
+            stack.append([])
+        elif tok == ")":
+            if len(stack) == 1:
+                raise VnnlibError("unbalanced ')'")
+            done = stack.pop()
+            stack[-1].append(done)
+        else:
+            stack[-1].append(tok)
+    if len(stack) != 1:
+        raise VnnlibError("unbalanced '('")
+    return stack[0]
+
+
+def _linear(expr, n_x: int, n_y: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A linear expression as (coefficients on X, on Y, constant)."""
+    cx, cy = np.zeros(n_x), np.zeros(n_y)
+    if isinstance(expr, str):
+        m = re.fullmatch(r"([XY])_(\d+)", expr)
+        if m:
+            (cx if m.group(1) == "X" else cy)[int(m.group(2))] = 1.0
+            return cx, cy, 0.0
+        try:
+            return cx, cy, float(expr)
+        except ValueError as e:
+            raise VnnlibError(f"unknown term {expr!r}") from e
+    op, args = expr[0], [_linear(a, n_x, n_y) for a in expr[1:]]
+    if op == "+":
+        return sum(a[0] for a in args), sum(a[1] for a in args), sum(a[2] for a in args)
+    if op == "-":
+        if len(args) == 1:
+            return -args[0][0], -args[0][1], -args[0][2]
+        first, rest = args[0], args[1:]
+        return (first[0] - sum(a[0] for a in rest), first[1] - sum(a[1] for a in rest),
+                first[2] - sum(a[2] for a in rest))
+    if op == "*":
+        consts = [a for a in args if not a[0].any() and not a[1].any()]
+        if len(consts) < len(args) - 1:
+            raise VnnlibError(f"nonlinear product {expr}")
+        k = float(np.prod([a[2] for a in consts]))
+        var = [a for a in args if a[0].any() or a[1].any()] or [(cx, cy, 1.0)]
+        return k * var[0][0], k * var[0][1], k * var[0][2]
+    raise VnnlibError(f"unsupported operator {op!r}")
+
+
+def _dnf(expr) -> list[list]:
+    """Disjunctive normal form of an assertion: a list of conjunctions (lists of atoms)."""
+    if isinstance(expr, list) and expr and expr[0] == "and":
+        parts = [_dnf(e) for e in expr[1:]]
+        return [sum(combo, []) for combo in itertools.product(*parts)]
+    if isinstance(expr, list) and expr and expr[0] == "or":
+        return [conj for e in expr[1:] for conj in _dnf(e)]
+    if isinstance(expr, list) and expr and expr[0] in ("<=", ">=", "<", ">"):
+        return [[expr]]
+    raise VnnlibError(f"unsupported assertion {expr}")
+
+
+def read_vnnlib(path: str | Path) -> list[VnnProperty]:
+    """Parse a ``.vnnlib`` (or ``.vnnlib.gz``) file into one :class:`VnnProperty` per distinct input box."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no VNN-LIB file at {path}")
+    data = path.read_bytes()
+    text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode()
+    forms = _tokens(text)
+    n_x = n_y = 0
+    asserts = []
+    for f in forms:
+        if not isinstance(f, list) or not f:
+            raise VnnlibError(f"unexpected top-level form {f!r}")
+        if f[0] == "declare-const":
+            m = re.fullmatch(r"([XY])_(\d+)", f[1])
+            if not m:
+                raise VnnlibError(f"unexpected variable name {f[1]!r} (expected X_i or Y_j)")
+            if m.group(1) == "X":
+                n_x = max(n_x, int(m.group(2)) + 1)
+            else:
+                n_y = max(n_y, int(m.group(2)) + 1)
+        elif f[0] == "assert":
+            asserts.append(f[1])
+        else:
+            raise VnnlibError(f"unsupported command {f[0]!r}")
+    if n_x == 0 or n_y == 0:
+        raise VnnlibError(f"{path}: no X_i or no Y_j declared")
+    terms = [[]]
+    for a in asserts:  # the conjunction of all assertions, in DNF
+        terms = [t + c for t in terms for c in _dnf(a)]
+    groups: dict[tuple, list] = {}
+    for term in terms:
+        lo, up = np.full(n_x, -np.inf), np.full(n_x, np.inf)
+        rows = []
+        for rel, a, b in (atom[:3] for atom in term):
+            ax, ay, ac = _linear(a, n_x, n_y)
+            bx, by, bc = _linear(b, n_x, n_y)
+            # violation atom: lhs ≤ 0 with lhs = a − b for <=, b − a for >=
+            sx, sy, sc = (ax - bx, ay - by, ac - bc) if rel in ("<=", "<") else (bx - ax, by - ay, bc - ac)
+            if sy.any():
+                if sx.any():
+                    raise VnnlibError("atoms mixing inputs and outputs are not supported")
+                rows.append((sy, sc))  # safe row: sy·Y + sc > 0
+            else:
+                nz = np.nonzero(sx)[0]
+                if len(nz) != 1:
+                    raise VnnlibError("input constraints must bound one X_i at a time")
+                i, k = nz[0], sx[nz[0]]
+                if k > 0:
+                    up[i] = min(up[i], -sc / k)
+                else:
+                    lo[i] = max(lo[i], -sc / k)
+        if (lo > up).any():
+            continue  # an empty box: this disjunct cannot be violated
+        if not np.isfinite(lo).all() or not np.isfinite(up).all():
+            raise VnnlibError(f"{path}: every input needs a lower and an upper bound")
+        groups.setdefault((lo.tobytes(), up.tobytes()), [lo, up, []])[2].append(rows)
+    props = []
+    for lo, up, conjs in groups.values():
+        C, d, cl = [], [], []
+        for q, rows in enumerate(conjs):
+            if not rows:  # no output condition: every point of the box is a counterexample
+                rows = [(np.zeros(n_y), -1.0)]
+            for r, c in rows:
+                C.append(r)
+                d.append(c)
+                cl.append(q)
+        props.append(VnnProperty(lo, up, np.array(C), np.array(d), np.array(cl)))
+    return props
+
+
+def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...], timeout: float = 120.0,
+                  **options) -> tuple[str, object | None]:
+    """Decide a VNN-LIB property on ``model`` (inputs reshaped to ``input_shape``, batch dimension included)
+    with the verification cascade. Returns the VNN-COMP answer — 'unsat' (holds), 'sat' (with the
+    counterexample input, checked in float64), 'timeout' or 'unknown' — and the counterexample or None."""
+    import time
+
+    import torch
+
+    from certkit.specs import Box, LinearSpec
+    from certkit.verify import verify_property
+
+    t0 = time.perf_counter()
+    answer = "unsat"
+    for p in props:
+        left = timeout - (time.perf_counter() - t0)
+        if left <= 0:
+            return "timeout", None
+        lo = torch.tensor(p.lower, dtype=torch.float32).view(1, *input_shape[1:])
+        up = torch.tensor(p.upper, dtype=torch.float32).view(1, *input_shape[1:])
+        spec = LinearSpec(torch.tensor(p.C, dtype=torch.float32).unsqueeze(0),
+                          torch.tensor(p.d, dtype=torch.float32).unsqueeze(0))
+        v = verify_property(model, Box(lo, up), spec, torch.tensor(p.clauses), timeout=left, **options)[0]
+        if v.verdict == "falsified":
+            return "sat", v.counterexample
+        if v.verdict == "unknown":
+            answer = "timeout" if time.perf_counter() - t0 >= timeout * 0.99 else "unknown"
+    return answer, None
+
+
+def format_result(answer: str, model=None, x=None) -> str:
+    """The VNN-COMP result file: the answer, and for 'sat' the assignment of every X_i and Y_j."""
+    if answer != "sat" or x is None:
+        return answer + "\n"
+    import copy
+
+    import torch
+
+    with torch.no_grad():
+        y = copy.deepcopy(model).double()(x.double()).reshape(-1)
+    xs = x.reshape(-1).double().tolist()
+    lines = [f"(X_{i} {v!r})" for i, v in enumerate(xs)] + [f"(Y_{j} {v!r})" for j, v in enumerate(y.tolist())]
+    return "sat\n(" + "\n ".join(lines) + ")\n"
