@@ -1,0 +1,222 @@
+"""Zonotopes (DeepZ, Singh et al. 2018): ``x = a + Σ_i e_i·G_i`` with ``e ∈ [−1, 1]^m``, propagated forwards.
+
+Affine ops map the centre and every generator exactly. An activation ``y = f(z)`` over ``[l, u]`` becomes
+``y = λ·z + μ ± β`` with one new error term per neuron whose interval is not exact:
+
+* ReLU, unstable (l < 0 < u), any slope λ ∈ [0, 1]: ``relu(z) − λz`` lies in ``[0, max(−λl, (1 − λ)u)]``, so
+  μ = β = max(−λl, (1 − λ)u)/2. The default λ = u/(u − l) gives DeepZ's minimal-area relaxation; COLT learns λ.
+* Sigmoid, Tanh: λ = min(f'(l), f'(u)) (the smallest slope on [l, u], as f' is unimodal with its peak at 0), so
+  f(z) − λz is non-decreasing and lies in ``[f(l) − λl, f(u) − λu]``.
+
+Error terms are numbered globally in the order they are created, so branches (residual connections) that
+each add terms stay consistent: a zonotope is zero-padded to the current number of terms before use.
+
+Also here, for COLT (Balunović & Vechev 2020): the e-space view of the region after any layer
+(:meth:`Zonotope.point`, :meth:`Zonotope.project`), and :func:`cauchy_bounds`, the random-projection estimate
+of the ℓ1 norms of the generator rows (Wong et al. 2018; COLT appendix B) for cheap training-time bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from certkit import graph as g
+from certkit.bounds.interval import Bounds
+from certkit.specs import InputSet, LinearSpec, SpecError
+
+
+@dataclass
+class Zonotope:
+    """``center`` (B, *shape) and ``generators`` (B, m, *shape): the set {center + Σ_i e_i·generators[:, i]}."""
+
+    center: torch.Tensor
+    generators: torch.Tensor
+
+    @property
+    def num_terms(self) -> int:
+        return self.generators.shape[1]
+
+    def bounds(self) -> Bounds:
+        r = self.generators.abs().sum(1)
+        return Bounds(self.center - r, self.center + r)
+
+    def point(self, e: torch.Tensor) -> torch.Tensor:
+        """The point ``a + A·e`` for error terms e (B, m) — COLT's latent parameterisation."""
+        return self.center + torch.einsum("bm,bm...->b...", e.to(self.center), self.generators[:, : e.shape[1]])
+
+    @staticmethod
+    def project(e: torch.Tensor) -> torch.Tensor:
+        """Projection onto the e-space box [−1, 1]^m (keeps ``point(e)`` inside the zonotope)."""
+        return e.clamp(-1.0, 1.0)
+
+    def sample_e(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Uniform random error terms (B, m) in [−1, 1]."""
+        u = torch.rand(self.generators.shape[:2], generator=generator, dtype=self.center.dtype)
+        return (2 * u - 1).to(self.center.device)
+
+    def padded(self, m: int) -> Zonotope:
+        if self.num_terms == m:
+            return self
+        pad = self.generators.new_zeros(self.generators.shape[0], m - self.num_terms, *self.generators.shape[2:])
+        return Zonotope(self.center, torch.cat([self.generators, pad], 1))
+
+    @classmethod
+    def from_input_set(cls, s: InputSet) -> Zonotope:
+        """The box of the input set as a zonotope with one term per input coordinate of nonzero width (an L2/L1
+        ball is replaced by its bounding box: sound, not tight)."""
+        lo, up = s.lower, s.upper
+        c, r = (lo + up) / 2, (up - lo) / 2
+        B, n = c.shape[0], c[0].numel()
+        keep = (r.flatten(1) > 0).any(0).nonzero().squeeze(1)
+        G = torch.zeros(B, len(keep), n, dtype=c.dtype, device=c.device)
+        G[:, torch.arange(len(keep)), keep] = r.flatten(1)[:, keep]
+        return cls(c, G.view(B, len(keep), *c.shape[1:]))
+
+
+def _activation(op: g.Activation, z: Zonotope, m: int, slope: torch.Tensor | None) -> tuple[Zonotope, int]:
+    b = z.bounds()
+    l, u = b.lower, b.upper
+    if isinstance(op, g.ReLU):
+        active, unstable = l >= 0, (l < 0) & (u > 0)
+        lam = u / (u - l).clamp_min(1e-30) if slope is None else slope.to(l).clamp(0, 1).expand_as(l)
+        lam = torch.where(unstable, lam, active.to(l.dtype))
+        half = torch.where(unstable, torch.maximum(-lam * l, (1 - lam) * u) / 2, torch.zeros_like(l))
+        mu, beta, new = half, half, unstable
+    else:
+        f = torch.sigmoid if isinstance(op, g.Sigmoid) else torch.tanh
+
+        def df(x):
+            return f(x) * (1 - f(x)) if isinstance(op, g.Sigmoid) else 1 - f(x) ** 2
+
+        lam = torch.minimum(df(l), df(u))
+        lo_, hi_ = f(l) - lam * l, f(u) - lam * u
+        mu, beta = (lo_ + hi_) / 2, (hi_ - lo_) / 2
+        new = beta > 0
+    center = lam * z.center + mu
+    gens = lam.unsqueeze(1) * z.padded(m).generators
+    cols = new.flatten(1).any(0).nonzero().squeeze(1)
+    if len(cols):
+        B = center.shape[0]
+        extra = torch.zeros(B, len(cols), center[0].numel(), dtype=center.dtype, device=center.device)
+        extra[:, torch.arange(len(cols)), cols] = beta.flatten(1)[:, cols]
+        gens = torch.cat([gens, extra.view(B, len(cols), *center.shape[1:])], 1)
+        m += len(cols)
+    return Zonotope(center, gens), m
+
+
+def _linear_op(op: g.Op, x: torch.Tensor) -> torch.Tensor:
+    """A linear op without its bias, on a (N, *shape) batch."""
+    if isinstance(op, g.AffineOp):
+        return op.apply(x, op.weight, None)
+    return op.forward(x)
+
+
+def zonotope_bounds(model, input_set: InputSet | Zonotope, spec: LinearSpec | None = None,
+                    slopes: dict[int, torch.Tensor] | None = None, return_all: bool = False, start: int = 0):
+    """DeepZ bounds on the model's outputs (or on the rows of ``spec``, applied exactly to the zonotope).
+
+    ``slopes``: optional ReLU slopes {ReLU node index: tensor broadcastable to its input}. With ``return_all``,
+    also the list of Zonotopes of every node (the regions COLT attacks in). ``input_set`` may be a Zonotope
+    standing for the output of node ``start`` (to continue a propagation from a latent layer).
+    """
+    graph = g.to_graph(model)
+    z0 = input_set if isinstance(input_set, Zonotope) else Zonotope.from_input_set(input_set)
+    zs: list[Zonotope | None] = [None] * len(graph.nodes)
+    zs[start] = z0
+    m = z0.num_terms
+    for i in range(start + 1, len(graph.nodes)):
+        node = graph.nodes[i]
+        op = node.op
+        if isinstance(op, g.Input):
+            raise SpecError("a graph with several inputs is not supported")
+        ins = [zs[k] for k in node.inputs]
+        if any(z is None for z in ins):
+            raise SpecError(f"node '{node.name}' depends on nodes before the start node {start}")
+        x = ins[0]
+        if isinstance(op, (g.AffineOp, g.AvgPool2d)):
+            B, k = x.generators.shape[:2]
+            gens = _linear_op(op, x.generators.reshape(B * k, *x.generators.shape[2:]))
+            zs[i] = Zonotope(op.forward(x.center), gens.reshape(B, k, *gens.shape[1:]))
+        elif isinstance(op, (g.Flatten, g.Unflatten)):
+            B, k = x.generators.shape[:2]
+            c = op.forward(x.center)
+            zs[i] = Zonotope(c, x.generators.reshape(B, k, *c.shape[1:]))
+        elif isinstance(op, g.Activation):
+            zs[i], m = _activation(op, x, m, None if slopes is None else slopes.get(i))
+        elif isinstance(op, g.Add):
+            a, b = (z.padded(m) for z in ins)
+            zs[i] = Zonotope(a.center + b.center, a.generators + b.generators)
+        else:
+            raise g.UnsupportedOpError(f"the zonotope domain has no transfer function for {op!r} "
+                                       f"(node '{node.name}')")
+    out = zs[graph.output]
+    if spec is not None:
+        if out.center.dim() != 2 or spec.C.shape[2] != out.center.shape[1]:
+            raise SpecError(f"spec C of shape {tuple(spec.C.shape)} does not fit outputs of shape "
+                            f"{tuple(out.center.shape[1:])}")
+        C = spec.C.to(out.center)
+        c = torch.einsum("bkn,bn->bk", C, out.center)
+        if spec.d is not None:
+            c = c + spec.d.to(c)
+        out = Zonotope(c, torch.einsum("bkn,bmn->bmk", C, out.generators))
+    result = out.bounds()
+    return (result, zs) if return_all else result
+
+
+def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
+                  generator: torch.Generator | None = None) -> Bounds:
+    """Estimated DeepZ bounds by Cauchy random projections (Wong et al. 2018; COLT appendix B).
+
+    For a generator matrix G, ``G·r`` with r a vector of standard Cauchy variables is Cauchy with scale
+    ``‖G‖_1`` per row, so ``median_k |G·r_k|`` estimates the row ℓ1 norms — the zonotope's radii — from k
+    projections propagated instead of all m generators. A ReLU's new error term of size β on neuron j adds
+    ``β_j·c`` with a fresh Cauchy c per projection. The relative standard error of the estimate is about
+    π/(2√k) per neuron. These are estimates, **not sound bounds**: for training only.
+    """
+    graph = g.to_graph(model)
+    lo, up = input_set.lower, input_set.upper
+    c, r = (lo + up) / 2, (up - lo) / 2
+    B, k = c.shape[0], projections
+
+    def cauchy(shape):
+        u = torch.rand(shape, generator=generator, dtype=c.dtype).to(c.device)
+        return torch.tan(math.pi * (u - 0.5))
+
+    vals: list[tuple[torch.Tensor, torch.Tensor]] = []
+    P = r.unsqueeze(1) * cauchy((B, k, *c.shape[1:]))  # (B, k, *shape): G·R for the diagonal input generators
+
+    def radius(P):
+        return P.abs().median(1).values
+
+    for node in graph.nodes:
+        op = node.op
+        if isinstance(op, g.Input):
+            vals.append((c, P))
+            continue
+        x, Px = vals[node.inputs[0]]
+        if isinstance(op, (g.AffineOp, g.AvgPool2d)):
+            y = op.forward(x)
+            Py = _linear_op(op, Px.reshape(B * k, *Px.shape[2:])).reshape(B, k, *y.shape[1:])
+        elif isinstance(op, (g.Flatten, g.Unflatten)):
+            y = op.forward(x)
+            Py = Px.reshape(B, k, *y.shape[1:])
+        elif isinstance(op, g.ReLU):
+            rad = radius(Px)
+            l, u = x - rad, x + rad
+            unstable, active = (l < 0) & (u > 0), l >= 0
+            lam = torch.where(unstable, u / (u - l).clamp_min(1e-30), active.to(l.dtype))
+            half = torch.where(unstable, -lam * l / 2, torch.zeros_like(l))
+            y = lam * x + half
+            Py = lam.unsqueeze(1) * Px + half.unsqueeze(1) * cauchy(Px.shape)
+        elif isinstance(op, g.Add):
+            (a, Pa), (b, Pb) = (vals[j] for j in node.inputs)
+            y, Py = a + b, Pa + Pb
+        else:
+            raise g.UnsupportedOpError(f"Cauchy estimates have no rule for {op!r} (node '{node.name}')")
+        vals.append((y, Py))
+    y, Py = vals[graph.output]
+    rad = radius(Py)
+    return Bounds(y - rad, y + rad)

@@ -1,0 +1,103 @@
+"""Zonotope (DeepZ) domain: sampled containment, e-space, learned slopes, and the Cauchy estimate's accuracy."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from certkit import LinfBall, Normalize, Residual, interval_bounds, margin_spec, to_graph
+from certkit.bounds.zonotope import Zonotope, cauchy_bounds, zonotope_bounds
+from certkit.specs import Box
+from conftest import assert_contained
+
+
+def net(seed: int, act=nn.ReLU) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        Normalize([0.4, 0.5], [0.3, 0.2]), nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4).eval(), act(),
+        Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), act()), nn.Sequential(nn.Conv2d(4, 4, 1), act())),
+        nn.AvgPool2d(2), nn.ConvTranspose2d(4, 3, 2, stride=2), act(), nn.Conv2d(3, 3, 4, 2, 1), act(),
+        nn.Flatten(), nn.Linear(48, 12), act(), nn.Linear(12, 5)).eval()
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid, nn.Tanh])
+def test_zonotope_contains_every_node_of_sampled_inputs(seed, act):
+    model = net(seed, act)
+    s = LinfBall(torch.rand(3, 2, 8, 8), 0.05)
+    out, zs = zonotope_bounds(model, s, return_all=True)
+    graph = to_graph(model)
+    for p in s.sample(128, torch.Generator().manual_seed(seed)):
+        vals = graph.forward(p, return_all=True)
+        assert_contained(out.lower, out.upper, vals[graph.output])
+        for z, v in zip(zs, vals):
+            b = z.bounds()
+            assert_contained(b.lower, b.upper, v)
+
+
+def test_spec_is_applied_exactly_and_first_layer_equals_ibp():
+    model = net(3)
+    x = torch.rand(4, 2, 8, 8)
+    s, spec = LinfBall(x, 0.02), margin_spec(model(x).argmax(1), 5)
+    zb = zonotope_bounds(model, s, spec)
+    for p in s.sample(128, torch.Generator().manual_seed(0)):
+        assert_contained(zb.lower, zb.upper, spec.apply(model(p)))
+    _, zs = zonotope_bounds(model, s, return_all=True)
+    _, ib = interval_bounds(model, s, return_all=True)
+    torch.testing.assert_close(zs[2].bounds().lower, ib[2].lower, rtol=1e-5, atol=1e-5)  # first conv: exact
+    # the margin's bound is tighter than bounding the logits and subtracting
+    naive = zonotope_bounds(model, s)
+    y = model(x).argmax(1)
+    naive_margin = naive.lower.gather(1, y[:, None]) - naive.upper
+    assert (zb.lower.min(1).values >= naive_margin.scatter(1, y[:, None], math.inf).min(1).values - 1e-5).all()
+
+
+def test_latent_points_stay_in_the_region_and_continue_the_forward_pass():
+    model = net(4)
+    graph = to_graph(model)
+    s = Box(torch.rand(2, 2, 8, 8) * 0.5, torch.rand(2, 2, 8, 8) * 0.5 + 0.5)
+    _, zs = zonotope_bounds(model, s, return_all=True)
+    k = next(i for i, n in enumerate(graph.nodes) if type(n.op).__name__ == "ReLU")  # after the first ReLU
+    z = zs[k]
+    gen = torch.Generator().manual_seed(0)
+    e = z.sample_e(gen) * 3  # outside the box: projection brings it back
+    p = z.point(Zonotope.project(e))
+    b = z.bounds()
+    assert_contained(b.lower, b.upper, p)
+    # continuing the propagation from the latent zonotope gives the same output region
+    cont = zonotope_bounds(model, z, start=k)
+    full = zonotope_bounds(model, s)
+    torch.testing.assert_close(cont.lower, full.lower)
+
+
+def test_learned_slopes_are_sound():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    s = LinfBall(torch.rand(3, 8), 0.2)
+    for lam in (0.0, 0.3, 1.0):
+        out = zonotope_bounds(model, s, slopes={2: torch.full((16,), lam)})
+        for p in s.sample(256, torch.Generator().manual_seed(1)):
+            assert_contained(out.lower, out.upper, model(p))
+
+
+def test_cauchy_estimate_of_row_l1_norms_is_within_its_stated_error():
+    """The median of k |Cauchy(0, s)| draws estimates s with relative standard error π/(2√k)."""
+    torch.manual_seed(0)
+    k = 400
+    model = nn.Sequential(nn.Linear(300, 1000)).eval()
+    s = Box(torch.zeros(1, 300) - 1, torch.ones(1, 300))
+    est = cauchy_bounds(model, s, projections=k, generator=torch.Generator().manual_seed(0))
+    exact = model[0].weight.abs().sum(1)
+    rel = ((est.upper - est.lower)[0] / 2 - exact) / exact
+    sd = math.pi / (2 * math.sqrt(k))
+    assert rel.abs().mean() < sd  # the mean absolute error is ~0.8 sd
+    assert (rel.abs() > 3 * sd).float().mean() < 0.01  # 3 sd: 0.27 % expected
+
+
+def test_cauchy_bounds_track_the_zonotope_on_a_relu_net():
+    model = net(5)
+    s = LinfBall(torch.rand(2, 2, 8, 8), 0.02)
+    exact = zonotope_bounds(model, s)
+    est = cauchy_bounds(model, s, projections=2000, generator=torch.Generator().manual_seed(0))
+    w_exact, w_est = exact.upper - exact.lower, est.upper - est.lower
+    assert ((w_est - w_exact).abs() / w_exact).median() < 0.15
