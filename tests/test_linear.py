@@ -116,3 +116,27 @@ def test_alpha_crown_at_least_as_tight_as_auto_lirpa_optimized(shared, norm):
     ours = alpha_crown_bounds(model, s, iterations=20, lr=0.1)
     ref_lo, ref_up = data[f"{norm}_CROWN-Optimized_lb"], data[f"{norm}_CROWN-Optimized_ub"]
     assert (ours.lower >= ref_lo - 5e-6).all() and (ours.upper <= ref_up + 5e-6).all()
+
+
+@pytest.mark.parametrize("k1, s1, p1, k2, s2, p2", [(5, 2, 2, 4, 2, 1), (3, 1, 1, 3, 2, 0), (4, 2, 1, 3, 1, 1)])
+def test_patch_backward_of_the_second_conv_equals_the_dense_pass(monkeypatch, k1, s1, p1, k2, s2, p2):
+    import certkit.bounds.linear as lin
+
+    torch.manual_seed(k1 + k2)
+    model = nn.Sequential(Normalize([0.3, 0.6], [0.5, 0.2]), nn.Conv2d(2, 4, k1, s1, p1), nn.ReLU(),
+                          nn.Conv2d(4, 5, k2, s2, p2), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.rand(1, 2, 12, 12))
+    model.eval()
+    for s in (LinfBall(torch.rand(3, 2, 12, 12), 0.05), Box(torch.rand(3, 2, 12, 12) * 0.4,
+                                                            torch.rand(3, 2, 12, 12) * 0.4 + 0.5)):
+        calls = []
+        real = lin._patch_bounds
+        monkeypatch.setattr(lin, "_patch_bounds", lambda *a: calls.append(1) or real(*a))
+        fast, pre_fast = crown_bounds(model, s, return_all=True)
+        assert calls  # the patch path ran
+        monkeypatch.setattr(lin, "_patch_bounds", lambda *a: None)
+        dense, pre_dense = crown_bounds(model, s, return_all=True)
+        for k in pre_dense:
+            torch.testing.assert_close(pre_fast[k].lower, pre_dense[k].lower, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(pre_fast[k].upper, pre_dense[k].upper, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast.lower, dense.lower, rtol=1e-4, atol=1e-5)

@@ -142,6 +142,97 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
     raise AssertionError("the backward pass did not reach the input")
 
 
+def _conv_relu_conv_chain(graph: g.Graph, j: int):
+    """(conv2, conv1, channel affines from the input) if node j is Conv2d ← ReLU ← Conv2d ← ChannelAffine* ←
+    Input with plain convolutions (groups 1, dilation 1, zero padding), else None."""
+    def plain(op):
+        if not isinstance(op, g.Conv2d):
+            return False
+        m = op.module
+        return m.groups == 1 and tuple(m.dilation) == (1, 1) and \
+            m.padding_mode == "zeros" and not isinstance(m.padding, str)
+
+    n2 = graph.nodes[j]
+    if not plain(n2.op) or not isinstance(graph.nodes[n2.inputs[0]].op, g.ReLU):
+        return None
+    i1 = graph.nodes[n2.inputs[0]].inputs[0]
+    n1 = graph.nodes[i1]
+    if not plain(n1.op):
+        return None
+    affines, i = [], n1.inputs[0]
+    while not isinstance(graph.nodes[i].op, g.Input):
+        if not isinstance(graph.nodes[i].op, g.ChannelAffine):
+            return None
+        affines.append(graph.nodes[i].op)
+        i = graph.nodes[i].inputs[0]
+    return n2.op, i1, n1.op, affines[::-1]
+
+
+def _patch_bounds(graph: g.Graph, j: int, idx: torch.Tensor, pre: dict[int, Bounds], input_set: InputSet,
+                  max_elems: int):
+    """CROWN bounds of the selected neurons of the second convolution of a conv-ReLU-conv chain, computed on
+    patches: a neuron of conv2 sees a k2×k2 window of the ReLU layer and a K×K window of the input, with
+    K = (k2 − 1)·s1 + k1, so the backward pass is done on those windows instead of on whole feature maps
+    (the same bound as the dense pass; the input box is mapped through the leading Normalize/BN layers
+    exactly). Returns (lower, upper), each (B, U), or None when the pattern or the input set does not fit."""
+    chain = _conv_relu_conv_chain(graph, j)
+    if chain is None or (isinstance(input_set, LpBall) and input_set.p != math.inf):
+        return None
+    conv2, relu_in, conv1, affines = chain
+    m1, m2 = conv1.module, conv2.module
+    (k1, s1, p1), (k2, s2, p2) = ((m.kernel_size[0], m.stride[0], m.padding[0]) for m in (m1, m2))
+    if any(m.kernel_size[0] != m.kernel_size[1] or m.stride[0] != m.stride[1] or m.padding[0] != m.padding[1]
+           for m in (m1, m2)):
+        return None
+    lo, up = input_set.lower, input_set.upper
+    for op in affines:  # the box in the first convolution's input space
+        sc, sh = op.scale_shift()
+        shape = (1, -1) + (1,) * (lo.dim() - 2)
+        a, b = lo * sc.view(shape) + sh.view(shape), up * sc.view(shape) + sh.view(shape)
+        lo, up = torch.minimum(a, b), torch.maximum(a, b)
+    dtype = pre[relu_in].lower.dtype
+    lo, up = lo.to(dtype), up.to(dtype)
+    K, S, P = (k2 - 1) * s1 + k1, s1 * s2, p1 + p2 * s1
+    B, U = idx.shape
+    H2, W2 = ((n + 2 * p2 - k2) // s2 + 1 for n in pre[relu_in].lower.shape[-2:])
+    Hx, Wx = ((n + 2 * P - K) // S + 1 for n in lo.shape[-2:])
+    if (Hx, Wx) != (H2, W2):
+        return None
+    sl, su, bu = (F.unfold(t, k2, padding=p2, stride=s2).transpose(1, 2) for t in _relu_relaxation(pre[relu_in]))
+    mid = F.unfold((lo + up) / 2, K, padding=P, stride=S).transpose(1, 2)  # (B, L, Cin·K·K)
+    rad = F.unfold((up - lo) / 2, K, padding=P, stride=S).transpose(1, 2)
+    W2f = conv2.weight.to(dtype).flatten(1)  # (out, Cin2·k2·k2)
+    b2 = conv2.bias.to(dtype) if conv2.bias is not None else torch.zeros(W2f.shape[0], dtype=dtype, device=idx.device)
+    b1 = conv1.bias.to(dtype) if conv1.bias is not None else torch.zeros(m1.out_channels, dtype=dtype,
+                                                                          device=idx.device)
+    b1f = b1.repeat_interleave(k2 * k2)
+    L = H2 * W2
+    chunk = max(1, max_elems // max(1, 2 * B * W2f.shape[1] * 4))
+    lower, upper = [], []
+    for c0 in range(0, U, chunk):
+        sel = idx[:, c0:c0 + chunk]
+        k = sel.shape[1]
+        o, pos = sel // L, sel % L
+        a = W2f[o]  # (B, k, Cin2·k2·k2)
+
+        def take(t):
+            return t.gather(1, pos.unsqueeze(2).expand(-1, -1, t.shape[2]))
+
+        sl_p, su_p, bu_p = take(sl), take(su), take(bu)
+        both = torch.cat([a, -a], 1)
+        slope = torch.where(both >= 0, torch.cat([sl_p, sl_p], 1), torch.cat([su_p, su_p], 1))
+        A1 = both * slope
+        const = (both.clamp(max=0) * torch.cat([bu_p, bu_p], 1)).sum(2) + A1 @ b1f
+        const = const + torch.cat([b2[o], -b2[o]], 1)
+        Ax = F.conv_transpose2d(A1.reshape(-1, m1.out_channels, k2, k2), conv1.weight.to(dtype), stride=s1)
+        Ax = Ax.reshape(B, 2 * k, -1)
+        pos2 = torch.cat([pos, pos], 1).unsqueeze(2).expand(-1, -1, mid.shape[2])
+        val = (Ax * mid.gather(1, pos2)).sum(2) - (Ax.abs() * rad.gather(1, pos2)).sum(2) + const
+        lower.append(val[:, :k])
+        upper.append(-val[:, k:])
+    return torch.cat(lower, 1), torch.cat(upper, 1)
+
+
 def _neuron_bounds(graph: g.Graph, j: int, mask: torch.Tensor, shapes: list[tuple[int, ...]],
                    pre: dict[int, Bounds], input_set: InputSet, max_elems: int) -> tuple[torch.Tensor, ...]:
     """Lower and upper bounds of the neurons of node ``j`` selected per input by ``mask`` (B, n).
@@ -156,6 +247,9 @@ def _neuron_bounds(graph: g.Graph, j: int, mask: torch.Tensor, shapes: list[tupl
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :U]
     valid = torch.arange(U, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
     idx = torch.where(valid, order, torch.zeros_like(order))
+    patched = _patch_bounds(graph, j, idx, pre, input_set, max_elems)
+    if patched is not None:
+        return idx, valid, *patched
     dtype = pre[j].lower.dtype if j in pre else input_set.x.dtype
     dev = mask.device
     node = graph.nodes[j]
