@@ -234,6 +234,14 @@ class MilpEncoding:
         lp.col_cost_ = cost
         lp.offset_ = float(d)
         h.passModel(lp)
+        deadline = t0 + time_limit + 1.0  # HiGHS can overrun its own limit inside presolve and sub-MIPs
+
+        def stop_when_late(event) -> None:
+            if time.perf_counter() > deadline:
+                event.interrupt()
+
+        h.cbMipInterrupt.subscribe(stop_when_late)
+        h.cbSimplexInterrupt.subscribe(stop_when_late)
         cut = threshold + tolerance
         if stop_at_sign:
             h.setOptionValue("objective_bound", cut)
