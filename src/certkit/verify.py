@@ -327,40 +327,34 @@ def _subset(input_set: InputSet, idx: torch.Tensor) -> InputSet:
 
 
 def _milp_stage(model, input_set, spec, d, clauses, b, lower, verdict: Verdict, timeout, max_binaries) -> None:
-    """Refute each open clause of input b by MILP: a clause is refuted when one of its rows is proved positive;
-    a solution violating every row of a clause (re-checked in float64) falsifies the property."""
+    """Decide input b by one MILP over its open clauses (those with no row proved positive yet), with
+    α-CROWN-optimised intermediate bounds: min_q max_{k∈q} row_k > 0 proves the property, a solution at or
+    below 0 (re-checked in float64) is a counterexample."""
     from certkit.bounds.milp import MilpEncoding, _select
 
     t0 = time.perf_counter()
     left = timeout - sum(verdict.seconds.values())
     one = _select(input_set, b)
-    _, pre = crown_bounds(model, one, LinearSpec(spec.C[b:b + 1], None), return_all=True)
-    enc = MilpEncoding(model, one, pre, max_binaries)
-    decided = "verified"
-    for q in clauses.unique().tolist():
-        rows = (clauses == q).nonzero().squeeze(1).tolist()
-        if any(lower[b, k] > 0 for k in rows):
-            continue
-        refuted = False
-        for k in sorted(rows, key=lambda k: -float(lower[b, k])):
-            budget = left - (time.perf_counter() - t0)
-            if budget <= 0:
-                break
-            r = enc.minimize(spec.C[b, k], float(d[b, k]), time_limit=budget)
-            lower[b, k] = max(float(lower[b, k]), r.bound)
-            if r.verdict == "verified":
-                refuted = True
-                break
-            if r.verdict == "falsified" and len(rows) == 1:
-                verdict.verdict, verdict.stage, verdict.counterexample = "falsified", "milp", r.x.float()
-                verdict.seconds["milp"] = time.perf_counter() - t0
-                return
-        if not refuted:
-            decided = "unknown"
-            break
-    verdict.seconds["milp"] = time.perf_counter() - t0
-    if decided == "verified":
+    open_q = [q for q in clauses.unique().tolist() if not (lower[b][clauses == q] > 0).any()]
+    rows = torch.cat([(clauses == q).nonzero().squeeze(1) for q in open_q])
+    with torch.no_grad():
+        out, pre = crown_bounds(model, one, LinearSpec(spec.C[b:b + 1, rows], None), return_all=True,
+                                intermediate="alpha")
+    lower[b, rows] = torch.maximum(lower[b, rows], out.lower[0] + d[b, rows])
+    if all((lower[b][clauses == q] > 0).any() for q in open_q):  # the tighter bounds already suffice
+        verdict.seconds["milp"] = time.perf_counter() - t0
         verdict.verdict, verdict.stage = "verified", "milp"
+        return
+    r = MilpEncoding(model, one, pre, max_binaries).minimize_property(
+        spec.C[b, rows], d[b, rows], clauses[rows].cpu(), time_limit=left - (time.perf_counter() - t0),
+        row_lower=lower[b, rows])
+    verdict.seconds["milp"] = time.perf_counter() - t0
+    if r.verdict == "falsified":
+        verdict.verdict, verdict.stage, verdict.counterexample = "falsified", "milp", r.x.float()
+    elif r.verdict == "verified":
+        verdict.verdict, verdict.stage = "verified", "milp"
+        single = torch.tensor([(clauses == clauses[k]).sum() == 1 for k in rows.tolist()], device=rows.device)
+        lower[b, rows[single]] = torch.clamp(lower[b, rows[single]], min=r.bound)  # each such row ≥ the minimum
 
 
 def max_radius(

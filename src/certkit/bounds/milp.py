@@ -197,42 +197,102 @@ class MilpEncoding:
                 var.append(y)
             else:
                 raise g.UnsupportedOpError(f"the MILP encoding has no rule for {op!r} (node '{node.name}')")
-        rows = np.concatenate([e[0] for e in entries])
-        cols = np.concatenate([e[1] for e in entries])
-        vals = np.concatenate([e[2] for e in entries])
-        A = sp.csc_matrix((vals, (rows, cols)), shape=(self.n_rows, self.n_cols))
-        A.sum_duplicates()
+        self._cols = (np.concatenate(col_lo), np.concatenate(col_up), np.concatenate(integer))
+        self._rows = (np.concatenate(row_lo), np.concatenate(row_up))
+        self._entries = tuple(np.concatenate([e[k] for e in entries]) for k in range(3))
         self.var = var
         self.out = var[graph.output]
-        lp = highspy.HighsLp()
-        lp.num_col_, lp.num_row_ = self.n_cols, self.n_rows
-        lp.col_cost_ = np.zeros(self.n_cols)
-        lp.col_lower_, lp.col_upper_ = np.concatenate(col_lo), np.concatenate(col_up)
-        lp.row_lower_, lp.row_upper_ = np.concatenate(row_lo), np.concatenate(row_up)
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
-        is_int = np.concatenate(integer)
-        if is_int.any():
-            lp.integrality_ = [highspy.HighsVarType.kInteger if t else highspy.HighsVarType.kContinuous
-                               for t in is_int]
-        self._lp = lp
+        self.out_bounds = bounds[graph.output]
 
     def minimize(self, c: torch.Tensor, d: float = 0.0, threshold: float = 0.0, time_limit: float = 60.0,
                  stop_at_sign: bool = True, tolerance: float = 1e-5) -> MilpResult:
         """Minimise ``c·output + d``. With ``stop_at_sign`` the search ends as soon as the sign relative to
         ``threshold`` is decided; 'verified' needs the minimum above ``threshold + tolerance`` (solver
         tolerances are not proofs)."""
+        return self.minimize_property(c.reshape(1, -1), torch.tensor([float(d)]), None, threshold, time_limit,
+                                      stop_at_sign, tolerance)
+
+    def minimize_property(self, C: torch.Tensor, d: torch.Tensor, clauses: torch.Tensor | None = None,
+                          threshold: float = 0.0, time_limit: float = 60.0, stop_at_sign: bool = True,
+                          tolerance: float = 1e-5, row_lower: torch.Tensor | None = None) -> MilpResult:
+        """Minimise ``min_q max_{k∈q} (C·output + d)_k`` over the set in one MILP (≤ threshold: a violation).
+
+        Each clause q gets ``w_q ≥ row_k`` for its rows; with several clauses, ``z ≥ w_q − M_q(1 − s_q)``,
+        ``Σ s_q = 1`` with binaries s_q selects the smallest (big-M from the output bounds; ``row_lower``
+        optionally gives tighter lower bounds per row). One solve decides a whole margin property, instead of
+        one solve per row.
+        """
         t0 = time.perf_counter()
+        C64 = C.detach().double().reshape(C.shape[0], -1).numpy()
+        d64 = d.detach().double().reshape(-1).numpy()
+        K = C64.shape[0]
+        cl = np.arange(K) if clauses is None else np.asarray(clauses).reshape(-1)
+        qs = np.unique(cl)
+        lo_o, up_o = self.out_bounds
+        row_lo = np.minimum(C64 * lo_o, C64 * up_o).sum(1) + d64
+        row_up = np.maximum(C64 * lo_o, C64 * up_o).sum(1) + d64
+        if row_lower is not None:
+            row_lo = np.maximum(row_lo, row_lower.detach().double().reshape(-1).numpy())
+        col_lo, col_up, is_int = (list(x) for x in ([self._cols[0]], [self._cols[1]], [self._cols[2]]))
+        r_idx, c_idx, vals = [self._entries[0]], [self._entries[1]], [self._entries[2]]
+        rlo, rup = [self._rows[0]], [self._rows[1]]
+        n_col, n_row = len(self._cols[0]), len(self._rows[0])
+        wl = np.array([row_lo[cl == q].max() for q in qs])
+        wu = np.array([row_up[cl == q].max() for q in qs])
+        w = np.arange(n_col, n_col + len(qs))
+        col_lo.append(wl), col_up.append(wu), is_int.append(np.zeros(len(qs), bool))
+        n_col += len(qs)
+        for k in range(K):  # w_q − C_k·y ≥ d_k
+            q = int(np.searchsorted(qs, cl[k]))
+            nz = np.nonzero(C64[k])[0]
+            r_idx.append(np.full(len(nz) + 1, n_row))
+            c_idx.append(np.concatenate([[w[q]], self.out[nz]]))
+            vals.append(np.concatenate([[1.0], -C64[k, nz]]))
+            rlo.append(np.array([d64[k]])), rup.append(np.array([np.inf]))
+            n_row += 1
+        cost = np.zeros(n_col)
+        if len(qs) == 1:
+            cost[w[0]] = 1.0
+        else:
+            z, sq = n_col, np.arange(n_col + 1, n_col + 1 + len(qs))
+            col_lo.append(np.concatenate([[wl.min()], np.zeros(len(qs))]))
+            col_up.append(np.concatenate([[wu.min()], np.ones(len(qs))]))
+            is_int.append(np.concatenate([[False], np.ones(len(qs), bool)]))
+            n_col += 1 + len(qs)
+            M = wu - wl.min()
+            for q in range(len(qs)):  # z − w_q − M_q·s_q ≥ −M_q
+                r_idx.append(np.full(3, n_row))
+                c_idx.append(np.array([z, w[q], sq[q]]))
+                vals.append(np.array([1.0, -1.0, -M[q]]))
+                rlo.append(np.array([-M[q]])), rup.append(np.array([np.inf]))
+                n_row += 1
+            r_idx.append(np.full(len(qs), n_row))  # Σ s_q = 1
+            c_idx.append(sq)
+            vals.append(np.ones(len(qs)))
+            rlo.append(np.array([1.0])), rup.append(np.array([1.0]))
+            n_row += 1
+            cost = np.zeros(n_col)
+            cost[z] = 1.0
+        A = sp.csc_matrix((np.concatenate(vals), (np.concatenate(r_idx), np.concatenate(c_idx))),
+                          shape=(n_row, n_col))
+        A.sum_duplicates()
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = n_col, n_row
+        lp.col_cost_ = cost
+        lp.col_lower_, lp.col_upper_ = np.concatenate(col_lo), np.concatenate(col_up)
+        lp.row_lower_, lp.row_upper_ = np.concatenate(rlo), np.concatenate(rup)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
+        integer = np.concatenate(is_int)
+        if integer.any():
+            lp.integrality_ = [highspy.HighsVarType.kInteger if t else highspy.HighsVarType.kContinuous
+                               for t in integer]
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", float(max(time_limit, 0.01)))
         h.setOptionValue("mip_feasibility_tolerance", 1e-7)
         h.setOptionValue("primal_feasibility_tolerance", 1e-8)
-        lp = self._lp
-        cost = np.zeros(self.n_cols)
-        np.add.at(cost, self.out, c.detach().double().reshape(-1).numpy())
-        lp.col_cost_ = cost
-        lp.offset_ = float(d)
+        h.setOptionValue("presolve", "off")  # measured: presolve's sub-MIPs cost more than they save here
         h.passModel(lp)
         deadline = t0 + time_limit + 1.0  # HiGHS can overrun its own limit inside presolve and sub-MIPs
 
@@ -256,12 +316,12 @@ class MilpEncoding:
         optimal = status == highspy.HighsModelStatus.kOptimal
         has_sol = info.primal_solution_status == 2
         value = info.objective_function_value if has_sol else math.inf
-        bound = info.mip_dual_bound if self.n_binaries else (value if optimal else -math.inf)
+        bound = info.mip_dual_bound if integer.any() else (value if optimal else -math.inf)
         bound = bound if math.isfinite(bound) else -math.inf
         if has_sol:
             x = torch.tensor(np.asarray(h.getSolution().col_value)[self.var[0]]).view_as(self.input_set.x)
             x = torch.minimum(torch.maximum(x, self.input_set.lower.double()), self.input_set.upper.double())
-            value = float(_exact_objective(self.model, x, c, d))
+            value = float(_exact_objective(self.model, x, C64, d64, cl))
             if value <= threshold:
                 return MilpResult("falsified", bound, value, x, seconds, name)
         if bound > cut:
@@ -269,11 +329,12 @@ class MilpEncoding:
         return MilpResult("unknown", bound, value, None, seconds, name)
 
 
-def _exact_objective(model, x: torch.Tensor, c: torch.Tensor, d: float) -> torch.Tensor:
-    """``c·model(x) + d`` with a float64 copy of the model."""
+def _exact_objective(model, x: torch.Tensor, C: np.ndarray, d: np.ndarray, clauses: np.ndarray) -> float:
+    """``min_q max_{k∈q} (C·model(x) + d)_k`` with a float64 copy of the model."""
     m64 = copy.deepcopy(model).to(torch.float64)
     with torch.no_grad():
-        return (m64(x.to(torch.float64)).reshape(-1) * c.double().reshape(-1)).sum() + d
+        rows = torch.tensor(C) @ m64(x.to(torch.float64)).reshape(-1) + torch.tensor(d)
+    return min(float(rows[torch.tensor(clauses == q)].max()) for q in np.unique(clauses))
 
 
 def milp_bounds(model, input_set: InputSet, C: torch.Tensor, pre: dict[int, Bounds] | None = None,
