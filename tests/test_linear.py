@@ -71,9 +71,46 @@ def test_crown_certified_inputs_are_never_broken():
 
 
 def test_unrelaxed_ops_raise():
-    m = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2))
-    with pytest.raises(UnsupportedOpError, match="Sigmoid"):
-        crown_bounds(m, LinfBall(torch.rand(2, 4), 0.1))
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 2))
+    with pytest.raises(UnsupportedOpError, match="MaxPool"):
+        crown_bounds(m, LinfBall(torch.rand(2, 1, 8, 8), 0.1))
+
+
+@pytest.mark.parametrize("act", [nn.Sigmoid, nn.Tanh])
+def test_sshape_relaxation_bounds_the_function(act):
+    from certkit.bounds.interval import Bounds
+    from certkit.bounds.linear import _sshape_relaxation
+    from certkit.graph import Sigmoid, Tanh
+
+    op = Sigmoid() if act is nn.Sigmoid else Tanh()
+    f = torch.sigmoid if act is nn.Sigmoid else torch.tanh
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 2000) * 4
+    lo, up = torch.minimum(a, b), torch.maximum(a, b)
+    lo[:5] = up[:5]  # degenerate intervals
+    sl, bl, su, bu = _sshape_relaxation(op, Bounds(lo, up))
+    z = lo + torch.rand(64, 2000) * (up - lo)
+    z = torch.cat([z, lo[None], up[None]])
+    assert (f(z) >= sl * z + bl - 1e-6).all() and (f(z) <= su * z + bu + 1e-6).all()
+    convex = (up <= 0) & (up > lo + 0.1)  # both are convex left of 0: there the upper line is the chord
+    torch.testing.assert_close((su * lo + bu)[convex], f(lo)[convex], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("act", [nn.Sigmoid, nn.Tanh])
+def test_crown_through_sigmoid_and_tanh_is_sound_and_beats_ibp(act):
+    torch.manual_seed(2)
+    model = nn.Sequential(Normalize([0.5], [0.3]), nn.Conv2d(1, 4, 3, 2, 1), act(), nn.Flatten(),
+                          nn.Linear(64, 16), act(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    s = LinfBall(torch.rand(3, 1, 8, 8), 0.05)
+    out, pre = crown_bounds(model, s, return_all=True)
+    graph = to_graph(model)
+    for p in s.sample(256, torch.Generator().manual_seed(0)):
+        vals = graph.forward(p, return_all=True)
+        assert_contained(out.lower, out.upper, vals[graph.output])
+        for j, b in pre.items():
+            assert_contained(b.lower, b.upper, vals[j])
+    ibp = interval_bounds(model, s)
+    assert (out.upper - out.lower).mean() < (ibp.upper - ibp.lower).mean()
 
 
 def test_golden_crown_bounds_of_auto_lirpa(shared):

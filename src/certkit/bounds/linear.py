@@ -13,8 +13,8 @@ backward pass (a stable ReLU is relaxed exactly whatever its bounds).
 
 Memory grows with (batch × neurons of a layer × neurons of the layers below): use small batches on conv nets.
 
-Every bound is a pure function of its own input. Sigmoid, Tanh and MaxPool are not relaxed yet: they raise
-:class:`~certkit.graph.UnsupportedOpError`.
+Every bound is a pure function of its own input. Sigmoid and Tanh get parallel chord/tangent bounds; MaxPool
+is not relaxed yet and raises :class:`~certkit.graph.UnsupportedOpError`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,31 @@ def _relu_relaxation(b: Bounds) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     bu = torch.where(unstable, -su * l, torch.zeros_like(l))
     sl = torch.where(unstable, (u > -l).to(l.dtype), active.to(l.dtype))
     return sl, su, bu
+
+
+def _sshape_relaxation(op: g.Activation, b: Bounds) -> tuple[torch.Tensor, ...]:
+    """Parallel linear bounds ``λz + bl <= f(z) <= λz + bu`` of Sigmoid/Tanh over [l, u], elementwise.
+
+    λ is the chord's slope; ``f(z) − λz`` is extremal on [l, u] at an end point or where ``f'(z) = λ``
+    (closed form: σ(1 − σ) = λ, or 1 − tanh² = λ), so its exact range gives the intercepts: the chord on one side
+    and the parallel tangent on the other where f is convex or concave, and a sound band where l < 0 < u."""
+    l, u = b.lower, b.upper
+    sig = isinstance(op, g.Sigmoid)
+    f = torch.sigmoid if sig else torch.tanh
+    width = u - l
+    deriv_l = f(l) * (1 - f(l)) if sig else 1 - f(l) ** 2
+    lam = torch.where(width > 1e-12, (f(u) - f(l)) / width.clamp_min(1e-12), deriv_l)
+    if sig:
+        root = torch.sqrt((1 - 4 * lam).clamp(min=0))
+        s1, s2 = ((1 + root) / 2).clamp(1e-30, 1 - 1e-16), ((1 - root) / 2).clamp(1e-30, 1 - 1e-16)
+        z1, z2 = torch.log(s1 / (1 - s1)), torch.log(s2 / (1 - s2))
+    else:
+        t = torch.sqrt((1 - lam).clamp(min=0)).clamp(max=1 - 1e-16)
+        z1, z2 = torch.atanh(t), -torch.atanh(t)
+    cands = torch.stack([l, u, torch.minimum(torch.maximum(z1, l), u), torch.minimum(torch.maximum(z2, l), u)])
+    h = f(cands) - lam * cands
+    pad = 1e-7 * (1 + h.abs().amax(0))  # round-off margin
+    return lam, h.amin(0) - pad, lam, h.amax(0) + pad
 
 
 def _affine_backward(op: g.AffineOp, A: torch.Tensor, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +153,11 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
                 sl = torch.where(((b.lower < 0) & (b.upper > 0)).unsqueeze(1), alphas[j], sl)
             Aj = Ai * torch.where(Ai >= 0, sl, su)
             const = const + torch.einsum("bkn,bn->bk", Ai.clamp(max=0).flatten(2), bu.flatten(2)[:, 0])
+        elif isinstance(op, (g.Sigmoid, g.Tanh)):
+            sl, bl, su, bu = (t.unsqueeze(1) for t in _sshape_relaxation(op, pre[j]))
+            pos = Ai >= 0
+            Aj = Ai * torch.where(pos, sl, su)
+            const = const + (Ai * torch.where(pos, bl, bu)).flatten(2).sum(2)
         elif isinstance(op, (g.Flatten, g.Unflatten)):
             Aj = Ai.reshape(B, K, *shapes[j])
         elif isinstance(op, g.AvgPool2d):
@@ -369,18 +399,20 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
         return lo[:, :K], -lo[:, K:]
 
     for node in graph.nodes:
-        if isinstance(node.op, (g.Sigmoid, g.Tanh, g.MaxPool2d)):
+        if isinstance(node.op, g.MaxPool2d):
             raise g.UnsupportedOpError(f"CROWN has no relaxation for {node.op!r} yet (node '{node.name}')")
-        if isinstance(node.op, g.ReLU) and node.inputs[0] not in pre:
+        if isinstance(node.op, g.Activation) and node.inputs[0] not in pre:
             j = node.inputs[0]
             ibp = ibp_all[j]
             # only neurons that IBP cannot prove stable need linear bounds: a stable ReLU is relaxed exactly
-            if intermediate == "ibp" or _ibp_is_exact(graph, j) or not ((ibp.lower < 0) & (ibp.upper > 0)).any():
+            # (Sigmoid and Tanh neurons are never exact unless their interval is a point)
+            relu = isinstance(node.op, g.ReLU)
+            mask = ((ibp.lower < 0) & (ibp.upper > 0) if relu else ibp.upper > ibp.lower).flatten(1)
+            if intermediate == "ibp" or _ibp_is_exact(graph, j) or not mask.any():
                 pre[j] = ibp
                 continue
-            mask = ((ibp.lower < 0) & (ibp.upper > 0)).flatten(1)
             idx, valid, lo, up = _neuron_bounds(graph, j, mask, shapes, pre, input_set, max_elems)
-            if intermediate == "alpha":
+            if intermediate == "alpha" and relu:
                 earlier = sum(math.prod(shapes[n.inputs[0]]) for n in graph.nodes[:j] if isinstance(n.op, g.ReLU))
                 if B * 2 * idx.shape[1] * max(earlier, math.prod(shapes[j])) <= max_elems:
                     lo, up = _optimized_rows(graph, j, idx, shapes, pre, input_set, lo.detach(), up.detach(),
