@@ -246,6 +246,18 @@ class Graph:
             vals.append(x if isinstance(n.op, Input) else n.op.forward(*(vals[j] for j in n.inputs)))
         return vals if return_all else vals[self.output]
 
+    def forward_from(self, start: int, value: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+        """Continue the evaluation from node ``start`` holding ``value`` (e.g. a latent adversarial point) up to
+        node ``stop`` (default: the output). Nodes after ``start`` must not read nodes before it."""
+        vals: dict[int, torch.Tensor] = {start: value}
+        stop = self.output if stop is None else stop
+        for i in range(start + 1, stop + 1):
+            n = self.nodes[i]
+            if any(j not in vals for j in n.inputs):
+                raise ValueError(f"node '{n.name}' reads a node before the start node {start}")
+            vals[i] = n.op.forward(*(vals[j] for j in n.inputs))
+        return vals[stop]
+
     def __repr__(self) -> str:
         lines = [f"{i:3d} {n.name:30s} {n.op!r:18s} <- {list(n.inputs)}" for i, n in enumerate(self.nodes)]
         return "Graph(\n" + "\n".join(lines) + f"\n  output={self.output})"

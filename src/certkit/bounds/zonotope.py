@@ -167,14 +167,16 @@ def zonotope_bounds(model, input_set: InputSet | Zonotope, spec: LinearSpec | No
 
 
 def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
-                  generator: torch.Generator | None = None) -> Bounds:
+                  generator: torch.Generator | None = None, return_all: bool = False, stop: int | None = None):
     """Estimated DeepZ bounds by Cauchy random projections (Wong et al. 2018; COLT appendix B).
 
     For a generator matrix G, ``G·r`` with r a vector of standard Cauchy variables is Cauchy with scale
     ``‖G‖_1`` per row, so ``median_k |G·r_k|`` estimates the row ℓ1 norms — the zonotope's radii — from k
     projections propagated instead of all m generators. A ReLU's new error term of size β on neuron j adds
     ``β_j·c`` with a fresh Cauchy c per projection. The relative standard error of the estimate is about
-    π/(2√k) per neuron. These are estimates, **not sound bounds**: for training only.
+    π/(2√k) per neuron. These are estimates, **not sound bounds**: for training only. Differentiable in the
+    weights (COLT's ReLU-stability regulariser uses them). With ``return_all``, the list of estimated Bounds of
+    every node up to ``stop`` (default: the output) is returned instead.
     """
     graph = g.to_graph(model)
     lo, up = input_set.lower, input_set.upper
@@ -191,7 +193,8 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
     def radius(P):
         return P.abs().median(1).values
 
-    for node in graph.nodes:
+    stop = graph.output if stop is None else stop
+    for node in graph.nodes[: stop + 1]:
         op = node.op
         if isinstance(op, g.Input):
             vals.append((c, P))
@@ -217,6 +220,60 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
         else:
             raise g.UnsupportedOpError(f"Cauchy estimates have no rule for {op!r} (node '{node.name}')")
         vals.append((y, Py))
-    y, Py = vals[graph.output]
+    if return_all:
+        return [Bounds(y - radius(Py), y + radius(Py)) for y, Py in vals]
+    y, Py = vals[stop]
     rad = radius(Py)
     return Bounds(y - rad, y + rad)
+
+
+def latent_point(model, input_set: InputSet, bounds: list[Bounds], e: list[torch.Tensor],
+                 stop: int) -> torch.Tensor:
+    """COLT's latent point ``a + A·e`` of the zonotope after node ``stop``, by one forward pass.
+
+    The zonotope is the DeepZ relaxation built on the given pre-activation ``bounds`` (one Bounds per node, e.g.
+    from :func:`cauchy_bounds`); ``e`` holds one error-term tensor per term group, each in [−1, 1]: ``e[0]`` for
+    the input box (shape of the input) and one per ReLU up to ``stop`` (shape of its neurons), in graph order.
+    Every e in the box gives a point of the zonotope, so projected PGD on e (:meth:`Zonotope.project`) searches
+    the convex region after the layer without materialising its generator matrix."""
+    graph = g.to_graph(model)
+    lo, up = input_set.lower, input_set.upper
+    vals: list[torch.Tensor] = []
+    k = 0
+    for node in graph.nodes[: stop + 1]:
+        op = node.op
+        if isinstance(op, g.Input):
+            vals.append((lo + up) / 2 + (up - lo) / 2 * e[0])
+            k = 1
+            continue
+        ins = [vals[j] for j in node.inputs]
+        if isinstance(op, g.ReLU):
+            b = bounds[node.inputs[0]]
+            l, u = b.lower.detach(), b.upper.detach()
+            cross = (l < 0) & (u > 0)
+            lam = torch.where(cross, u / (u - l).clamp_min(1e-12), (l >= 0).to(l.dtype))
+            mu = torch.where(cross, -u * l / (u - l).clamp_min(1e-12) / 2, torch.zeros_like(l))
+            vals.append(lam * ins[0] + mu + mu * e[k])
+            k += 1
+        elif isinstance(op, g.Activation):
+            raise g.UnsupportedOpError(f"latent points are implemented for ReLU networks, not {op!r}")
+        else:
+            vals.append(op.forward(*ins))
+    return vals[stop]
+
+
+def latent_terms(model, input_set: InputSet, stop: int, generator: torch.Generator | None = None,
+                 random: bool = True) -> list[torch.Tensor]:
+    """Error terms for :func:`latent_point` (uniform in [−1, 1], or zeros), one tensor per term group."""
+    graph = g.to_graph(model)
+    x = input_set.x
+    with torch.no_grad():
+        vals = graph.forward(x, return_all=True)
+    shapes = [x.shape] + [vals[n.inputs[0]].shape for n in graph.nodes[: stop + 1] if isinstance(n.op, g.ReLU)]
+
+    def draw(shape):
+        if not random:
+            return torch.zeros(shape, dtype=x.dtype, device=x.device)
+        return (2 * torch.rand(shape, generator=generator, dtype=x.dtype) - 1).to(x.device)
+
+    return [draw(s) for s in shapes]

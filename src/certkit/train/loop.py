@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,11 +63,28 @@ class TrainConfig:
     eval_eps: float = 0.1
     eval_n: int = 1000  # test images evaluated (clean and IBP-certified) after every epoch
     device: str = "cpu"
+    # COLT ([colt] section; see certkit.train.colt): epochs per stage, latent ReLU layers (1-based), factors
+    colt_stage_epochs: list[int] = field(default_factory=list)
+    colt_layers: list[int] | None = None
+    colt_start_eps_factor: float = 1.05
+    colt_eps_factor: float = 1.05
+    colt_mix_epochs: int = 1
+    colt_lr_stage_factor: float = 0.5
+    colt_lr_step: int = 10
+    colt_relu_stable: float | None = None
+    colt_relu_stable_factor: float = 1.0
+    colt_attack_steps: int = 10
+    colt_attack_step: float = 0.25
+    colt_projections: int = 50
+    colt_nat_factor: float = 0.0
 
     _SECTIONS = {
         "data": {"dataset": "data", "dir": "data_dir", "train_n": "train_n"},
         "model": {"arch": "arch", "kwargs": "arch_kwargs"},
         "eval": {"eps": "eval_eps", "n": "eval_n"},
+        "colt": {k: f"colt_{k}" for k in ("stage_epochs", "layers", "start_eps_factor", "eps_factor", "mix_epochs",
+                                          "lr_stage_factor", "lr_step", "relu_stable", "relu_stable_factor",
+                                          "attack_steps", "attack_step", "projections", "nat_factor")},
     }
 
     @classmethod
@@ -88,8 +106,15 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         cfg = cls(**flat)
-        if cfg.objective not in ("standard", "pgd", "ibp"):
-            raise ValueError(f"unknown objective {cfg.objective!r}; use standard, pgd or ibp")
+        if cfg.objective not in ("standard", "pgd", "ibp", "colt"):
+            raise ValueError(f"unknown objective {cfg.objective!r}; use standard, pgd, ibp or colt")
+        if cfg.objective == "colt":
+            if not cfg.colt_stage_epochs:
+                raise ValueError("objective 'colt' needs [colt] stage_epochs (epochs per stage, input stage first)")
+            total = sum(cfg.colt_stage_epochs)
+            if "epochs" in flat and flat["epochs"] != total:
+                raise ValueError(f"epochs = {flat['epochs']} differs from the sum of colt stage_epochs ({total})")
+            cfg.epochs = total
         if cfg.eps < 0 or cfg.eval_eps < 0:
             raise ValueError("eps must be non-negative")
         if cfg.epochs <= 0 or cfg.batch_size <= 0:
@@ -100,9 +125,24 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def make_objective(cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> Objective:
+def colt_schedule(cfg: TrainConfig):
+    from certkit.train.colt import ColtSchedule
+
+    return ColtSchedule(cfg.colt_stage_epochs, cfg.eps, cfg.colt_start_eps_factor, cfg.colt_eps_factor,
+                        cfg.colt_mix_epochs, cfg.lr, cfg.colt_lr_stage_factor, cfg.colt_lr_step, cfg.lr_gamma,
+                        cfg.colt_relu_stable, cfg.colt_relu_stable_factor)
+
+
+def make_objective(cfg: TrainConfig, steps_per_epoch: int, num_classes: int,
+                   model: nn.Module | None = None) -> Objective:
     begin, length = round(cfg.warmup_epochs * steps_per_epoch), round(cfg.ramp_epochs * steps_per_epoch)
     eps = Ramp(0.0, cfg.eps, begin, length)
+    if cfg.objective == "colt":
+        from certkit.train.colt import ColtTraining, latent_layers
+
+        layers = latent_layers(model, cfg.colt_layers)
+        return ColtTraining(colt_schedule(cfg), layers, steps_per_epoch, cfg.colt_attack_steps, cfg.colt_attack_step,
+                            cfg.colt_projections, cfg.colt_nat_factor, cfg.pgd_steps)
     if cfg.objective == "standard":
         return Standard()
     if cfg.objective == "pgd":
@@ -111,6 +151,8 @@ def make_objective(cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> 
 
 
 def lr_at(cfg: TrainConfig, epoch_float: float) -> float:
+    if cfg.objective == "colt":
+        return colt_schedule(cfg).lr_at(epoch_float)
     return cfg.lr * cfg.lr_gamma ** sum(epoch_float >= m for m in cfg.lr_milestones)
 
 
@@ -191,7 +233,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
 
     n = len(train_set)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    objective = make_objective(cfg, steps_per_epoch, train_set.num_classes)
+    objective = make_objective(cfg, steps_per_epoch, train_set.num_classes, model)
     eval_set = test_set.subset(0, cfg.eval_n)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
@@ -234,6 +276,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
         torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "rng": torch.get_rng_state(), "config": json.dumps(cfg.to_dict())}, tmp)
         os.replace(tmp, state_path)
+        if cfg.objective == "colt" and epoch + 1 in objective.schedule.starts[1:] + [cfg.epochs]:
+            stage = objective.schedule.stage(epoch)  # the stage that just ended: keep its model
+            shutil.copyfile(out / "model.safetensors", out / f"stage{stage}.safetensors")
         if log:
             print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
                 f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"),
