@@ -108,3 +108,16 @@ def test_colt_stages_train_and_freeze_layers(tmp_path):
         TrainConfig.from_dict({"train": {"objective": "colt"}})
     data = load_dataset("digits", "test")
     assert data.x.shape[1:] == (1, 8, 8)
+
+
+def test_latent_robustness_table():
+    from certkit.train.colt import latent_robustness
+
+    model = conv_net()
+    x = torch.rand(20, 1, 8, 8)
+    y = model(x).argmax(1)
+    r = latent_robustness(model, x, y, 0.05, steps=5, projections=30)
+    assert list(r) == ["input", "layer 1", "layer 2", "layer 3"]
+    assert all(0 <= v <= 1 for v in r.values())
+    big = latent_robustness(model, x, y, 0.5, steps=5, projections=30)
+    assert big["layer 3"] <= r["layer 3"]  # a larger region admits at least as many latent adversarial points

@@ -180,3 +180,33 @@ class ColtTraining(Objective):
             metrics["unstable"] = ((b.lower < 0) & (b.upper > 0)).flatten(1).sum(1).float().mean().detach()
         metrics["loss"] = loss.detach()
         return loss, metrics
+
+
+@torch.no_grad()
+def latent_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 40,
+                      step_size: float = 0.035, projections: int = 200, restarts: int = 1,
+                      layers: list[int] | None = None, batch_size: int = 100) -> dict[str, float]:
+    """COLT's Fig. 3: accuracy under attack in the input space (PGD) and in the latent region after every ReLU
+    layer (e-space PGD from random starts, ``restarts`` times); a lower value in a layer means the convex
+    relaxation there admits more adversarial points."""
+    nodes = latent_layers(model, layers)
+    out: dict[str, float] = {}
+    n = len(y)
+    ok = torch.zeros(n, dtype=torch.bool)
+    for i in range(0, n, batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        with torch.enable_grad():
+            ok[i:i + batch_size] = ~pgd(model, xb, yb, eps, "inf", steps, restarts=restarts).success.cpu()
+    out["input"] = ok.float().mean().item()
+    graph = g.to_graph(model)
+    for k, node in enumerate(nodes, 1):
+        ok = torch.zeros(n, dtype=torch.bool)
+        for i in range(0, n, batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            good = graph.forward(xb).argmax(1) == yb
+            for _ in range(restarts):
+                z = latent_attack(graph, xb, yb, eps, node, steps, step_size, projections)
+                good &= graph.forward_from(node, z).argmax(1) == yb
+            ok[i:i + batch_size] = good.cpu()
+        out[f"layer {k}"] = ok.float().mean().item()
+    return out
