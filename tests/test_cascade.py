@@ -92,3 +92,12 @@ def test_max_radius_is_certified_and_tight_to_tol(batch, method):
     above = certify(model, x[ok], y[ok], (r[ok] + 2e-3).float(), method)
     assert not above.certified[r[ok] < 0.3 - 1e-9].any()
     assert math.isclose(float(r.max()), float(r.max()))
+
+
+def test_cascade_skips_the_milp_for_ops_it_cannot_encode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(12, 4)).eval()
+    x = torch.rand(3, 1, 4, 4)
+    c = certify(model, x, model(x).argmax(1), 0.2, "cascade")
+    assert all("milp" not in v.seconds and v.verdict in ("verified", "falsified", "unknown") for v in c.verdicts)

@@ -284,6 +284,8 @@ def verify_property(
         if stage == "milp":
             if isinstance(input_set, LpBall) and input_set.p != math.inf:
                 continue  # the MILP encodes boxes only
+            if not _milp_supported(model):
+                continue  # e.g. MaxPool: no MILP encoding; those inputs stay 'unknown'
             for b in idx.tolist():
                 _milp_stage(model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout, max_binaries)
             continue
@@ -318,6 +320,13 @@ def verify_property(
     for b, v in enumerate(verdicts):
         v.lower = lower[b].detach()
     return verdicts
+
+
+def _milp_supported(model) -> bool:
+    from certkit import graph as g
+
+    ok = (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.Add, g.ReLU)
+    return all(isinstance(n.op, ok) for n in g.to_graph(model).nodes)
 
 
 def _subset(input_set: InputSet, idx: torch.Tensor) -> InputSet:

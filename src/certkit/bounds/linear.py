@@ -13,8 +13,8 @@ backward pass (a stable ReLU is relaxed exactly whatever its bounds).
 
 Memory grows with (batch × neurons of a layer × neurons of the layers below): use small batches on conv nets.
 
-Every bound is a pure function of its own input. Sigmoid and Tanh get parallel chord/tangent bounds; MaxPool
-is not relaxed yet and raises :class:`~certkit.graph.UnsupportedOpError`.
+Every bound is a pure function of its own input. Sigmoid and Tanh get parallel chord/tangent bounds, MaxPool
+DeepPoly's relaxation (the input with the largest lower bound, exact when it dominates its window).
 """
 
 from __future__ import annotations
@@ -109,6 +109,33 @@ def _avgpool_backward(op: g.AvgPool2d, A: torch.Tensor, in_shape: tuple[int, ...
     return F.conv_transpose2d(flat, w, None, s, p, pad, C).reshape(B, K, *in_shape)
 
 
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _maxpool_backward(op: g.MaxPool2d, A: torch.Tensor, b: Bounds, in_shape: tuple[int, ...]):
+    """DeepPoly's max-pool relaxation: ``y ≥ x_i*`` for the input i* with the largest lower bound of its window,
+    and ``y ≤ x_i*`` when that lower bound is at least every other input's upper bound (the max is then x_i*),
+    else ``y ≤ max_i u_i``. Returns (A', c) for lower bounds of ``A·y``."""
+    m = op.module
+    lo, idx = F.max_pool2d(b.lower, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+    umax = F.max_pool2d(b.upper, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+    k, st = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
+    if all(s_ >= k_ for s_, k_ in zip(st, k)):  # disjoint windows: remove x_i* and pool the others' upper bounds
+        others = b.upper.flatten(2).scatter(2, idx.flatten(2), -math.inf).view_as(b.upper)
+        u_other = F.max_pool2d(others, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+        exact = (lo >= u_other).unsqueeze(1)
+    else:  # overlapping windows: the upper bound is always the constant max_i u_i (sound, never exact)
+        exact = torch.zeros_like(lo, dtype=torch.bool).unsqueeze(1)
+    pos, neg = A.clamp(min=0), A.clamp(max=0)
+    coef = pos + torch.where(exact, neg, torch.zeros_like(neg))
+    c = (torch.where(exact, torch.zeros_like(neg), neg) * umax.unsqueeze(1)).flatten(2).sum(2)
+    B, K, C = A.shape[:3]
+    out = torch.zeros(B, K, C, in_shape[-2] * in_shape[-1], dtype=A.dtype, device=A.device)
+    out.scatter_add_(3, idx.flatten(2).unsqueeze(1).expand(B, K, C, -1), coef.flatten(3))
+    return out.view(B, K, *in_shape), c
+
+
 def _concretize(A: torch.Tensor, c: torch.Tensor, input_set: InputSet) -> torch.Tensor:
     """min over the input set of ``A·x + c``, per row: (B, K)."""
     lo, hi = input_set.lower.to(A.dtype), input_set.upper.to(A.dtype)
@@ -158,6 +185,9 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
             pos = Ai >= 0
             Aj = Ai * torch.where(pos, sl, su)
             const = const + (Ai * torch.where(pos, bl, bu)).flatten(2).sum(2)
+        elif isinstance(op, g.MaxPool2d):
+            Aj, c = _maxpool_backward(op, Ai, pre[j], shapes[j])
+            const = const + c
         elif isinstance(op, (g.Flatten, g.Unflatten)):
             Aj = Ai.reshape(B, K, *shapes[j])
         elif isinstance(op, g.AvgPool2d):
@@ -399,8 +429,16 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
         return lo[:, :K], -lo[:, K:]
 
     for node in graph.nodes:
-        if isinstance(node.op, g.MaxPool2d):
-            raise g.UnsupportedOpError(f"CROWN has no relaxation for {node.op!r} yet (node '{node.name}')")
+        if isinstance(node.op, g.MaxPool2d):  # bounds of its input: IBP's, or a ReLU's image of its own
+            j = node.inputs[0]
+            src = graph.nodes[j]
+            if isinstance(src.op, g.ReLU) and src.inputs[0] in pre:
+                b = pre[src.inputs[0]]
+                pre[j] = Bounds(torch.maximum(b.lower.clamp(min=0), ibp_all[j].lower),
+                                torch.minimum(b.upper.clamp(min=0), ibp_all[j].upper))
+            else:
+                pre[j] = ibp_all[j]
+            continue
         if isinstance(node.op, g.Activation) and node.inputs[0] not in pre:
             j = node.inputs[0]
             ibp = ibp_all[j]
