@@ -16,7 +16,7 @@ import torch
 from certkit.data import data_root, load_dataset
 from certkit.io import load_model
 from certkit.models import load_colt_mnist
-from certkit.train.colt import latent_robustness
+from certkit.attacks.latent import latent_robustness
 
 
 def main() -> None:

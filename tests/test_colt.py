@@ -9,7 +9,8 @@ from certkit.bounds.zonotope import Zonotope, latent_point, latent_terms, zonoto
 from certkit.data import load_dataset
 from certkit.io import load_model
 from certkit.train import TrainConfig, train
-from certkit.train.colt import ColtSchedule, latent_attack, latent_layers
+from certkit.attacks.latent import latent_attack, latent_layers
+from certkit.train.colt import ColtSchedule
 from conftest import assert_contained
 
 
@@ -111,7 +112,7 @@ def test_colt_stages_train_and_freeze_layers(tmp_path):
 
 
 def test_latent_robustness_table():
-    from certkit.train.colt import latent_robustness
+    from certkit.attacks.latent import latent_robustness
 
     model = conv_net()
     x = torch.rand(20, 1, 8, 8)
