@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from certkit.attacks.latent import latent_robustness
 from certkit.data import data_root, load_dataset
 from certkit.io import load_model
 from certkit.models import load_colt_mnist
-from certkit.attacks.latent import latent_robustness
 
 
 def main() -> None:

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from certkit import LinfBall, Normalize, to_graph
+from certkit.attacks.latent import latent_attack, latent_layers
 from certkit.bounds.zonotope import Zonotope, latent_point, latent_terms, zonotope_bounds
 from certkit.data import load_dataset
 from certkit.io import load_model
 from certkit.train import TrainConfig, train
-from certkit.attacks.latent import latent_attack, latent_layers
 from certkit.train.colt import ColtSchedule
 from conftest import assert_contained
 

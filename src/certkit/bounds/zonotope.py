@@ -167,14 +167,17 @@ def zonotope_bounds(model, input_set: InputSet | Zonotope, spec: LinearSpec | No
 
 
 def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
-                  generator: torch.Generator | None = None, return_all: bool = False, stop: int | None = None):
+                  generator: torch.Generator | None = None, return_all: bool = False, stop: int | None = None,
+                  estimator: str = "auto"):
     """Estimated DeepZ bounds by Cauchy random projections (Wong et al. 2018; COLT appendix B).
 
     For a generator matrix G, ``G·r`` with r a vector of standard Cauchy variables is Cauchy with scale
     ``‖G‖_1`` per row, so the scale of k projections estimates the row ℓ1 norms — the zonotope's radii —
-    from k projections propagated instead of all m generators. Wong et al. take the median of ``|G·r_k|``; here
-    the geometric mean ``exp(mean_k log|G·r_k|)``, which is exact in expectation in log space (E log|C| = log s
-    for C ~ Cauchy(0, s)), has the same relative standard error π/(2√k) and needs no sort. A ReLU's new error
+    from k projections propagated instead of all m generators. Wong et al. take the median of ``|G·r_k|``
+    (``estimator="median"``); the geometric mean ``exp(mean_k log|G·r_k|)`` (``"geometric"``) is exact in
+    expectation in log space (E log|C| = log s for C ~ Cauchy(0, s)), has the same relative standard error
+    π/(2√k) and needs no sort, but its gradient (1/P terms) is heavy-tailed; ``"auto"`` takes the median when
+    gradients are being recorded and the geometric mean otherwise. A ReLU's new error
     term of size β on neuron j adds ``β_j·c`` with a fresh Cauchy c per projection. Only the ReLUs' inputs get
     estimates. These are estimates, **not sound bounds**: for training only. Differentiable in the
     weights (COLT's ReLU-stability regulariser uses them). With ``return_all``, a dict {node: Bounds} of the
@@ -192,8 +195,15 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
     vals: list[tuple[torch.Tensor, torch.Tensor]] = []
     P = r.unsqueeze(1) * cauchy((B, k, *c.shape[1:]))  # (B, k, *shape): G·R for the diagonal input generators
 
-    def radius(P):  # exp E log|Cauchy(0, s)| = s: as accurate as the median (relative sd π/(2√k)), no sort
-        return P.abs().clamp_min(1e-30).log().mean(1).exp()
+    if estimator == "auto":
+        estimator = "median" if torch.is_grad_enabled() else "geometric"
+    if estimator not in ("median", "geometric"):
+        raise ValueError(f"estimator must be 'median', 'geometric' or 'auto', got {estimator!r}")
+
+    def radius(P):
+        if estimator == "median":
+            return P.abs().median(1).values
+        return P.abs().clamp_min(1e-30).log().mean(1).exp()  # exp E log|Cauchy(0, s)| = s
 
     stop = graph.output if stop is None else stop
     est: dict[int, Bounds] = {}
