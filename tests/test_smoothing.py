@@ -1,0 +1,118 @@
+"""Randomized smoothing: certificates against closed forms and each other, and statistical soundness."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from certkit.smoothing import Noise, Smooth, certified_accuracy
+from certkit.smoothing import certificates as cert
+from certkit.smoothing.smooth import certified_accuracy_lower, max_radius
+
+
+def test_closed_forms_and_orderings():
+    assert cert.cohen_radius(stats.norm.cdf(1.0), 0.5) == pytest.approx(0.5)
+    assert np.isnan(cert.cohen_radius(0.4, 0.5))
+    pa = np.linspace(0.55, 0.999, 40)
+    cohen2 = cert.cohen_two_class_radius(pa, 1 - pa, 0.7)
+    np.testing.assert_allclose(cohen2, cert.cohen_radius(pa, 0.7), rtol=1e-9)  # p_B = 1 − p_A: the same
+    renyi = cert.renyi_radius(pa, 1 - pa, 0.7)
+    assert (renyi <= cohen2 + 1e-9).all() and (renyi > 0).all()  # STN's bound is never above Cohen's
+    lap = cert.laplace_radius(pa, None, 0.3)
+    assert (np.diff(lap) > 0).all()  # monotone in p_A
+    np.testing.assert_allclose(cert.laplace_radius(pa, 1 - pa, 0.3), lap, rtol=1e-9)  # one class = two classes
+    np.testing.assert_allclose(cert.uniform_l1_radius(pa, 0.5), 2 * 0.5 * (pa - 0.5))
+    assert cert.linf_from_l2(1.0, 784) == pytest.approx(1 / 28)
+    dp = cert.pixeldp_radius(pa, 1 - pa, 0.7)
+    assert (np.nan_to_num(dp) <= cohen2 + 1e-9).all()  # PixelDP is looser than Cohen
+
+
+def test_renyi_optimum_beats_a_dense_grid_of_orders():
+    pa, pb, s = 0.8, 0.15, 0.5
+    grid = []
+    for a in np.exp(np.linspace(np.log(1 + 1e-5), np.log(300), 20000)):
+        m = ((pa ** (1 - a) + pb ** (1 - a)) / 2) ** (1 / (1 - a))
+        inner = 1 - pa - pb + 2 * m
+        if inner > 0:
+            grid.append(-2 * s * s / a * math.log(inner))
+    assert cert.renyi_radius(pa, pb, s) ** 2 >= max(grid) - 1e-6
+    assert cert.renyi_radius(0.9999999, 1e-9, 0.5) > 0  # extreme counts stay finite (log space)
+
+
+def test_clopper_pearson_coverage_and_edges():
+    lo, up = cert.clopper_pearson(np.array([0, 50, 100]), 100, 0.05)
+    assert lo[0] == 0 and up[2] == 1 and lo[1] < 0.5 < up[1]
+    assert cert.max_certifiable_pa(100_000, 0.001) == pytest.approx(0.001 ** 1e-5)
+    assert max_radius(Noise("gaussian", 0.25), 100_000, 0.001) == pytest.approx(0.25 * stats.norm.ppf(0.001 ** 1e-5))
+
+
+def halfplane() -> nn.Module:
+    """f(x) = 1 if x_0 > 0 else 0; smoothed with N(0, σ²): p_A = Φ(|x_0|/σ), the true radius is |x_0|."""
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+        lin.bias.zero_()
+    return lin
+
+
+def test_statistical_soundness_on_a_classifier_with_known_probabilities():
+    """Over many certifications, radii above the true radius happen at most α of the time (tolerance: 3 binomial
+    standard deviations)."""
+    sigma, alpha, trials = 0.5, 0.05, 3000
+    smooth = Smooth(halfplane(), 2, Noise("gaussian", sigma), batch_size=100_000)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(trials, generator=gen) * 0.6 + 0.02
+    x = torch.stack([x0 * torch.where(torch.rand(trials, generator=gen) < 0.5, -1.0, 1.0),
+                     torch.randn(trials, generator=gen)], 1)
+    res = smooth.certify(x, 10, 300, alpha, generator=gen)
+    true_class = (x[:, 0] > 0).long().numpy()
+    assert (res.pred[res.pred >= 0] == true_class[res.pred >= 0]).mean() > 0.99
+    wrong = (np.nan_to_num(res.radius, nan=-1) > x0.numpy()) | ((res.pred >= 0) & (res.pred != true_class))
+    assert wrong.mean() <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
+    assert wrong.mean() > 0  # Clopper–Pearson is not absurdly loose either: some radii come close
+    ok = certified_accuracy(res.radius, res.pred == true_class, [0.0, 0.1, 0.3])
+    assert ok[0] >= ok[1] >= ok[2]
+    lower = certified_accuracy_lower(res.radius, res.pred == true_class, [0.0, 0.1, 0.3], alpha)
+    assert (lower <= ok).all()
+
+
+def test_counts_predict_and_noise():
+    smooth = Smooth(halfplane(), 2, Noise("gaussian", 1.0), batch_size=64)
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [-3.0, 0.0]])
+    c1 = smooth.counts(x, 500, torch.Generator().manual_seed(1))
+    c2 = smooth.counts(x, 500, torch.Generator().manual_seed(1))
+    assert torch.equal(c1, c2) and (c1.sum(1) == 500).all()
+    assert c1[1, 1] > 490 and c1[2, 0] > 490
+    pred = smooth.predict(x, 2000, 0.001, torch.Generator().manual_seed(2))
+    assert pred[1] == 1 and pred[2] == 0 and pred[0] == -1  # a coin flip abstains
+    with pytest.raises(ValueError, match="NaN"):
+        smooth.counts(torch.tensor([[math.nan, 0.0]]), 10)
+    with pytest.warns(UserWarning, match="never certify"):
+        smooth.certify(x, 5, 4, 0.05)
+    with pytest.raises(ValueError, match="does not fit"):
+        smooth.certify(x, 5, 100, 0.05, certificate="laplace")
+    gen = torch.Generator().manual_seed(3)
+    lap = Noise("laplace", 0.7).sample((200_000,), gen, "cpu", torch.float64)
+    assert lap.abs().mean().item() == pytest.approx(0.7, rel=0.02)
+    uni = Noise("uniform", 0.7).sample((10_000,), gen, "cpu", torch.float32)
+    assert uni.abs().max() <= 0.7
+    with pytest.raises(ValueError, match="positive"):
+        Noise("gaussian", 0.0)
+
+
+@pytest.mark.parametrize("noise, certificate", [("gaussian", "renyi"), ("gaussian", "cohen2"), ("laplace", "laplace"),
+                                                ("laplace", "laplace1"), ("uniform", "uniform"),
+                                                ("gaussian", "pixeldp")])
+def test_every_certificate_runs_and_is_sound_on_the_halfplane(noise, certificate):
+    scale = 0.5
+    smooth = Smooth(halfplane(), 2, Noise(noise, scale), batch_size=50_000)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.tensor([[0.3, 0.0], [-0.6, 1.0], [0.01, 0.0]])
+    res = smooth.certify(x, 20, 2000, 0.01, certificate=certificate, generator=gen)
+    assert res.norm == ("2" if noise == "gaussian" else "1")
+    # the true L1/L2 radius of the half-plane is |x_0| in every norm (the boundary is axis-aligned)
+    assert (np.nan_to_num(res.radius, nan=0) <= np.abs(x[:, 0].numpy()) + 1e-9).all()
+    assert res.pred[1] == 0
