@@ -116,3 +116,65 @@ def test_every_certificate_runs_and_is_sound_on_the_halfplane(noise, certificate
     # the true L1/L2 radius of the half-plane is |x_0| in every norm (the boundary is axis-aligned)
     assert (np.nan_to_num(res.radius, nan=0) <= np.abs(x[:, 0].numpy()) + 1e-9).all()
     assert res.pred[1] == 0
+
+
+def test_smoothadv_attack_raises_the_soft_loss_and_stays_in_the_ball():
+    from certkit.train.objectives import smoothadv_attack
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    x = torch.rand(8, 1, 4, 4)
+    y = model(x).argmax(1)
+    noise = 0.25 * torch.randn(8, 4, 1, 4, 4)
+
+    def soft_loss(z):
+        probs = torch.softmax(model((z.unsqueeze(1) + noise).flatten(0, 1)), 1).view(8, 4, -1).mean(1)
+        return -torch.log(probs.gather(1, y[:, None])).squeeze(1)
+
+    xa = smoothadv_attack(model, x, y, noise, 0.5, steps=10)
+    assert ((xa - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all() and xa.min() >= 0 and xa.max() <= 1
+    assert (soft_loss(xa) >= soft_loss(x) - 1e-6).all() and (soft_loss(xa) > soft_loss(x) + 1e-3).any()
+
+
+@pytest.mark.parametrize("objective", ["gaussian", "stability", "smoothadv"])
+def test_smoothing_objectives_train_and_certify_from_the_cli(tmp_path, objective):
+    import json
+
+    from certkit.cli import main
+
+    (tmp_path / "c.toml").write_text(f"""
+name = "s"
+[data]
+dataset = "digits"
+train_n = 256
+[model]
+arch = "small-conv"
+[train]
+objective = "{objective}"
+epochs = 2
+batch_size = 64
+eps = 0.25
+ramp_epochs = 1
+[smoothing]
+sigma = 0.25
+m = 2
+steps = 2
+[eval]
+eps = 0.0
+n = 20
+""")
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = tmp_path / "cert"
+    args = ["smooth", "certify", "--checkpoint", str(tmp_path / "run/model.safetensors"), "--data", "digits",
+            "--sigma", "0.25", "--n0", "10", "--n", "200", "--alpha", "0.01", "--count", "6", "--step", "20",
+            "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    tsv = out.with_suffix(".tsv").read_text().splitlines()
+    assert tsv[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime" and len(tsv) == 7
+    assert [int(line.split("\t")[0]) for line in tsv[1:]] == [0, 20, 40, 60, 80, 100]
+    assert main(args) == 0  # resumes: nothing is added or duplicated
+    assert len(out.with_suffix(".tsv").read_text().splitlines()) == 7
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()][1:]
+    assert len(rows) == 6 and all(sum(r["counts"]) == 200 for r in rows)
+    assert main(["smooth", "report", "--results", str(out.with_suffix(".jsonl")), "--radii", "0", "0.1",
+                 "--plot", str(tmp_path / "r.png")]) == 0

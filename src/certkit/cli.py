@@ -32,7 +32,8 @@ def _load_eval_data(args, meta):
     if not name:
         raise SystemExit("error: --data is required (the checkpoint does not name its data set)")
     data = load_dataset(name, "test", args.data_dir)
-    data = data.subset(args.start, None if args.n is None else args.start + args.n * args.step, args.step)
+    count = args.count if hasattr(args, "count") else args.n  # 'smooth' uses --n for noise draws
+    data = data.subset(args.start, None if count is None else args.start + count * args.step, args.step)
     expected = tuple(meta["arch"]["in_shape"])
     if data.shape != expected:
         raise SystemExit(f"error: data set {name} has inputs of shape {data.shape}, the model expects {expected}")
@@ -141,6 +142,45 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_smooth(args) -> int:
+    from certkit.report import format_table
+    from certkit.smoothing import Noise, Smooth
+    from certkit.smoothing.run import certify_dataset, load_rows, report
+
+    if args.action == "report":
+        rows = load_rows(args.results)
+        table = report(rows, args.radii, args.alpha)
+        print(format_table(table))
+        if args.plot:
+            from certkit.report import plot_accuracy_vs_eps
+
+            curves = {"certified (approx.)": (args.radii, [t["certified"] for t in table]),
+                      "certified (high-prob. lower)": (args.radii, [t["certified_hp_lower"] for t in table])}
+            print(f"plot: {plot_accuracy_vs_eps(curves, args.plot, title=Path(args.results).stem, xlabel='radius')}")
+        return 0
+    model, meta = _load_any(args)
+    data = _load_eval_data(args, meta)
+    smooth = Smooth(model, data.num_classes, Noise(args.noise, args.sigma), args.batch_size)
+    indices = list(range(args.start, args.start + len(data) * args.step, args.step))
+    if args.action == "predict":
+        gen = torch.Generator().manual_seed(args.seed)
+        pred = smooth.predict(data.x.to(args.device), args.n, args.alpha, gen)
+        acc = float((pred == data.y.numpy()).mean())
+        print(f"{len(pred)} inputs: accuracy {acc:.4f}, abstained {float((pred < 0).mean()):.4f}")
+        return 0
+    out = Path(args.out or Path(str(args.checkpoint)).parent / f"smooth-{args.noise}-{args.sigma}-{args.certificate}")
+    header = {"checkpoint": str(args.checkpoint), "data": data.name, "noise": args.noise, "sigma": args.sigma,
+              "certificate": args.certificate, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
+              "certkit_version": __version__}
+    rows = certify_dataset(smooth, data.x.to(args.device), data.y, indices, args.n0, args.n, args.alpha,
+                           args.certificate, out, header, seed=args.seed, progress=not args.quiet)
+    wanted = set(indices)
+    rows = [r for r in rows if r["idx"] in wanted]
+    print(format_table(report(rows, args.radii, args.alpha)))
+    print(f"{len(rows)} rows in {out.with_suffix('.tsv')} and {out.with_suffix('.jsonl')}")
+    return 0
+
+
 def cmd_attack(args) -> int:
     from certkit.attacks import pgd
     from certkit.report import format_table
@@ -212,6 +252,32 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default=None, help="result file (VNN-COMP format, with the counterexample if sat)")
     _add_common(v)
     v.set_defaults(func=cmd_verify)
+
+    sm = sub.add_parser("smooth", help="randomized smoothing: certify, predict, report")
+    sm.add_argument("action", choices=["certify", "predict", "report"])
+    sm.add_argument("--checkpoint", help="base classifier: certkit checkpoint or .onnx (certify, predict)")
+    sm.add_argument("--results", help="JSON-lines results of 'smooth certify' (report)")
+    sm.add_argument("--mean", type=float, nargs="+", default=None)
+    sm.add_argument("--std", type=float, nargs="+", default=None)
+    sm.add_argument("--data", default=None)
+    sm.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace", "uniform"])
+    sm.add_argument("--sigma", type=float, default=0.25, help="noise scale (σ, or λ for laplace/uniform)")
+    sm.add_argument("--certificate", default="cohen",
+                    choices=["cohen", "cohen2", "renyi", "pixeldp", "laplace", "laplace1", "uniform"])
+    sm.add_argument("--n0", type=int, default=100)
+    sm.add_argument("--n", type=int, default=100_000, help="noise draws for the bound (CERTIFY) or the vote")
+    sm.add_argument("--alpha", type=float, default=0.001)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--start", type=int, default=0)
+    sm.add_argument("--step", type=int, default=1, help="take every step-th test input (20: Cohen's 500 of 10k)")
+    sm.add_argument("--count", type=int, default=None, help="number of test inputs (default: all)")
+    sm.add_argument("--batch-size", type=int, default=1000, help="noisy copies per forward pass")
+    sm.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    sm.add_argument("--out", default=None, help="output prefix (.tsv and .jsonl)")
+    sm.add_argument("--plot", default=None)
+    sm.add_argument("--quiet", action="store_true")
+    _add_common(sm)
+    sm.set_defaults(func=cmd_smooth)
 
     methods = ["ibp", "crown", "crown-ibp", "alpha", "milp", "cascade"]
     for name, helptext in (("certify", "certify a checkpoint or ONNX net on a test set"),

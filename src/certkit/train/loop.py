@@ -26,7 +26,15 @@ from certkit import graph as g
 from certkit.data import Dataset, load_dataset
 from certkit.io import ResultsWriter, save_model
 from certkit.models import build
-from certkit.train.objectives import IBPTraining, Objective, PGDTraining, Standard
+from certkit.train.objectives import (
+    GaussianAugmentation,
+    IBPTraining,
+    Objective,
+    PGDTraining,
+    SmoothAdvTraining,
+    StabilityTraining,
+    Standard,
+)
 from certkit.train.schedules import Ramp
 from certkit.verify import certify
 
@@ -41,7 +49,7 @@ class TrainConfig:
     train_n: int | None = None  # use only the first n training images (quick runs)
     arch: str = "colt-mnist"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    objective: str = "ibp"  # standard | pgd | ibp
+    objective: str = "ibp"  # standard | pgd | ibp | colt | gaussian | stability | smoothadv
     epochs: int = 20
     batch_size: int = 128
     optimizer: str = "adam"  # adam | sgd
@@ -77,11 +85,18 @@ class TrainConfig:
     colt_attack_step: float = 0.25
     colt_projections: int = 50
     colt_nat_factor: float = 0.0
+    # randomized smoothing base classifiers ([smoothing] section)
+    sigma: float = 0.25
+    stability_gamma: float = 1.0
+    smoothadv_m: int = 1
+    smoothadv_steps: int = 1
 
     _SECTIONS = {
         "data": {"dataset": "data", "dir": "data_dir", "train_n": "train_n"},
         "model": {"arch": "arch", "kwargs": "arch_kwargs"},
         "eval": {"eps": "eval_eps", "n": "eval_n"},
+        "smoothing": {"sigma": "sigma", "stability_gamma": "stability_gamma", "m": "smoothadv_m",
+                      "steps": "smoothadv_steps"},
         "colt": {k: f"colt_{k}" for k in ("stage_epochs", "layers", "start_eps_factor", "eps_factor", "mix_epochs",
                                           "lr_stage_factor", "lr_step", "relu_stable", "relu_stable_factor",
                                           "attack_steps", "attack_step", "projections", "nat_factor")},
@@ -106,8 +121,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         cfg = cls(**flat)
-        if cfg.objective not in ("standard", "pgd", "ibp", "colt"):
-            raise ValueError(f"unknown objective {cfg.objective!r}; use standard, pgd, ibp or colt")
+        objectives = ("standard", "pgd", "ibp", "colt", "gaussian", "stability", "smoothadv")
+        if cfg.objective not in objectives:
+            raise ValueError(f"unknown objective {cfg.objective!r}; use one of {', '.join(objectives)}")
         if cfg.objective == "colt":
             if not cfg.colt_stage_epochs:
                 raise ValueError("objective 'colt' needs [colt] stage_epochs (epochs per stage, input stage first)")
@@ -145,6 +161,12 @@ def make_objective(cfg: TrainConfig, steps_per_epoch: int, num_classes: int,
                             cfg.colt_projections, cfg.colt_nat_factor, cfg.pgd_steps)
     if cfg.objective == "standard":
         return Standard()
+    if cfg.objective == "gaussian":
+        return GaussianAugmentation(cfg.sigma)
+    if cfg.objective == "stability":
+        return StabilityTraining(cfg.sigma, cfg.stability_gamma)
+    if cfg.objective == "smoothadv":  # eps warms up over warmup + ramp epochs (the L2 attack radius)
+        return SmoothAdvTraining(eps, cfg.sigma, cfg.smoothadv_m, cfg.smoothadv_steps)
     if cfg.objective == "pgd":
         return PGDTraining(eps, cfg.norm, cfg.pgd_steps)
     return IBPTraining(eps, Ramp(cfg.kappa_start, cfg.kappa_end, begin, length), num_classes, cfg.norm)

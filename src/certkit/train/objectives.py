@@ -5,6 +5,9 @@
 * :class:`IBPTraining` — Gowal et al. 2018: ``κ·CE(f(x), y) + (1−κ)·CE(ẑ, y)`` where ``ẑ`` are the
   worst-case logits from the IBP lower bounds on the margins over the ε-ball, with ε ramped up from 0 and κ
   ramped down from 1.
+* :class:`GaussianAugmentation`, :class:`StabilityTraining`, :class:`SmoothAdvTraining` — base classifiers for
+  randomized smoothing (Cohen et al. 2019; Li et al. 2019; Salman et al. 2019).
+* COLT lives in :mod:`certkit.train.colt`.
 
 An L1 penalty on the weights (``l1``) can be added to any objective by the training loop.
 """
@@ -77,3 +80,81 @@ class IBPTraining(Objective):
         metrics.update(loss=loss.detach(), robust_loss=robust.detach(),
                        ibp_acc=(lower.detach().min(1).values > 0).float().mean())
         return loss, metrics
+
+
+class GaussianAugmentation(Objective):
+    """Cohen et al. 2019: cross-entropy on inputs with Gaussian noise of standard deviation σ (pixel space)."""
+
+    name = "gaussian"
+
+    def __init__(self, sigma: float):
+        self.sigma = sigma
+
+    def __call__(self, model, x, y, step):
+        logits = model(x + self.sigma * torch.randn_like(x))
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": loss.detach(), "noisy_acc": (logits.argmax(1) == y).float().mean()}
+
+
+class StabilityTraining(Objective):
+    """STN (Li et al. 2019), stability training: ``CE(f(x), y) + γ·CE(softmax f(x), f(x + n))`` with
+    Gaussian n of standard deviation σ (the clean prediction is the soft target of the noisy one)."""
+
+    name = "stability"
+
+    def __init__(self, sigma: float, gamma: float = 1.0):
+        self.sigma, self.gamma = sigma, gamma
+
+    def __call__(self, model, x, y, step):
+        clean = model(x)
+        noisy = model(x + self.sigma * torch.randn_like(x))
+        ce = F.cross_entropy(clean, y)
+        stab = F.cross_entropy(noisy, F.softmax(clean, 1))
+        loss = ce + self.gamma * stab
+        return loss, {"loss": loss.detach(), "stability": stab.detach(), "acc": (clean.argmax(1) == y).float().mean(),
+                      "noisy_acc": (noisy.argmax(1) == y).float().mean()}
+
+
+def smoothadv_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, eps: float,
+                     steps: int, step_size: float | None = None) -> torch.Tensor:
+    """SmoothAdv's PGD (Salman et al. 2019): maximise ``−log((1/m)·Σ_i softmax(f(x' + n_i))_y)`` over the L2
+    ball of radius eps around x (clipped to [0, 1]), with the same m noise draws ``noise`` (B, m, ...) at every
+    step; normalised-gradient steps of size 2·eps/steps by default."""
+    from certkit.specs import L2Ball
+
+    B, m = noise.shape[:2]
+    s = L2Ball(x.detach(), eps)
+    step = 2 * eps / max(steps, 1) if step_size is None else step_size
+    xa = x.detach().clone()
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        with torch.enable_grad():
+            probs = F.softmax(model((xa.unsqueeze(1) + noise).flatten(0, 1)), 1).view(B, m, -1).mean(1)
+            loss = -torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).sum()
+            grad, = torch.autograd.grad(loss, xa)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        xa = s.project(xa.detach() + step * grad / norm)
+    return xa.detach()
+
+
+class SmoothAdvTraining(Objective):
+    """SmoothAdv (Salman et al. 2019): train on ``x' + n_i`` (i = 1..m, multi-noise: the loss averages the m
+    copies), x' from :func:`smoothadv_attack` with the same draws, ε warmed up by a ramp."""
+
+    name = "smoothadv"
+
+    def __init__(self, eps: Ramp, sigma: float, m: int = 1, steps: int = 1):
+        self.eps, self.sigma, self.m, self.steps = eps, sigma, m, steps
+
+    def __call__(self, model, x, y, step):
+        eps = self.eps(step)
+        noise = self.sigma * torch.randn(x.shape[0], self.m, *x.shape[1:], dtype=x.dtype, device=x.device)
+        was = model.training
+        if eps > 0:
+            model.eval()
+            x = smoothadv_attack(model, x, y, noise, eps, self.steps)
+            model.train(was)
+        logits = model((x.unsqueeze(1) + noise).flatten(0, 1))
+        yy = y.repeat_interleave(self.m)
+        loss = F.cross_entropy(logits, yy)
+        return loss, {"loss": loss.detach(), "eps": eps, "adv_noisy_acc": (logits.argmax(1) == yy).float().mean()}
