@@ -178,3 +178,22 @@ n = 20
     assert len(rows) == 6 and all(sum(r["counts"]) == 200 for r in rows)
     assert main(["smooth", "report", "--results", str(out.with_suffix(".jsonl")), "--radii", "0", "0.1",
                  "--plot", str(tmp_path / "r.png")]) == 0
+
+
+def test_attacks_on_smoothed_classifiers_respect_their_sets_and_break_a_weak_model():
+    from certkit.attacks.smoothed import eot_cw, eot_pgd, smoothadv_ddn, smoothadv_pgd, vote
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    x = torch.rand(16, 1, 4, 4)
+    gen = torch.Generator().manual_seed(0)
+    y = vote(model, x, 0.1, 200, generator=gen)
+    for attack, norm, eps in ((lambda: smoothadv_pgd(model, x, y, 1.0, 0.1, 4, 20, generator=gen), 2, 1.0),
+                              (lambda: smoothadv_ddn(model, x, y, 1.0, 0.1, 4, 20, generator=gen), 2, 1.0),
+                              (lambda: eot_pgd(model, x, y, 0.3, 0.1, 4, 20, generator=gen), math.inf, 0.3)):
+        xa = attack()
+        assert ((xa - x).flatten(1).norm(p=norm, dim=1) <= eps + 1e-4).all() and xa.min() >= 0 and xa.max() <= 1
+        assert (vote(model, xa, 0.1, 200, generator=gen) != y).float().mean() > 0.2  # large radii: many flips
+    xa = eot_cw(model, x, y, 0.1, c=10.0, steps=100, lr=0.05, generator=gen)
+    moved = (xa != x).flatten(1).any(1)
+    assert moved.any() and (vote(model, xa[moved], 0.1, 200, generator=gen) != y[moved]).float().mean() > 0.5

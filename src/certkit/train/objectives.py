@@ -117,21 +117,18 @@ class StabilityTraining(Objective):
 
 def smoothadv_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, eps: float,
                      steps: int, step_size: float | None = None) -> torch.Tensor:
-    """SmoothAdv's PGD (Salman et al. 2019): maximise ``−log((1/m)·Σ_i softmax(f(x' + n_i))_y)`` over the L2
-    ball of radius eps around x (clipped to [0, 1]), with the same m noise draws ``noise`` (B, m, ...) at every
-    step; normalised-gradient steps of size 2·eps/steps by default."""
+    """SmoothAdv's PGD (Salman et al. 2019) with given noise draws ``noise`` (B, m, ...), the same at every
+    step: see :func:`certkit.attacks.smoothed.smoothadv_pgd`."""
+    from certkit.attacks.smoothed import _soft_loss
     from certkit.specs import L2Ball
 
-    B, m = noise.shape[:2]
     s = L2Ball(x.detach(), eps)
     step = 2 * eps / max(steps, 1) if step_size is None else step_size
     xa = x.detach().clone()
     for _ in range(steps):
         xa.requires_grad_(True)
         with torch.enable_grad():
-            probs = F.softmax(model((xa.unsqueeze(1) + noise).flatten(0, 1)), 1).view(B, m, -1).mean(1)
-            loss = -torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).sum()
-            grad, = torch.autograd.grad(loss, xa)
+            grad, = torch.autograd.grad(_soft_loss(model, xa, y, noise).sum(), xa)
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
         xa = s.project(xa.detach() + step * grad / norm)
     return xa.detach()
