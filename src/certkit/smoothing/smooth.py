@@ -42,11 +42,10 @@ class Noise:
 
     def sample(self, shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
         if self.kind == "gaussian":
-            z = torch.randn(shape, generator=generator, dtype=dtype)
-            return (z * self.scale).to(device)
+            return torch.randn(shape, generator=generator, dtype=dtype).mul_(self.scale).to(device)
         u = torch.rand(shape, generator=generator, dtype=dtype)
         if self.kind == "uniform":
-            return ((2 * u - 1) * self.scale).to(device)
+            return u.mul_(2 * self.scale).sub_(self.scale).to(device)
         u = u - 0.5  # inverse CDF of the Laplace distribution
         return (-self.scale * u.sign() * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-7))).to(device)
 
@@ -92,9 +91,8 @@ class Smooth:
 
     def _votes(self, x: torch.Tensor, m: int, generator) -> torch.Tensor:
         B = x.shape[0]
-        rep = x.repeat_interleave(m, 0)
-        noisy = rep + self.noise.sample(rep.shape, generator, rep.device, rep.dtype)
-        pred = self.base(noisy).argmax(1).view(B, m)
+        noisy = self.noise.sample((B, m, *x.shape[1:]), generator, x.device, x.dtype).add_(x.unsqueeze(1))
+        pred = self.base(noisy.flatten(0, 1)).argmax(1).view(B, m)
         votes = torch.zeros(B, self.num_classes, dtype=torch.long, device=x.device)
         return votes.scatter_add_(1, pred, torch.ones_like(pred))
 
