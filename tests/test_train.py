@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -82,3 +84,16 @@ def test_ibp_training_makes_the_net_certifiable(tmp_path):
     ibp, std = evaluate(ibp_model, test, 0.05), evaluate(std_model, test, 0.05)
     assert ibp["clean_acc"] > 0.8
     assert ibp["cert_acc"] > 0.5 > std["cert_acc"]
+
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    import tomllib
+
+    from certkit.train import TrainConfig
+
+    cfg = TrainConfig.from_dict(tomllib.loads(path.read_text()))
+    assert cfg.name == path.stem and cfg.epochs > 0
