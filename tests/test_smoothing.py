@@ -197,3 +197,19 @@ def test_attacks_on_smoothed_classifiers_respect_their_sets_and_break_a_weak_mod
     xa = eot_cw(model, x, y, 0.1, c=10.0, steps=100, lr=0.05, generator=gen)
     moved = (xa != x).flatten(1).any(1)
     assert moved.any() and (vote(model, xa[moved], 0.1, 200, generator=gen) != y[moved]).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("attack", ["smoothadv-pgd", "smoothadv-ddn", "eot-pgd", "eot-cw"])
+def test_smooth_attack_command(tmp_path, attack, capsys):
+    from certkit.cli import main
+    from certkit.io import save_model
+    from certkit.models import build
+
+    torch.manual_seed(0)
+    model = build("small-conv", (1, 8, 8), 10, [0.5], [0.25])
+    meta = {"name": "small-conv", "in_shape": [1, 8, 8], "num_classes": 10, "mean": [0.5], "std": [0.25], "kwargs": {}}
+    save_model(tmp_path / "m.safetensors", model, meta)
+    assert main(["smooth", "attack", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", "digits",
+                 "--count", "8", "--attack", attack, "--eps", "0.5", "--m", "2", "--steps", "3", "--n", "20",
+                 "--sigma", "0.25"]) == 0
+    assert "smoothed accuracy under attack" in capsys.readouterr().out
