@@ -73,3 +73,130 @@ def test_certified_inputs_survive_pgd_on_the_predictive_and_radius_bisection():
 def test_hoeffding_confidence():
     c = hoeffding_confidence(torch.tensor([0.0, 0.1, 0.5]), 1000, 10)
     assert c[0] == 0 and 0 < c[1] < c[2] <= 1
+
+
+def gaussian_regression():
+    torch.manual_seed(0)
+    X = torch.randn(40, 2)
+    w_true = torch.tensor([[1.5, -0.7]])
+    y = X @ w_true.T + 0.5 * torch.randn(40, 1)
+    model = nn.Linear(2, 1, bias=False)
+    noise, tau = 0.5, 1.0
+
+    def loglik(m, p, x, t):
+        return -((torch.func.functional_call(m, p, (x,)) - t) ** 2).sum() / (2 * noise ** 2)
+
+    prec = X.T @ X / noise ** 2 + torch.eye(2) / tau ** 2
+    cov = torch.linalg.inv(prec)
+    mean = cov @ X.T @ y / noise ** 2
+    return model, X, y, loglik, mean.squeeze(1), cov, tau
+
+
+def test_hmc_recovers_a_known_gaussian_posterior_with_distinct_samples():
+    from certkit.bayes.inference import hmc
+
+    model, X, y, loglik, mean, cov, tau = gaussian_regression()
+    post = hmc(model, X, y, loglik, n_samples=600, burn_in=100, leapfrog=10, step_size=0.03, prior_std=tau)
+    w = torch.stack([s["weight"].flatten() for s in post.samples])
+    assert 0.6 < post.info["accept_rate"] <= 1.0
+    assert len({s["weight"].data_ptr() for s in post.samples}) == len(post.samples)  # copies, not aliases
+    assert w.unique(dim=0).shape[0] > 0.5 * len(w)
+    torch.testing.assert_close(w.mean(0), mean, atol=4 * cov.diag().sqrt().max() / 10, rtol=0)
+    torch.testing.assert_close(torch.cov(w.T), cov, atol=0.5 * cov.abs().max(), rtol=0)
+
+
+def test_swag_samples_match_the_stored_moments():
+    from certkit.bayes.inference import swag
+
+    model, X, y, loglik, *_ = gaussian_regression()
+    post = swag(model, X, y, loglik, epochs=30, swa_start=5, batch_size=8, lr=1e-3, rank=5, n_samples=4000)
+    mean, sq, devs = post.info["mean"]["weight"], post.info["sq_mean"]["weight"], post.info["deviations"]
+    w = torch.stack([s["weight"] for s in post.samples])
+    expected = (sq - mean ** 2).clamp(min=0) / 2 + sum(d["weight"] ** 2 for d in devs) / (2 * (len(devs) - 1))
+    torch.testing.assert_close(w.mean(0), mean, atol=4 * expected.sqrt().max() / 60, rtol=0)
+    torch.testing.assert_close(w.var(0), expected, rtol=0.15, atol=1e-12)
+
+
+def digits_small():
+    from certkit.data import load_dataset
+
+    d = load_dataset("digits", "train")  # 1,437 images: with fewer the posteriors are too wide to classify well
+    return d.x, d.y
+
+
+@pytest.mark.parametrize("method", ["map", "bbb", "noisy-adam", "vogn", "swag", "hmc"])
+@pytest.mark.parametrize("robust", [False, True])
+def test_every_method_learns_with_either_likelihood(method, robust):
+    from functools import partial
+
+    from certkit.bayes import inference as inf
+    from certkit.bayes.likelihood import robust_loglik, standard_loglik
+    from certkit.models import build
+
+    x, y = digits_small()
+    torch.manual_seed(0)
+    model = build("mlp", (1, 8, 8), 10, [0.5], [0.25], hidden=(32,))
+    ll = partial(robust_loglik, eps=0.02, lam=0.25, num_classes=10) if robust else standard_loglik
+    init = inf.fit_map(model, x, y, standard_loglik, epochs=8, lr=1e-2) if method in ("hmc", "swag") else None
+    if method == "map":
+        post = inf.Posterior(model, [inf.fit_map(model, x, y, ll, epochs=8, lr=1e-2)], "map")
+    else:
+        fn = {"bbb": inf.bayes_by_backprop, "noisy-adam": inf.noisy_adam, "vogn": inf.vogn, "swag": inf.swag,
+              "hmc": inf.hmc}[method]
+        kw = {"bbb": dict(epochs=8, lr=1e-2), "noisy-adam": dict(epochs=8, lr=1e-2, temperature=0.1),
+              "vogn": dict(epochs=8, lr=0.1), "swag": dict(epochs=6, swa_start=3, lr=1e-2, rank=3),
+              "hmc": dict(n_samples=5, burn_in=2, leapfrog=5, step_size=1e-3)}[method]
+        post = fn(model, x, y, ll, init=init, **kw)
+    acc = (post.predictive(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.7, f"{method} robust={robust}: train accuracy {acc}"
+    cert = certify_posterior(model, post.samples[:3], x[:20], y[:20], 0.01)
+    assert cert.certified.dtype == torch.bool
+
+
+def test_per_example_gradients_of_the_robust_likelihood_sum_to_its_gradient():
+    from functools import partial
+
+    from certkit.bayes.inference import params_of, per_example_grads
+    from certkit.bayes.likelihood import robust_loglik
+    from certkit.models import build
+
+    x, y = digits_small()
+    x, y = x[:16], y[:16]
+    torch.manual_seed(1)
+    model = build("mlp", (1, 8, 8), 10, [0.5], [0.25], hidden=(16,))
+    ll = partial(robust_loglik, eps=0.05, lam=0.25, num_classes=10)
+    p = {k: v.requires_grad_(True) for k, v in params_of(model).items()}
+    full = torch.autograd.grad(-ll(model, p, x, y), list(p.values()))
+    per = per_example_grads(model, ll, {k: v.detach() for k, v in p.items()}, x, y)
+    for g, k in zip(full, p):
+        torch.testing.assert_close(per[k].sum(0), g, rtol=1e-4, atol=1e-5)
+
+
+def test_posterior_save_load_and_eps_schedule(tmp_path):
+    from certkit.bayes.inference import Posterior, params_of
+    from certkit.bayes.likelihood import eps_schedule
+
+    model = nn.Linear(3, 2)
+    post = Posterior(model, [params_of(model), {k: v + 1 for k, v in params_of(model).items()}], "test")
+    post.save(tmp_path / "p.safetensors")
+    back = Posterior.load(tmp_path / "p.safetensors", model)
+    assert back.method == "test" and torch.equal(back.samples[1]["weight"], post.samples[1]["weight"])
+    assert [eps_schedule(0.1, e, 5) for e in range(6)] == pytest.approx([0, 0.025, 0.05, 0.075, 0.1, 0.1])
+
+
+def test_robust_likelihood_worst_case_is_a_sound_lower_bound_and_lies_below_pgd():
+    from certkit.bayes.inference import params_of
+    from certkit.bayes.likelihood import robust_loglik, standard_loglik, worst_softmax_ibp
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 5)).eval()
+    p = params_of(model)
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 5, (8,))
+    log_lo = worst_softmax_ibp(model, p, x, y, 0.05, 5)
+    for xs in LinfBall(x, 0.05).sample(128, torch.Generator().manual_seed(0)):
+        assert (torch.log_softmax(model(xs), 1).gather(1, y[:, None]).squeeze(1) >= log_lo - 1e-5).all()
+    ibp = robust_loglik(model, p, x, y, 0.05, lam=0.25, num_classes=5)
+    pgd_ll = robust_loglik(model, p, x, y, 0.05, lam=0.25, worst="pgd", num_classes=5)
+    clean = standard_loglik(model, p, x, y)
+    assert ibp <= pgd_ll + 1e-4 <= clean + 2e-4  # sound bound ≤ attack ≤ clean
+    assert robust_loglik(model, p, x, y, 0.0, num_classes=5) == pytest.approx(clean.item(), rel=1e-5)

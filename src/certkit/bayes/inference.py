@@ -1,0 +1,263 @@
+"""Approximate Bayesian inference over the weights of any certkit network, on one functional core.
+
+Weights are dicts {name: tensor} evaluated with ``torch.func.functional_call``; every method takes a pluggable
+``loglik(model, params, x, y) -> Σ log p(y | x, w)`` over a mini-batch (e.g. the robust likelihood), a Gaussian
+prior N(0, prior_std²) and returns a :class:`Posterior`: a fixed list of weight samples, the empirical
+predictor that certificates are about. ``temperature`` (NoisyAdam, VOGN) scales the posterior variance, as the
+KL weight of tempered variational objectives does (1: the plain one); small data sets give wide posteriors.
+
+* :func:`fit_map` — SGD/Adam on the log posterior (the MAP baseline).
+* :func:`bayes_by_backprop` — Blundell et al. 2015: mean-field Gaussian q, σ = softplus(ρ), reparameterised ELBO.
+* :func:`noisy_adam` — Zhang et al. 2018 (noisy natural gradient, Noisy Adam): Adam's update of the mean,
+  μ ← μ − α·m̂/(√f̂ + γ), with weight noise N(μ, 1/(N·(f + γ))), f an EMA of the per-example squared
+  gradients (the empirical Fisher diagonal), γ = 1/(N·prior variance).
+* :func:`vogn` — Khan et al. 2018 / Osawa et al. 2019: per-example gradients (vmap) give the Gauss–Newton
+  diagonal s; μ ← μ − α·(ĝ + γμ)/(s + γ), σ² = 1/(N·(s + γ)).
+* :func:`swag` — Maddox et al. 2019: first and second moments and the last K deviations of an SGD trajectory;
+  samples μ + diag(σ)·z₁/√2 + D·z₂/√(2(K − 1)).
+* :func:`hmc` — Neal 2011: leapfrog trajectories (step size jittered per trajectory) with Metropolis
+  accept/reject on U(w) = −log-lik − log prior (the same, robust if so chosen, likelihood as the others); every
+  stored sample is its own copy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+Params = dict[str, torch.Tensor]
+LogLik = Callable[[nn.Module, Params, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Posterior:
+    """``samples``: weight sets of ``model``; ``info``: method-specific numbers (e.g. HMC's accept rate)."""
+
+    model: nn.Module
+    samples: list[Params]
+    method: str
+    info: dict = field(default_factory=dict)
+
+    @torch.no_grad()
+    def predictive(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.softmax(functional_call(self.model, s, (x,)), 1) for s in self.samples]).mean(0)
+
+    def save(self, path) -> None:
+        from safetensors.torch import save_file
+
+        flat = {f"{i}/{k}": v.detach().cpu().contiguous() for i, s in enumerate(self.samples) for k, v in s.items()}
+        save_file(flat, str(path), metadata={"method": self.method, "n": str(len(self.samples))})
+
+    @classmethod
+    def load(cls, path, model: nn.Module) -> Posterior:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            samples: list[Params] = [{} for _ in range(int(meta["n"]))]
+            for key in f.keys():
+                i, name = key.split("/", 1)
+                samples[int(i)][name] = f.get_tensor(key)
+        return cls(model, samples, meta["method"])
+
+
+def params_of(model: nn.Module) -> Params:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    perm = torch.randperm(n, generator=generator)
+    for i in range(0, n, batch_size):
+        yield perm[i:i + batch_size]
+
+
+def _log_prior(params: Params, std: float) -> torch.Tensor:
+    return sum(-(p ** 2).sum() / (2 * std ** 2) for p in params.values())
+
+
+def fit_map(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+            prior_std: float = 1.0, init: Params | None = None, seed: int = 0) -> Params:
+    gen = torch.Generator().manual_seed(seed)
+    params = {k: v.clone().requires_grad_(True) for k, v in (init or params_of(model)).items()}
+    opt = torch.optim.Adam(params.values(), lr=lr)
+    n = len(y)
+    for _ in range(epochs):
+        for idx in _batches(n, batch_size, gen):
+            loss = -(n / len(idx)) * loglik(model, params, x[idx], y[idx]) - _log_prior(params, prior_std)
+            opt.zero_grad()
+            (loss / n).backward()
+            opt.step()
+    return {k: v.detach() for k, v in params.items()}
+
+
+def bayes_by_backprop(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+                      prior_std: float = 1.0, init_std: float = 1e-3, n_samples: int = 10,
+                      init: Params | None = None, seed: int = 0) -> Posterior:
+    gen = torch.Generator().manual_seed(seed)
+    mu = {k: v.clone().requires_grad_(True) for k, v in (init or params_of(model)).items()}
+    rho = {k: torch.full_like(v, math.log(math.expm1(init_std))).requires_grad_(True) for k, v in mu.items()}
+    opt = torch.optim.Adam([*mu.values(), *rho.values()], lr=lr)
+    n = len(y)
+    for _ in range(epochs):
+        for idx in _batches(n, batch_size, gen):
+            sigma = {k: F.softplus(r) for k, r in rho.items()}
+            w = {k: mu[k] + sigma[k] * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
+            kl = sum((torch.log(prior_std / sigma[k]) + (sigma[k] ** 2 + mu[k] ** 2) / (2 * prior_std ** 2)
+                      - 0.5).sum() for k in mu)
+            loss = -(n / len(idx)) * loglik(model, w, x[idx], y[idx]) + kl
+            opt.zero_grad()
+            (loss / n).backward()
+            opt.step()
+    with torch.no_grad():
+        sigma = {k: F.softplus(r) for k, r in rho.items()}
+        samples = [{k: mu[k] + sigma[k] * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
+                   for _ in range(n_samples)]
+    return Posterior(model, samples, "bbb", {"mean": {k: v.detach() for k, v in mu.items()}})
+
+
+def _gaussian_samples(mu: Params, var: Params, n: int, gen) -> list[Params]:
+    return [{k: mu[k] + var[k].sqrt() * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
+            for _ in range(n)]
+
+
+def noisy_adam(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+               prior_std: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, n_samples: int = 10,
+               temperature: float = 1.0, init: Params | None = None, seed: int = 0) -> Posterior:
+    gen = torch.Generator().manual_seed(seed)
+    mu = {k: v.clone() for k, v in (init or params_of(model)).items()}
+    n = len(y)
+    gamma = 1.0 / (n * prior_std ** 2)
+    m = {k: torch.zeros_like(v) for k, v in mu.items()}
+    f = {k: torch.zeros_like(v) for k, v in mu.items()}
+    t = 0
+    for _ in range(epochs):
+        for idx in _batches(n, batch_size, gen):
+            t += 1
+            var = {k: temperature / (n * (f[k] / (1 - beta2 ** max(t - 1, 1)) + gamma)) if t > 1
+                   else torch.full_like(f[k], prior_std ** 2 * 1e-4) for k in mu}
+            w = {k: mu[k] + var[k].sqrt() * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
+            per = per_example_grads(model, loglik, w, x[idx], y[idx])
+            for k in mu:
+                gk = per[k].mean(0)
+                f[k] = beta2 * f[k] + (1 - beta2) * (per[k] ** 2).mean(0)  # empirical Fisher diagonal
+                m[k] = beta1 * m[k] + (1 - beta1) * (gk + gamma * mu[k])
+                mu[k] = mu[k] - lr * (m[k] / (1 - beta1 ** t)) / ((f[k] / (1 - beta2 ** t)).sqrt() + gamma)
+    var = {k: temperature / (n * (f[k] / (1 - beta2 ** t) + gamma)) for k in mu}
+    return Posterior(model, _gaussian_samples(mu, var, n_samples, gen), "noisy-adam", {"mean": mu, "var": var})
+
+
+def per_example_grads(model, loglik: LogLik, params: Params, x, y) -> Params:
+    """Gradients of −log p(y_i | x_i, w) for every example at once (torch.func.vmap over grad)."""
+    def one(p, xi, yi):
+        return -loglik(model, p, xi.unsqueeze(0), yi.unsqueeze(0))
+
+    return vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+
+
+def vogn(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+         prior_std: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, n_samples: int = 10,
+         temperature: float = 1.0, init: Params | None = None, seed: int = 0) -> Posterior:
+    gen = torch.Generator().manual_seed(seed)
+    mu = {k: v.clone() for k, v in (init or params_of(model)).items()}
+    n = len(y)
+    gamma = 1.0 / (n * prior_std ** 2)
+    s = {k: torch.full_like(v, 1.0) for k, v in mu.items()}
+    m = {k: torch.zeros_like(v) for k, v in mu.items()}
+    for _ in range(epochs):
+        for idx in _batches(n, batch_size, gen):
+            var = {k: temperature / (n * (s[k] + gamma)) for k in mu}
+            w = {k: mu[k] + var[k].sqrt() * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
+            g = per_example_grads(model, loglik, w, x[idx], y[idx])
+            for k in mu:
+                gbar, h = g[k].mean(0), (g[k] ** 2).mean(0)
+                s[k] = beta2 * s[k] + (1 - beta2) * h
+                m[k] = beta1 * m[k] + (1 - beta1) * (gbar + gamma * mu[k])
+                mu[k] = mu[k] - lr * m[k] / (s[k] + gamma)
+    var = {k: temperature / (n * (s[k] + gamma)) for k in mu}
+    return Posterior(model, _gaussian_samples(mu, var, n_samples, gen), "vogn", {"mean": mu, "var": var})
+
+
+def swag(model, x, y, loglik: LogLik, epochs: int = 10, swa_start: int = 5, batch_size: int = 128,
+         lr: float = 1e-2, prior_std: float = 1.0, rank: int = 10, n_samples: int = 10, init: Params | None = None,
+         seed: int = 0) -> Posterior:
+    gen = torch.Generator().manual_seed(seed)
+    params = {k: v.clone().requires_grad_(True) for k, v in (init or params_of(model)).items()}
+    opt = torch.optim.SGD(params.values(), lr=lr, momentum=0.9)
+    n = len(y)
+    mean = {k: torch.zeros_like(v) for k, v in params.items()}
+    sq = {k: torch.zeros_like(v) for k, v in params.items()}
+    devs: list[Params] = []
+    count = 0
+    for epoch in range(epochs):
+        for idx in _batches(n, batch_size, gen):
+            loss = -(n / len(idx)) * loglik(model, params, x[idx], y[idx]) - _log_prior(params, prior_std)
+            opt.zero_grad()
+            (loss / n).backward()
+            opt.step()
+        if epoch >= swa_start:  # collect once per epoch
+            count += 1
+            with torch.no_grad():
+                for k, v in params.items():
+                    mean[k] = mean[k] + (v - mean[k]) / count
+                    sq[k] = sq[k] + (v ** 2 - sq[k]) / count
+                devs = (devs + [{k: params[k].detach() - mean[k] for k in params}])[-rank:]
+    if count == 0:
+        raise ValueError("SWAG collected no iterates: swa_start must be below epochs")
+    diag = {k: (sq[k] - mean[k] ** 2).clamp(min=1e-30) for k in mean}
+    K = len(devs)
+    samples = []
+    for _ in range(n_samples):
+        z2 = torch.randn(K, generator=gen)
+        s = {}
+        for k in mean:
+            z1 = torch.randn(mean[k].shape, generator=gen).to(mean[k])
+            low = sum(z2[i] * devs[i][k] for i in range(K)) / math.sqrt(2 * max(K - 1, 1)) if K > 1 else 0
+            s[k] = mean[k] + diag[k].sqrt() * z1 / math.sqrt(2) + low
+        samples.append(s)
+    return Posterior(model, samples, "swag", {"mean": mean, "sq_mean": sq, "deviations": devs})
+
+
+def hmc(model, x, y, loglik: LogLik, n_samples: int = 20, burn_in: int = 10, leapfrog: int = 10,
+        step_size: float = 1e-3, prior_std: float = 1.0, init: Params | None = None, seed: int = 0) -> Posterior:
+    """Full-batch HMC; start from ``init`` (the paper starts robust HMC from an SGD solution)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = {k: v.clone() for k, v in (init or params_of(model)).items()}
+
+    def potential(p: Params) -> torch.Tensor:
+        return -loglik(model, p, x, y) - _log_prior(p, prior_std)
+
+    def grad_u(p: Params) -> tuple[torch.Tensor, Params]:
+        q = {k: v.detach().requires_grad_(True) for k, v in p.items()}
+        u = potential(q)
+        g = torch.autograd.grad(u, list(q.values()))
+        return u.detach(), dict(zip(q, g))
+
+    samples: list[Params] = []
+    accepted = 0
+    u, g = grad_u(w)
+    for it in range(burn_in + n_samples):
+        # the step size is jittered per trajectory: a fixed length near half an oscillation period makes the
+        # chain bounce between mirror points without ever losing energy
+        eps = step_size * (0.5 + torch.rand(1, generator=gen).item())
+        r = {k: torch.randn(v.shape, generator=gen).to(v) for k, v in w.items()}
+        h0 = u + sum((v ** 2).sum() for v in r.values()) / 2
+        q, p, gq = dict(w), {k: r[k] - eps / 2 * g[k] for k in r}, g
+        for step in range(leapfrog):
+            q = {k: q[k] + eps * p[k] for k in q}
+            uq, gq = grad_u(q)
+            if step < leapfrog - 1:
+                p = {k: p[k] - eps * gq[k] for k in p}
+        p = {k: p[k] - eps / 2 * gq[k] for k in p}
+        h1 = uq + sum((v ** 2).sum() for v in p.values()) / 2
+        if torch.rand(1, generator=gen).item() < math.exp(min(0.0, (h0 - h1).item())):
+            w, u, g = q, uq, gq
+            accepted += it >= burn_in
+        if it >= burn_in:
+            samples.append({k: v.detach().clone() for k, v in w.items()})  # a copy, never an alias
+    return Posterior(model, samples, "hmc", {"accept_rate": accepted / max(n_samples, 1)})
