@@ -200,3 +200,35 @@ def test_robust_likelihood_worst_case_is_a_sound_lower_bound_and_lies_below_pgd(
     clean = standard_loglik(model, p, x, y)
     assert ibp <= pgd_ll + 1e-4 <= clean + 2e-4  # sound bound ≤ attack ≤ clean
     assert robust_loglik(model, p, x, y, 0.0, num_classes=5) == pytest.approx(clean.item(), rel=1e-5)
+
+
+def test_bayes_cli_train_and_eval(tmp_path, mnist_dir):
+    import json
+
+    from certkit.cli import main
+
+    (tmp_path / "b.toml").write_text("""
+name = "b"
+[data]
+dataset = "mnist"
+train_n = 512
+[model]
+arch = "mlp"
+kwargs = { hidden = [32] }
+[bayes]
+method = "bbb"
+likelihood = "ibp"
+eps = 0.05
+epochs = 2
+lr = 0.003
+n_samples = 3
+""")
+    run = tmp_path / "run"
+    assert main(["bayes", "train", "--config", str(tmp_path / "b.toml"), "--out", str(run), "--data-dir",
+                 str(mnist_dir)]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["bayes", "eval", "--run", str(run), "--count", "40", "--eps", "0.05", "--pgd-steps", "5",
+                 "--ood", "fashion-mnist", "--out", str(out), "--data-dir", str(mnist_dir)]) == 0
+    res = json.loads(out.read_text())
+    assert res["ibp_certified"] <= res["pgd_accuracy"] <= res["accuracy"]
+    assert 0 <= res["ood_auroc"] <= 1

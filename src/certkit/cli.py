@@ -238,6 +238,34 @@ def cmd_vae(args) -> int:
     return 0
 
 
+def cmd_bayes(args) -> int:
+    from certkit.bayes import run
+    from certkit.data import load_dataset
+    from certkit.io import load_config
+    from certkit.report import format_table
+
+    if args.action == "train":
+        cfg = run.read_config(load_config(args.config))
+        out = Path(args.out or Path("runs") / cfg["name"])
+        model, post, seconds = run.run_inference(cfg, args.data_dir)
+        run.save_run(out, cfg, post, seconds)
+        print(f"{cfg['method']} with the {cfg['likelihood']} likelihood: {len(post.samples)} weight samples in "
+              f"{seconds:.0f} s -> {out / 'posterior.safetensors'}")
+        return 0
+    model, post, cfg = run.load_run(Path(args.run))
+    data = load_dataset(args.data or cfg["data"], "test", args.data_dir).subset(0, args.count)
+    res = run.evaluate(model, post, data.x, data.y, args.eps, tuple(args.methods), args.pgd_steps)
+    if args.ood:
+        ood = load_dataset(args.ood, "test", args.data_dir).subset(0, args.count)
+        h_in, h_out = run.predictive_entropy(post, data.x), run.predictive_entropy(post, ood.x)
+        res.update(entropy_in=float(h_in.mean()), entropy_out=float(h_out.mean()), ood_auroc=run.auroc(h_in, h_out))
+    res = {"method": cfg["method"], "likelihood": cfg["likelihood"], **res}
+    print(format_table([res]))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res) + "\n")
+    return 0
+
+
 def cmd_attack(args) -> int:
     from certkit.attacks import pgd
     from certkit.report import format_table
@@ -356,6 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--images", default=None, help="PNG of inputs, reconstructions, attacks and prior samples")
     _add_common(va)
     va.set_defaults(func=cmd_vae)
+
+    ba = sub.add_parser("bayes", help="Bayesian NNs: train (inference with a robust likelihood), eval")
+    ba.add_argument("action", choices=["train", "eval"])
+    ba.add_argument("--config", help="TOML config (train)")
+    ba.add_argument("--run", help="run directory (eval)")
+    ba.add_argument("--out", default=None, help="run directory (train) or JSON results (eval)")
+    ba.add_argument("--data", default=None)
+    ba.add_argument("--count", type=int, default=1000)
+    ba.add_argument("--eps", type=float, default=0.1)
+    ba.add_argument("--methods", nargs="+", default=["ibp", "crown"], choices=["ibp", "crown"])
+    ba.add_argument("--pgd-steps", type=int, default=20)
+    ba.add_argument("--ood", default=None, help="out-of-distribution data set for the entropy AUROC")
+    _add_common(ba)
+    ba.set_defaults(func=cmd_bayes)
 
     methods = ["ibp", "crown", "crown-ibp", "alpha", "milp", "cascade"]
     for name, helptext in (("certify", "certify a checkpoint or ONNX net on a test set"),
