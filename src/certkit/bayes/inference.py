@@ -121,9 +121,13 @@ def bayes_by_backprop(model, x, y, loglik: LogLik, epochs: int = 10, batch_size:
     return Posterior(model, samples, "bbb", {"mean": {k: v.detach() for k, v in mu.items()}})
 
 
+def _perturb(mu: Params, var: Params, gen) -> Params:
+    """One draw from the diagonal Gaussian N(mu, var)."""
+    return {k: mu[k] + var[k].sqrt() * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
+
+
 def _gaussian_samples(mu: Params, var: Params, n: int, gen) -> list[Params]:
-    return [{k: mu[k] + var[k].sqrt() * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
-            for _ in range(n)]
+    return [_perturb(mu, var, gen) for _ in range(n)]
 
 
 def noisy_adam(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
@@ -141,8 +145,7 @@ def noisy_adam(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 
             t += 1
             var = {k: temperature / (n * (f[k] / (1 - beta2 ** max(t - 1, 1)) + gamma)) if t > 1
                    else torch.full_like(f[k], prior_std ** 2 * 1e-4) for k in mu}
-            w = {k: mu[k] + var[k].sqrt() * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
-            per = per_example_grads(model, loglik, w, x[idx], y[idx])
+            per = per_example_grads(model, loglik, _perturb(mu, var, gen), x[idx], y[idx])
             for k in mu:
                 gk = per[k].mean(0)
                 f[k] = beta2 * f[k] + (1 - beta2) * (per[k] ** 2).mean(0)  # empirical Fisher diagonal
@@ -172,8 +175,7 @@ def vogn(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, l
     for _ in range(epochs):
         for idx in _batches(n, batch_size, gen):
             var = {k: temperature / (n * (s[k] + gamma)) for k in mu}
-            w = {k: mu[k] + var[k].sqrt() * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
-            g = per_example_grads(model, loglik, w, x[idx], y[idx])
+            g = per_example_grads(model, loglik, _perturb(mu, var, gen), x[idx], y[idx])
             for k in mu:
                 gbar, h = g[k].mean(0), (g[k] ** 2).mean(0)
                 s[k] = beta2 * s[k] + (1 - beta2) * h

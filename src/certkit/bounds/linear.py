@@ -363,10 +363,19 @@ def _optimized_rows(graph: g.Graph, j: int, idx: torch.Tensor, shapes: list[tupl
     best = torch.cat([lower, -upper], 1)
     if not alphas:
         return lower, upper
+    best = _optimize_slopes(graph, j, both, shapes, pre, input_set, alphas, best, iterations, lr)
+    return best[:, :U], -best[:, U:]
+
+
+def _optimize_slopes(graph, target, rows, shapes, pre, input_set, alphas: dict[int, torch.Tensor],
+                     best: torch.Tensor, iterations: int, lr: float) -> torch.Tensor:
+    """Projected Adam on the lower slopes ``alphas`` (clamped to [0, 1]) maximising the lower bounds of
+    ``rows`` at ``target``; every iterate is sound, so the rowwise best (starting from ``best``) is returned.
+    Only the slopes get gradients, never the model's weights."""
     opt = torch.optim.Adam(list(alphas.values()), lr=lr)
     for _ in range(iterations):
         with torch.enable_grad():
-            lo = _backward(graph, j, both, shapes, pre, input_set, alphas=alphas)
+            lo = _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas)
             grads = torch.autograd.grad(-lo.sum(), list(alphas.values()))
         best = torch.maximum(best, lo.detach())
         for a, gr in zip(alphas.values(), grads):
@@ -376,8 +385,7 @@ def _optimized_rows(graph: g.Graph, j: int, idx: torch.Tensor, shapes: list[tupl
             for a in alphas.values():
                 a.clamp_(0, 1)
     with torch.no_grad():
-        best = torch.maximum(best, _backward(graph, j, both, shapes, pre, input_set, alphas=alphas))
-    return best[:, :U], -best[:, U:]
+        return torch.maximum(best, _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas))
 
 
 def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
@@ -514,20 +522,7 @@ def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = Non
     with torch.no_grad():
         best = _backward(graph, graph.output, rows, shapes, pre, input_set)
     if alphas and iterations > 0:
-        opt = torch.optim.Adam(list(alphas.values()), lr=lr)
-        for _ in range(iterations):
-            with torch.enable_grad():
-                lo = _backward(graph, graph.output, rows, shapes, pre, input_set, alphas=alphas)
-                grads = torch.autograd.grad(-lo.sum(), list(alphas.values()))  # model weights get no .grad
-            best = torch.maximum(best, lo.detach())
-            for a, gr in zip(alphas.values(), grads):
-                a.grad = gr
-            opt.step()
-            with torch.no_grad():
-                for a in alphas.values():
-                    a.clamp_(0, 1)
-        with torch.no_grad():
-            best = torch.maximum(best, _backward(graph, graph.output, rows, shapes, pre, input_set, alphas=alphas))
+        best = _optimize_slopes(graph, graph.output, rows, shapes, pre, input_set, alphas, best, iterations, lr)
     k = C.shape[1]
     lower = torch.maximum(best[:, :k], base.lower.reshape(B, k))
     upper = torch.minimum(-best[:, k:], base.upper.reshape(B, k)) if bound_upper else base.upper.reshape(B, k)
