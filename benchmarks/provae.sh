@@ -9,7 +9,7 @@ OUT=benchmarks/results/provae-mnist
 mkdir -p "$OUT"
 for e in ${EPS:-0 0.01 0.02 0.05 0.1}; do
   cfg=configs/provae-mnist-eps$e.toml
-  if [ -n "${2:-}" ]; then sed "s/^epochs = .*/epochs = $2/" "$cfg" > "$OUT/eps$e.toml"; cfg="$OUT/eps$e.toml"; fi
+  if [ -n "${2:-}" ]; then sed "s/^epochs = .*/epochs = $2/" "$cfg" > "/tmp/provae-eps$e.toml"; cfg="/tmp/provae-eps$e.toml"; fi
   certkit vae train --config "$cfg" --out "runs/provae-mnist-eps$e" --quiet --threads "${THREADS:-1}"
   certkit vae eval --checkpoint "runs/provae-mnist-eps$e/model.safetensors" --count "$N" \
     --attack-eps 0 0.02 0.05 0.1 0.15 0.2 --out "$OUT/eps$e.json" --images "$OUT/eps$e.png" --threads "${THREADS:-1}"
