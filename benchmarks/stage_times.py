@@ -1,10 +1,11 @@
 """Summarise a cascade results file: verdicts by deciding stage, and time per stage.
 
-    python benchmarks/stage_times.py RESULTS.jsonl
+    python benchmarks/stage_times.py RESULTS.jsonl[.gz]
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import statistics
 import sys
@@ -12,7 +13,8 @@ from collections import Counter
 
 
 def main(path: str) -> None:
-    rows = [json.loads(line) for line in open(path)]
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
+        rows = [json.loads(line) for line in f]
     rows = [r for r in rows if not r.get("_header")]
     n = len(rows)
     print(f"{n} inputs: clean {sum(r['correct'] for r in rows) / n:.2%}, "
