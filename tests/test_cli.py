@@ -101,3 +101,10 @@ def test_radius_and_verify_commands(shared, mnist_dir, tmp_path, capsys):
                  "--timeout", "60", "--out", str(res)]) == 0
     assert capsys.readouterr().out.strip().endswith("sat")
     assert res.read_text().startswith("sat\n((X_0 ")
+
+
+@pytest.mark.parametrize("argv, flag", [(["vae", "eval"], "--checkpoint"), (["bayes", "train"], "--config"),
+                                        (["smooth", "report"], "--results"), (["smooth", "certify"], "--checkpoint")])
+def test_missing_required_options_give_clear_errors(argv, flag):
+    with pytest.raises(SystemExit, match=flag):
+        main(argv)

@@ -147,6 +147,7 @@ def cmd_smooth(args) -> int:
     from certkit.smoothing import Noise, Smooth
     from certkit.smoothing.run import certify_dataset, load_rows, report
 
+    _need(args, **({"results": "--results"} if args.action == "report" else {"checkpoint": "--checkpoint"}))
     if args.action == "report":
         rows = load_rows(args.results)
         table = report(rows, args.radii, args.alpha)
@@ -204,12 +205,20 @@ def cmd_smooth(args) -> int:
     return 0
 
 
+def _need(args, **required) -> None:
+    """A clear error for an option that the chosen action needs."""
+    for name, flag in required.items():
+        if getattr(args, name, None) is None:
+            raise SystemExit(f"error: certkit {args.command} {args.action} needs {flag}")
+
+
 def cmd_vae(args) -> int:
     from certkit.data import load_dataset
     from certkit.generative.train import VAEConfig, evaluate_vae, load_vae, save_images, train_vae
     from certkit.io import load_config
     from certkit.report import format_table
 
+    _need(args, **({"config": "--config"} if args.action == "train" else {"checkpoint": "--checkpoint"}))
     if args.action == "train":
         cfg = VAEConfig.from_dict(load_config(args.config))
         if args.device:
@@ -244,6 +253,7 @@ def cmd_bayes(args) -> int:
     from certkit.io import load_config
     from certkit.report import format_table
 
+    _need(args, **({"config": "--config"} if args.action == "train" else {"run": "--run"}))
     if args.action == "train":
         cfg = run.read_config(load_config(args.config))
         out = Path(args.out or Path("runs") / cfg["name"])
