@@ -16,7 +16,6 @@ carries over to a predictor that re-samples the posterior (their Remark 2).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -69,16 +68,29 @@ class PosteriorCertificate:
         return self.lower_y - self.upper_other
 
 
-def _with(model: nn.Module, sample: dict[str, torch.Tensor]) -> nn.Module:
-    m = copy.deepcopy(model)
-    m.load_state_dict(sample, strict=False)
-    return m.eval()
+class _Apply(nn.Module):
+    """Runs ``fn(model, *args)`` inside ``functional_call``, so that a weight sample is swapped into the model
+    (the graph's ops read the live parameters) without copying the model."""
+
+    def __init__(self, model: nn.Module, fn):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, *args):
+        return self.fn(self.model, *args)
+
+
+def _with(model: nn.Module, sample: dict[str, torch.Tensor], fn, *args):
+    """``fn(model with the weights of sample, *args)``."""
+    from torch.func import functional_call
+
+    return functional_call(_Apply(model, fn), {f"model.{k}": v for k, v in sample.items()}, args)
 
 
 @torch.no_grad()
 def predictive(model: nn.Module, samples: list[dict[str, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
     """The empirical posterior predictive: mean softmax over the weight samples (B, K)."""
-    return torch.stack([torch.softmax(_with(model, s)(x), 1) for s in samples]).mean(0)
+    return torch.stack([torch.softmax(_with(model, s, lambda m, z: m(z), x), 1) for s in samples]).mean(0)
 
 
 @torch.no_grad()
@@ -92,7 +104,7 @@ def certify_posterior(model: nn.Module, samples: list[dict[str, torch.Tensor]], 
     lo = torch.zeros(x.shape[0], k, dtype=x.dtype, device=x.device)
     up = torch.zeros_like(lo)
     for sample in samples:
-        lo_i, up_i = softmax_bounds(_with(model, sample), s, k, method)
+        lo_i, up_i = _with(model, sample, softmax_bounds, s, k, method)
         lo += lo_i / len(samples)
         up += up_i / len(samples)
     lower_y = lo.gather(1, y[:, None]).squeeze(1)
@@ -108,7 +120,7 @@ def naive_certify(model: nn.Module, samples: list[dict[str, torch.Tensor]], x: t
     s = ball("inf", x, eps, domain)
     acc = 0
     for sample in samples:
-        b = interval_bounds(_with(model, sample), s)
+        b = _with(model, sample, interval_bounds, s)
         worst = b.upper.scatter(1, y[:, None], b.lower.gather(1, y[:, None]))
         acc = acc + torch.softmax(worst, 1) / len(samples)
     return acc.argmax(1) == y
