@@ -184,6 +184,61 @@ def test_posterior_save_load_and_eps_schedule(tmp_path):
     assert [eps_schedule(0.1, e, 5) for e in range(6)] == pytest.approx([0, 0.025, 0.05, 0.075, 0.1, 0.1])
 
 
+def test_every_loop_follows_the_eps_schedule_and_hmc_samples_at_full_eps():
+    from functools import partial
+
+    from certkit.bayes import inference as inf
+    from certkit.bayes.likelihood import ScheduledLoglik, robust_loglik
+    from certkit.models import build
+
+    x, y = digits_small()
+    x, y = x[:64], y[:64]
+    model = build("mlp", (1, 8, 8), 10, [0.5], [0.25], hidden=(8,))
+    seen: list[float] = []
+
+    def recording(model, params, x, y, eps):
+        seen.append(eps)
+        return robust_loglik(model, params, x, y, eps, num_classes=10)
+
+    for fn, kw in [(inf.fit_map, {}), (inf.bayes_by_backprop, {}), (inf.noisy_adam, {}), (inf.vogn, {}),
+                   (partial(inf.swag, swa_start=2), {})]:
+        seen.clear()
+        fn(model, x, y, ScheduledLoglik(recording, 0.1, 3), epochs=4, batch_size=64, **kw)
+        assert sorted(set(seen)) == pytest.approx([0.0, 0.05, 0.1]), fn
+        assert seen[0] == 0.0 and seen[-1] == pytest.approx(0.1)
+    ll = ScheduledLoglik(recording, 0.1, 3)
+    ll.set_epoch(0)
+    seen.clear()
+    inf.hmc(model, x, y, ll, n_samples=1, burn_in=0, leapfrog=1)
+    assert set(seen) == {0.1}
+
+
+def test_log_mixture_lower_bounds_the_probability_mixture_and_subsampled_curvature():
+    from certkit.bayes.inference import _grad_and_curvature, params_of, per_example_grads
+    from certkit.bayes.likelihood import robust_loglik
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)).eval()
+    p = params_of(model)
+    x, y = torch.rand(10, 1, 4, 4), torch.randint(0, 4, (10,))
+    prob = robust_loglik(model, p, x, y, 0.1, lam=0.25, num_classes=4)
+    log = robust_loglik(model, p, x, y, 0.1, lam=0.25, num_classes=4, mix="log")
+    assert log <= prob + 1e-5  # Jensen: λ log p + (1 − λ) log q ≤ log(λ p + (1 − λ) q)
+    with pytest.raises(ValueError, match="mix"):
+        robust_loglik(model, p, x, y, 0.1, num_classes=4, mix="max")
+
+    def ll(m, q, a, b):
+        return robust_loglik(m, q, a, b, 0.1, num_classes=4)
+
+    per = per_example_grads(model, ll, p, x, y)
+    g_all, s_all = _grad_and_curvature(model, ll, p, x, y, None)
+    g_sub, s_sub = _grad_and_curvature(model, ll, p, x, y, 4)
+    for k in p:
+        torch.testing.assert_close(g_sub[k], g_all[k], rtol=1e-4, atol=1e-6)  # the mean gradient: whole batch
+        torch.testing.assert_close(s_all[k], (per[k] ** 2).mean(0))
+        torch.testing.assert_close(s_sub[k], (per[k][:4] ** 2).mean(0))  # curvature: the first 4 examples
+
+
 def test_robust_likelihood_worst_case_is_a_sound_lower_bound_and_lies_below_pgd():
     from certkit.bayes.inference import params_of
     from certkit.bayes.likelihood import robust_loglik, standard_loglik, worst_softmax_ibp

@@ -94,3 +94,11 @@ ramp_epochs = 1
     assert res["eps_bound"] == 0.05 and res["bound"] <= res["elbo"] and res["pgd@0.05"] <= res["pgd@0.0"] + 1e-6
     assert res["bound"] <= res["pgd@0.05"] + 1e-3  # same draws: the proof lies below what the attack reaches
     assert (tmp_path / "img.png").stat().st_size > 0
+
+
+def test_warm_up_then_linear_eps_ramp():
+    from certkit.generative.train import VAEConfig, _ramp
+
+    cfg = VAEConfig(eps=0.1, warmup_epochs=1, ramp_epochs=4)
+    assert [_ramp(cfg, t) for t in (0, 0.5, 1, 2, 3, 5, 9)] == pytest.approx([0, 0, 0, 0.25, 0.5, 1, 1])
+    assert _ramp(VAEConfig(eps=0.1, ramp_epochs=0), 0) == 1.0

@@ -269,9 +269,13 @@ def cmd_bayes(args) -> int:
         ood = load_dataset(args.ood, "test", args.data_dir).subset(0, args.count)
         h_in, h_out = run.predictive_entropy(post, data.x), run.predictive_entropy(post, ood.x)
         res.update(entropy_in=float(h_in.mean()), entropy_out=float(h_out.mean()), ood_auroc=run.auroc(h_in, h_out))
-    res = {"method": cfg["method"], "likelihood": cfg["likelihood"], **res}
-    print(format_table([res]))
+    res = {"method": cfg["method"], "likelihood": cfg["likelihood"], **res,
+           "train_seconds": cfg.get("train_seconds"), "info": cfg.get("info", {})}
+    print(format_table([{k: v for k, v in res.items() if k != "info"}]))
     if args.out:
+        if args.ood:  # the entropies themselves, for histograms (the paper's Fig. 3)
+            res.update(entropies_in=[round(float(h), 4) for h in h_in],
+                       entropies_out=[round(float(h), 4) for h in h_out])
         Path(args.out).write_text(json.dumps(res) + "\n")
     return 0
 

@@ -77,6 +77,14 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
         yield perm[i:i + batch_size]
 
 
+def _epochs(epochs: int, loglik: LogLik):
+    """range(epochs), telling a scheduled likelihood (``set_epoch``) which epoch starts."""
+    for epoch in range(epochs):
+        if hasattr(loglik, "set_epoch"):
+            loglik.set_epoch(epoch)
+        yield epoch
+
+
 def _log_prior(params: Params, std: float) -> torch.Tensor:
     return sum(-(p ** 2).sum() / (2 * std ** 2) for p in params.values())
 
@@ -87,7 +95,7 @@ def fit_map(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128
     params = {k: v.clone().requires_grad_(True) for k, v in (init or params_of(model)).items()}
     opt = torch.optim.Adam(params.values(), lr=lr)
     n = len(y)
-    for _ in range(epochs):
+    for _ in _epochs(epochs, loglik):
         for idx in _batches(n, batch_size, gen):
             loss = -(n / len(idx)) * loglik(model, params, x[idx], y[idx]) - _log_prior(params, prior_std)
             opt.zero_grad()
@@ -104,7 +112,7 @@ def bayes_by_backprop(model, x, y, loglik: LogLik, epochs: int = 10, batch_size:
     rho = {k: torch.full_like(v, math.log(math.expm1(init_std))).requires_grad_(True) for k, v in mu.items()}
     opt = torch.optim.Adam([*mu.values(), *rho.values()], lr=lr)
     n = len(y)
-    for _ in range(epochs):
+    for _ in _epochs(epochs, loglik):
         for idx in _batches(n, batch_size, gen):
             sigma = {k: F.softplus(r) for k, r in rho.items()}
             w = {k: mu[k] + sigma[k] * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
@@ -132,7 +140,8 @@ def _gaussian_samples(mu: Params, var: Params, n: int, gen) -> list[Params]:
 
 def noisy_adam(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
                prior_std: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, n_samples: int = 10,
-               temperature: float = 1.0, init: Params | None = None, seed: int = 0) -> Posterior:
+               temperature: float = 1.0, curvature_batch: int | None = None, init: Params | None = None,
+               seed: int = 0) -> Posterior:
     gen = torch.Generator().manual_seed(seed)
     mu = {k: v.clone() for k, v in (init or params_of(model)).items()}
     n = len(y)
@@ -140,15 +149,15 @@ def noisy_adam(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 
     m = {k: torch.zeros_like(v) for k, v in mu.items()}
     f = {k: torch.zeros_like(v) for k, v in mu.items()}
     t = 0
-    for _ in range(epochs):
+    for _ in _epochs(epochs, loglik):
         for idx in _batches(n, batch_size, gen):
             t += 1
             var = {k: temperature / (n * (f[k] / (1 - beta2 ** max(t - 1, 1)) + gamma)) if t > 1
                    else torch.full_like(f[k], prior_std ** 2 * 1e-4) for k in mu}
-            per = per_example_grads(model, loglik, _perturb(mu, var, gen), x[idx], y[idx])
+            gmean, sq = _grad_and_curvature(model, loglik, _perturb(mu, var, gen), x[idx], y[idx], curvature_batch)
             for k in mu:
-                gk = per[k].mean(0)
-                f[k] = beta2 * f[k] + (1 - beta2) * (per[k] ** 2).mean(0)  # empirical Fisher diagonal
+                gk = gmean[k]
+                f[k] = beta2 * f[k] + (1 - beta2) * sq[k]  # empirical Fisher diagonal
                 m[k] = beta1 * m[k] + (1 - beta1) * (gk + gamma * mu[k])
                 mu[k] = mu[k] - lr * (m[k] / (1 - beta1 ** t)) / ((f[k] / (1 - beta2 ** t)).sqrt() + gamma)
     var = {k: temperature / (n * (f[k] / (1 - beta2 ** t) + gamma)) for k in mu}
@@ -163,21 +172,37 @@ def per_example_grads(model, loglik: LogLik, params: Params, x, y) -> Params:
     return vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
 
 
+def _grad_and_curvature(model, loglik: LogLik, params: Params, x, y,
+                        curvature_batch: int | None) -> tuple[Params, Params]:
+    """Mean gradient of −log p over the batch and mean squared per-example gradient (the Gauss–Newton / empirical
+    Fisher diagonal). With ``curvature_batch`` = m < batch size, the squares come from the first m examples only
+    (the batch is already shuffled) and the mean gradient from one ordinary backward pass over the whole batch:
+    per-example gradients cost ~40× a batch gradient through IBP, so this trades curvature noise for speed."""
+    if curvature_batch is None or curvature_batch >= len(y):
+        per = per_example_grads(model, loglik, params, x, y)
+        return {k: v.mean(0) for k, v in per.items()}, {k: (v ** 2).mean(0) for k, v in per.items()}
+    per = per_example_grads(model, loglik, params, x[:curvature_batch], y[:curvature_batch])
+    q = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    g = torch.autograd.grad(-loglik(model, q, x, y) / len(y), list(q.values()))
+    return dict(zip(q, g)), {k: (v ** 2).mean(0) for k, v in per.items()}
+
+
 def vogn(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
          prior_std: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, n_samples: int = 10,
-         temperature: float = 1.0, init: Params | None = None, seed: int = 0) -> Posterior:
+         temperature: float = 1.0, curvature_batch: int | None = None, init: Params | None = None,
+         seed: int = 0) -> Posterior:
     gen = torch.Generator().manual_seed(seed)
     mu = {k: v.clone() for k, v in (init or params_of(model)).items()}
     n = len(y)
     gamma = 1.0 / (n * prior_std ** 2)
     s = {k: torch.full_like(v, 1.0) for k, v in mu.items()}
     m = {k: torch.zeros_like(v) for k, v in mu.items()}
-    for _ in range(epochs):
+    for _ in _epochs(epochs, loglik):
         for idx in _batches(n, batch_size, gen):
             var = {k: temperature / (n * (s[k] + gamma)) for k in mu}
-            g = per_example_grads(model, loglik, _perturb(mu, var, gen), x[idx], y[idx])
+            gmean, sq = _grad_and_curvature(model, loglik, _perturb(mu, var, gen), x[idx], y[idx], curvature_batch)
             for k in mu:
-                gbar, h = g[k].mean(0), (g[k] ** 2).mean(0)
+                gbar, h = gmean[k], sq[k]
                 s[k] = beta2 * s[k] + (1 - beta2) * h
                 m[k] = beta1 * m[k] + (1 - beta1) * (gbar + gamma * mu[k])
                 mu[k] = mu[k] - lr * m[k] / (s[k] + gamma)
@@ -196,7 +221,7 @@ def swag(model, x, y, loglik: LogLik, epochs: int = 10, swa_start: int = 5, batc
     sq = {k: torch.zeros_like(v) for k, v in params.items()}
     devs: list[Params] = []
     count = 0
-    for epoch in range(epochs):
+    for epoch in _epochs(epochs, loglik):
         for idx in _batches(n, batch_size, gen):
             loss = -(n / len(idx)) * loglik(model, params, x[idx], y[idx]) - _log_prior(params, prior_std)
             opt.zero_grad()
@@ -230,6 +255,8 @@ def hmc(model, x, y, loglik: LogLik, n_samples: int = 20, burn_in: int = 10, lea
     """Full-batch HMC; start from ``init`` (the paper starts robust HMC from an SGD solution)."""
     gen = torch.Generator().manual_seed(seed)
     w = {k: v.clone() for k, v in (init or params_of(model)).items()}
+    if hasattr(loglik, "set_epoch"):
+        loglik.set_epoch(None)  # sample the posterior of the full-ε likelihood
 
     def potential(p: Params) -> torch.Tensor:
         return -loglik(model, p, x, y) - _log_prior(p, prior_std)

@@ -62,8 +62,11 @@ def worst_softmax_ibp(model: nn.Module, params: dict[str, torch.Tensor], x: torc
 
 def robust_loglik(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                   eps: float, lam: float = 0.25, worst: str = "ibp", num_classes: int = 10,
-                  pgd_steps: int = 10) -> torch.Tensor:
-    """Σ log(λ·p_y(x) + (1 − λ)·p_y^{worst}(x)); ``worst``: 'ibp' (a sound lower bound) or 'pgd' (an attack)."""
+                  pgd_steps: int = 10, mix: str = "prob") -> torch.Tensor:
+    """Σ log(λ·p_y(x) + (1 − λ)·p_y^{worst}(x)); ``worst``: 'ibp' (a sound lower bound) or 'pgd' (an attack).
+
+    ``mix='log'`` mixes in log space instead, Σ λ·log p_y + (1 − λ)·log p_y^{worst}: a lower bound of the above
+    (log is concave) whose gradient does not vanish when p^{worst} ≪ p, as the published code trains."""
     log_clean = F.log_softmax(functional_call(model, params, (x,)), 1).gather(1, y[:, None]).squeeze(1)
     if eps <= 0 or lam >= 1:
         return log_clean.sum()
@@ -80,9 +83,13 @@ def robust_loglik(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Te
         log_worst = F.log_softmax(functional_call(model, params, (xa,)), 1).gather(1, y[:, None]).squeeze(1)
     else:
         raise ValueError(f"worst must be 'ibp' or 'pgd', got {worst!r}")
-    mix = torch.logsumexp(torch.stack([log_clean + math.log(lam), log_worst + math.log(1 - lam)]), 0) if lam > 0 \
+    if mix == "log":
+        return (lam * log_clean + (1 - lam) * log_worst).sum()
+    if mix != "prob":
+        raise ValueError(f"mix must be 'prob' or 'log', got {mix!r}")
+    out = torch.logsumexp(torch.stack([log_clean + math.log(lam), log_worst + math.log(1 - lam)]), 0) if lam > 0 \
         else log_worst
-    return mix.sum()
+    return out.sum()
 
 
 def robust_gaussian_loglik(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -97,6 +104,22 @@ def robust_gaussian_loglik(model: nn.Module, params: dict[str, torch.Tensor], x:
     far = torch.where((y - b.lower).abs() > (y - b.upper).abs(), b.lower, b.upper)
     mix = torch.logsumexp(torch.stack([logn(out) + math.log(lam), logn(far) + math.log(1 - lam)]), 0)
     return mix.sum()
+
+
+class ScheduledLoglik:
+    """A likelihood whose ε follows :func:`eps_schedule`: the inference loops call ``set_epoch(e)`` at the start of
+    every epoch (``None``: the full ε, e.g. for HMC after its SGD warm start)."""
+
+    def __init__(self, loglik, eps: float, ramp_epochs: int):
+        self.loglik, self.target, self.ramp_epochs = loglik, eps, ramp_epochs
+        self.eps = eps
+
+    def set_epoch(self, epoch: int | None) -> None:
+        self.eps = self.target if epoch is None else eps_schedule(self.target, epoch, self.ramp_epochs)
+
+    def __call__(self, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+                 y: torch.Tensor) -> torch.Tensor:
+        return self.loglik(model, params, x, y, eps=self.eps)
 
 
 def eps_schedule(eps: float, epoch: int, ramp_epochs: int) -> float:

@@ -35,7 +35,8 @@ class VAEConfig:
     batch_size: int = 128
     lr: float = 1e-3
     eps: float = 0.0  # ε_train: the bound is maximised at this radius (0: the plain ELBO)
-    ramp_epochs: float = 5.0  # ε grows linearly from 0 over these epochs
+    warmup_epochs: float = 0.0  # plain ELBO training (ε = 0) first
+    ramp_epochs: float = 5.0  # then ε grows linearly from 0 over these epochs
     seed: int = 0
     device: str = "cpu"
 
@@ -70,6 +71,14 @@ def load_vae(path: str | os.PathLike, device: str = "cpu") -> tuple[VAE, dict]:
 def _arch(cfg: VAEConfig, shape) -> dict:
     return {"name": "provae", "in_shape": list(shape), "num_classes": 0,
             "kwargs": {"latent": cfg.latent, "hidden": cfg.hidden, "sigma0": cfg.sigma0}}
+
+
+def _ramp(cfg: VAEConfig, t: float) -> float:
+    """Fraction of ε_train in force at (fractional) epoch t: 0 during warm-up, then linear up to 1."""
+    t = t - cfg.warmup_epochs
+    if t < 0:
+        return 0.0
+    return 1.0 if cfg.ramp_epochs <= 0 else min(1.0, t / cfg.ramp_epochs)
 
 
 def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
@@ -108,8 +117,7 @@ def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, p
         tot_bound = 0.0
         for b in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
             x = data.x[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]].to(device)
-            frac = 1.0 if cfg.ramp_epochs <= 0 else min(1.0, (epoch + b / steps) / cfg.ramp_epochs)
-            eps = cfg.eps * frac
+            eps = cfg.eps * _ramp(cfg, epoch + b / steps)
             nu = torch.randn(x.shape[0], cfg.latent, device=device)
             bound = vae.elbo_bound(x, eps, nu) if eps > 0 else vae.elbo(x, nu)
             loss = -bound.mean() / math.prod(data.shape)  # per pixel: a step size independent of the image size
@@ -117,8 +125,7 @@ def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, p
             loss.backward()
             opt.step()
             tot_bound += bound.detach().mean().item()
-        reached = 1.0 if cfg.ramp_epochs <= 0 else min(1.0, (epoch + 1) / cfg.ramp_epochs)
-        row = {"epoch": epoch + 1, "train_bound": tot_bound / steps, "eps": cfg.eps * reached,
+        row = {"epoch": epoch + 1, "train_bound": tot_bound / steps, "eps": cfg.eps * _ramp(cfg, epoch + 1),
                "time_s": round(time.time() - t0, 1)}
         history.write([row])
         save_model(out / "model.safetensors", vae.cpu(), _arch(cfg, data.shape), config=asdict(cfg), epoch=epoch + 1)
