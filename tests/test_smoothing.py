@@ -136,6 +136,52 @@ def test_smoothadv_attack_raises_the_soft_loss_and_stays_in_the_ball():
     assert (soft_loss(xa) >= soft_loss(x) - 1e-6).all() and (soft_loss(xa) > soft_loss(x) + 1e-3).any()
 
 
+def test_no_grad_smoothadv_direction_matches_the_true_gradient_and_raises_the_loss():
+    from certkit.train.objectives import smoothadv_attack
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = 0.3 + 0.4 * torch.rand(4, 1, 4, 4)
+    y = model(x).argmax(1)
+    sigma = 0.25
+    noise = sigma * torch.randn(4, 20000, 1, 4, 4)
+
+    def soft_loss(z):
+        probs = torch.softmax(model((z.unsqueeze(1) + noise).flatten(0, 1)), 1).view(4, 20000, -1).mean(1)
+        return -torch.log(probs.gather(1, y[:, None])).squeeze(1)
+
+    step = 0.01  # one short step: the Stein estimate's direction against the exact gradient's
+    exact = smoothadv_attack(model, x, y, noise, step, steps=1, step_size=step) - x
+    stein = smoothadv_attack(model, x, y, noise, step, steps=1, step_size=step, no_grad=True) - x
+    cos = torch.nn.functional.cosine_similarity(exact.flatten(1), stein.flatten(1))
+    assert (cos > 0.9).all(), cos
+    xa = smoothadv_attack(model, x, y, noise[:, :64], 0.5, steps=10, no_grad=True)
+    assert ((xa - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    assert (soft_loss(xa) > soft_loss(x)).all()
+
+
+def test_cifar10_code_path_resnet_smoothadv_step_and_certify(shared, recwarn):
+    from certkit.data import load_dataset
+    from certkit.models import build
+    from certkit.train.objectives import SmoothAdvTraining
+
+    data = load_dataset("cifar10", "test", shared / "data")
+    assert len(data) == 1000 and data.x.shape[1:] == (3, 32, 32) and data.y[:4].tolist() == [3, 8, 8, 0]
+    assert any("first 1,000" in str(w.message) for w in recwarn)
+    torch.manual_seed(0)
+    model = build("resnet20", data.shape, 10, data.mean, data.std)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    objective = SmoothAdvTraining(lambda step: 0.25, sigma=0.25, m=2, steps=1)
+    loss, stats_ = objective(model.train(), data.x[:8], data.y[:8], 0)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and 0 <= float(stats_["adv_noisy_acc"]) <= 1
+    smooth = Smooth(model.eval(), 10, Noise("gaussian", 0.25), batch_size=50)
+    res = smooth.certify(data.x[:2], n0=10, n=50, alpha=0.001, generator=torch.Generator().manual_seed(0))
+    assert res.counts.shape == (2, 10) and res.counts.sum(1).tolist() == [50, 50]
+    assert ((res.pred == -1) | ((res.pred >= 0) & (res.pred < 10))).all()
+
+
 @pytest.mark.parametrize("objective", ["gaussian", "stability", "smoothadv"])
 def test_smoothing_objectives_train_and_certify_from_the_cli(tmp_path, objective):
     import json

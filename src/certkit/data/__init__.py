@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +185,17 @@ def _load_idx(name, folder, split, download, verify, mirrors):
 def _load_cifar(folder, split, download, verify, mirrors):
     batches = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     extracted = folder / "cifar-10-batches-py"
+    subset = folder / "cifar10_test_first1000_nhwc_uint8.npy", folder / "cifar10_test_first1000_labels.npy"
+    if split == "test" and not (extracted / "test_batch").exists() and all(f.exists() for f in subset):
+        warnings.warn(f"{folder}: only the first 1,000 CIFAR-10 test images are there (the .npy subset); "
+                      "put cifar-10-batches-py beside them for the full test set", stacklevel=3)
+        try:
+            x, y = np.load(subset[0]), np.load(subset[1])
+        except (OSError, ValueError) as e:
+            raise DataError(f"{subset[0]} or its labels are corrupt ({e})") from e
+        if x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8 or len(x) != len(y):
+            raise DataError(f"{subset[0]}: expected uint8 (N, 32, 32, 3) images and N labels, got {x.shape}")
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y.astype(np.int64))
     if not all((extracted / b).exists() for b in batches):
         archive = _fetch("cifar10", folder, [_CIFAR_ARCHIVE[0]], download, mirrors)
         if verify and _md5(archive.read_bytes()) != _CIFAR_ARCHIVE[1]:

@@ -90,13 +90,14 @@ class TrainConfig:
     stability_gamma: float = 1.0
     smoothadv_m: int = 1
     smoothadv_steps: int = 1
+    smoothadv_no_grad: bool = False  # SmoothAdv's attack without backprop through the base classifier
 
     _SECTIONS = {
         "data": {"dataset": "data", "dir": "data_dir", "train_n": "train_n"},
         "model": {"arch": "arch", "kwargs": "arch_kwargs"},
         "eval": {"eps": "eval_eps", "n": "eval_n"},
         "smoothing": {"sigma": "sigma", "stability_gamma": "stability_gamma", "m": "smoothadv_m",
-                      "steps": "smoothadv_steps"},
+                      "steps": "smoothadv_steps", "no_grad": "smoothadv_no_grad"},
         "colt": {k: f"colt_{k}" for k in ("stage_epochs", "layers", "start_eps_factor", "eps_factor", "mix_epochs",
                                           "lr_stage_factor", "lr_step", "relu_stable", "relu_stable_factor",
                                           "attack_steps", "attack_step", "projections", "nat_factor")},
@@ -166,7 +167,7 @@ def make_objective(cfg: TrainConfig, steps_per_epoch: int, num_classes: int,
     if cfg.objective == "stability":
         return StabilityTraining(cfg.sigma, cfg.stability_gamma)
     if cfg.objective == "smoothadv":  # eps warms up over warmup + ramp epochs (the L2 attack radius)
-        return SmoothAdvTraining(eps, cfg.sigma, cfg.smoothadv_m, cfg.smoothadv_steps)
+        return SmoothAdvTraining(eps, cfg.sigma, cfg.smoothadv_m, cfg.smoothadv_steps, cfg.smoothadv_no_grad)
     if cfg.objective == "pgd":
         return PGDTraining(eps, cfg.norm, cfg.pgd_steps)
     return IBPTraining(eps, Ramp(cfg.kappa_start, cfg.kappa_end, begin, length), num_classes, cfg.norm)
