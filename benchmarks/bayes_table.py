@@ -25,7 +25,7 @@ def main(folder: str) -> None:
         r = json.loads(f.read_text())
         runs[(r["method"], r["likelihood"])] = r
     head = f"{'method':<11} {'likelihood':<9} {'n':>5} {'acc':>6} {'PGD':>6} {'IBP-cert':>8} {'LBP-cert':>8} " \
-           f"{'AUROC':>6} {'train s':>8}  info"
+           f"{'AUROC':>6} {'w std':>7} {'train s':>8}  info"
     print(head)
     for lik in LIKS:
         for m in METHODS:
@@ -35,7 +35,8 @@ def main(folder: str) -> None:
             info = ", ".join(f"{k}={v:.3g}" for k, v in (r.get("info") or {}).items())
             print(f"{m:<11} {lik:<9} {r['n']:>5} {r['accuracy']:>6.3f} {r['pgd_accuracy']:>6.3f} "
                   f"{r.get('ibp_certified', float('nan')):>8.3f} {r.get('crown_certified', float('nan')):>8.3f} "
-                  f"{r.get('ood_auroc', float('nan')):>6.3f} {r.get('train_seconds') or 0:>8.0f}  {info}")
+                  f"{r.get('ood_auroc', float('nan')):>6.3f} {r.get('posterior_std', float('nan')):>7.4f} "
+                  f"{r.get('train_seconds') or 0:>8.0f}  {info}")
     liks = [lik for lik in LIKS if any(k[1] == lik for k in runs)]
     if not liks:
         return

@@ -48,6 +48,8 @@ def test_mean_softmax_of_sampled_inputs_lies_within_the_bounds(method):
         assert (mean[ok].argmax(1) == y[ok]).all()
     lo, up = softmax_bounds(model, s, 4)
     assert (lo <= up).all() and (lo >= 0).all() and (up <= 1).all()
+    lo_c, up_c = softmax_bounds(model, s, 4, "crown")  # LBP keeps the better of CROWN and IBP per margin
+    assert (lo_c >= lo - 1e-6).all() and (up_c <= up + 1e-6).all()
 
 
 def test_certified_inputs_survive_pgd_on_the_predictive_and_radius_bisection():
@@ -287,3 +289,25 @@ n_samples = 3
     res = json.loads(out.read_text())
     assert res["ibp_certified"] <= res["pgd_accuracy"] <= res["accuracy"]
     assert 0 <= res["ood_auroc"] <= 1
+
+
+def test_warm_start_is_the_shared_map_fit_and_is_cached(tmp_path):
+    from certkit.bayes import run
+
+    raw = {"data": {"dataset": "digits", "train_n": 300}, "model": {"arch": "mlp", "kwargs": {"hidden": [16]}},
+           "bayes": {"method": "swag", "likelihood": "ibp", "eps": 0.02, "map_epochs": 2, "ramp_epochs": 2,
+                     "epochs": 2, "swa_start": 0, "lr": 1e-3, "n_samples": 3, "mix": "log"}}
+    cfg = run.read_config(raw)
+    _, post, _ = run.run_inference(cfg, cache_dir=tmp_path)
+    cached = list(tmp_path.glob("map-*.safetensors"))
+    assert len(cached) == 1 and len(post.samples) == 3
+    stamp = cached[0].stat().st_mtime_ns
+    cfg2 = run.read_config({**raw, "bayes": {**raw["bayes"], "method": "bbb", "epochs": 1}})
+    run.run_inference(cfg2, cache_dir=tmp_path)  # another method, same likelihood: the same MAP, not refitted
+    assert list(tmp_path.glob("map-*.safetensors")) == cached and cached[0].stat().st_mtime_ns == stamp
+    cfg3 = run.read_config({**raw, "bayes": {**raw["bayes"], "likelihood": "standard"}})
+    run.run_inference(cfg3, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("map-*.safetensors"))) == 2
+    assert run.posterior_std(post) > 0
+    with pytest.raises(ValueError, match="unknown"):
+        run.read_config({**raw, "bayes": {**raw["bayes"], "warmup": 3}})

@@ -257,7 +257,7 @@ def cmd_bayes(args) -> int:
     if args.action == "train":
         cfg = run.read_config(load_config(args.config))
         out = Path(args.out or Path("runs") / cfg["name"])
-        model, post, seconds = run.run_inference(cfg, args.data_dir)
+        model, post, seconds = run.run_inference(cfg, args.data_dir, cache_dir=out.parent / ".warm-start")
         run.save_run(out, cfg, post, seconds)
         print(f"{cfg['method']} with the {cfg['likelihood']} likelihood: {len(post.samples)} weight samples in "
               f"{seconds:.0f} s -> {out / 'posterior.safetensors'}")

@@ -3,11 +3,14 @@
 Weights are dicts {name: tensor} evaluated with ``torch.func.functional_call``; every method takes a pluggable
 ``loglik(model, params, x, y) -> Σ log p(y | x, w)`` over a mini-batch (e.g. the robust likelihood), a Gaussian
 prior N(0, prior_std²) and returns a :class:`Posterior`: a fixed list of weight samples, the empirical
-predictor that certificates are about. ``temperature`` (NoisyAdam, VOGN) scales the posterior variance, as the
+predictor that certificates are about. ``temperature`` (BBB, NoisyAdam, VOGN) scales the posterior variance, as the
 KL weight of tempered variational objectives does (1: the plain one); small data sets give wide posteriors.
+``damping`` (NoisyAdam, VOGN) is Zhang et al.'s extrinsic damping: added to the curvature, it caps the variance
+of weights the data hardly constrains (e.g. those of always-black MNIST pixels, which IBP's radius term sees).
 
 * :func:`fit_map` — SGD/Adam on the log posterior (the MAP baseline).
-* :func:`bayes_by_backprop` — Blundell et al. 2015: mean-field Gaussian q, σ = softplus(ρ), reparameterised ELBO.
+* :func:`bayes_by_backprop` — Blundell et al. 2015: mean-field Gaussian q, σ = softplus(ρ), reparameterised ELBO
+  (the KL term weighted by ``temperature``).
 * :func:`noisy_adam` — Zhang et al. 2018 (noisy natural gradient, Noisy Adam): Adam's update of the mean,
   μ ← μ − α·m̂/(√f̂ + γ), with weight noise N(μ, 1/(N·(f + γ))), f an EMA of the per-example squared
   gradients (the empirical Fisher diagonal), γ = 1/(N·prior variance).
@@ -106,7 +109,7 @@ def fit_map(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128
 
 def bayes_by_backprop(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
                       prior_std: float = 1.0, init_std: float = 1e-3, n_samples: int = 10,
-                      init: Params | None = None, seed: int = 0) -> Posterior:
+                      temperature: float = 1.0, init: Params | None = None, seed: int = 0) -> Posterior:
     gen = torch.Generator().manual_seed(seed)
     mu = {k: v.clone().requires_grad_(True) for k, v in (init or params_of(model)).items()}
     rho = {k: torch.full_like(v, math.log(math.expm1(init_std))).requires_grad_(True) for k, v in mu.items()}
@@ -118,7 +121,7 @@ def bayes_by_backprop(model, x, y, loglik: LogLik, epochs: int = 10, batch_size:
             w = {k: mu[k] + sigma[k] * torch.randn(mu[k].shape, generator=gen).to(mu[k]) for k in mu}
             kl = sum((torch.log(prior_std / sigma[k]) + (sigma[k] ** 2 + mu[k] ** 2) / (2 * prior_std ** 2)
                       - 0.5).sum() for k in mu)
-            loss = -(n / len(idx)) * loglik(model, w, x[idx], y[idx]) + kl
+            loss = -(n / len(idx)) * loglik(model, w, x[idx], y[idx]) + temperature * kl
             opt.zero_grad()
             (loss / n).backward()
             opt.step()
@@ -140,27 +143,28 @@ def _gaussian_samples(mu: Params, var: Params, n: int, gen) -> list[Params]:
 
 def noisy_adam(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
                prior_std: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, n_samples: int = 10,
-               temperature: float = 1.0, curvature_batch: int | None = None, init: Params | None = None,
-               seed: int = 0) -> Posterior:
+               temperature: float = 1.0, curvature_batch: int | None = None, damping: float = 0.0,
+               init: Params | None = None, seed: int = 0) -> Posterior:
     gen = torch.Generator().manual_seed(seed)
     mu = {k: v.clone() for k, v in (init or params_of(model)).items()}
     n = len(y)
-    gamma = 1.0 / (n * prior_std ** 2)
+    gamma = 1.0 / (n * prior_std ** 2)  # the prior's precision per example
+    damp = gamma + damping
     m = {k: torch.zeros_like(v) for k, v in mu.items()}
     f = {k: torch.zeros_like(v) for k, v in mu.items()}
     t = 0
     for _ in _epochs(epochs, loglik):
         for idx in _batches(n, batch_size, gen):
             t += 1
-            var = {k: temperature / (n * (f[k] / (1 - beta2 ** max(t - 1, 1)) + gamma)) if t > 1
+            var = {k: temperature / (n * (f[k] / (1 - beta2 ** max(t - 1, 1)) + damp)) if t > 1
                    else torch.full_like(f[k], prior_std ** 2 * 1e-4) for k in mu}
             gmean, sq = _grad_and_curvature(model, loglik, _perturb(mu, var, gen), x[idx], y[idx], curvature_batch)
             for k in mu:
                 gk = gmean[k]
                 f[k] = beta2 * f[k] + (1 - beta2) * sq[k]  # empirical Fisher diagonal
                 m[k] = beta1 * m[k] + (1 - beta1) * (gk + gamma * mu[k])
-                mu[k] = mu[k] - lr * (m[k] / (1 - beta1 ** t)) / ((f[k] / (1 - beta2 ** t)).sqrt() + gamma)
-    var = {k: temperature / (n * (f[k] / (1 - beta2 ** t) + gamma)) for k in mu}
+                mu[k] = mu[k] - lr * (m[k] / (1 - beta1 ** t)) / ((f[k] / (1 - beta2 ** t)).sqrt() + damp)
+    var = {k: temperature / (n * (f[k] / (1 - beta2 ** t) + damp)) for k in mu}
     return Posterior(model, _gaussian_samples(mu, var, n_samples, gen), "noisy-adam", {"mean": mu, "var": var})
 
 
@@ -189,24 +193,27 @@ def _grad_and_curvature(model, loglik: LogLik, params: Params, x, y,
 
 def vogn(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
          prior_std: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, n_samples: int = 10,
-         temperature: float = 1.0, curvature_batch: int | None = None, init: Params | None = None,
-         seed: int = 0) -> Posterior:
+         temperature: float = 1.0, curvature_batch: int | None = None, damping: float = 0.0,
+         init: Params | None = None, seed: int = 0) -> Posterior:
     gen = torch.Generator().manual_seed(seed)
     mu = {k: v.clone() for k, v in (init or params_of(model)).items()}
     n = len(y)
     gamma = 1.0 / (n * prior_std ** 2)
-    s = {k: torch.full_like(v, 1.0) for k, v in mu.items()}
+    damp = gamma + damping
+    s = {k: torch.zeros_like(v) for k, v in mu.items()}
     m = {k: torch.zeros_like(v) for k, v in mu.items()}
+    t = 0
     for _ in _epochs(epochs, loglik):
         for idx in _batches(n, batch_size, gen):
-            var = {k: temperature / (n * (s[k] + gamma)) for k in mu}
+            var = {k: temperature / (n * (s[k] / (1 - beta2 ** t) + damp)) if t else
+                   torch.full_like(s[k], prior_std ** 2 * 1e-4) for k in mu}
+            t += 1
             gmean, sq = _grad_and_curvature(model, loglik, _perturb(mu, var, gen), x[idx], y[idx], curvature_batch)
-            for k in mu:
-                gbar, h = gmean[k], sq[k]
-                s[k] = beta2 * s[k] + (1 - beta2) * h
-                m[k] = beta1 * m[k] + (1 - beta1) * (gbar + gamma * mu[k])
-                mu[k] = mu[k] - lr * m[k] / (s[k] + gamma)
-    var = {k: temperature / (n * (s[k] + gamma)) for k in mu}
+            for k in mu:  # moments bias-corrected as in Adam (Osawa et al. 2019)
+                s[k] = beta2 * s[k] + (1 - beta2) * sq[k]
+                m[k] = beta1 * m[k] + (1 - beta1) * (gmean[k] + gamma * mu[k])
+                mu[k] = mu[k] - lr * (m[k] / (1 - beta1 ** t)) / (s[k] / (1 - beta2 ** t) + damp)
+    var = {k: temperature / (n * (s[k] / (1 - beta2 ** t) + damp)) for k in mu}
     return Posterior(model, _gaussian_samples(mu, var, n_samples, gen), "vogn", {"mean": mu, "var": var})
 
 
@@ -251,20 +258,25 @@ def swag(model, x, y, loglik: LogLik, epochs: int = 10, swa_start: int = 5, batc
 
 
 def hmc(model, x, y, loglik: LogLik, n_samples: int = 20, burn_in: int = 10, leapfrog: int = 10,
-        step_size: float = 1e-3, prior_std: float = 1.0, init: Params | None = None, seed: int = 0) -> Posterior:
-    """Full-batch HMC; start from ``init`` (the paper starts robust HMC from an SGD solution)."""
+        step_size: float = 1e-3, prior_std: float = 1.0, batch_size: int | None = None, init: Params | None = None,
+        seed: int = 0) -> Posterior:
+    """Full-batch HMC (the potential and its gradient summed over chunks of ``batch_size`` examples to bound
+    memory); start from ``init`` (the paper starts robust HMC from an SGD solution)."""
     gen = torch.Generator().manual_seed(seed)
     w = {k: v.clone() for k, v in (init or params_of(model)).items()}
     if hasattr(loglik, "set_epoch"):
         loglik.set_epoch(None)  # sample the posterior of the full-ε likelihood
 
-    def potential(p: Params) -> torch.Tensor:
-        return -loglik(model, p, x, y) - _log_prior(p, prior_std)
+    chunk = batch_size or len(y)
 
     def grad_u(p: Params) -> tuple[torch.Tensor, Params]:
         q = {k: v.detach().requires_grad_(True) for k, v in p.items()}
-        u = potential(q)
-        g = torch.autograd.grad(u, list(q.values()))
+        u = -_log_prior(q, prior_std)
+        g = list(torch.autograd.grad(u, list(q.values())))
+        for i in range(0, len(y), chunk):
+            ui = -loglik(model, q, x[i:i + chunk], y[i:i + chunk])
+            g = [a + b for a, b in zip(g, torch.autograd.grad(ui, list(q.values())))]
+            u = u + ui.detach()
         return u.detach(), dict(zip(q, g))
 
     samples: list[Params] = []
