@@ -35,7 +35,7 @@ def main(folder: str) -> None:
             info = ", ".join(f"{k}={v:.3g}" for k, v in (r.get("info") or {}).items())
             print(f"{m:<11} {lik:<9} {r['n']:>5} {r['accuracy']:>6.3f} {r['pgd_accuracy']:>6.3f} "
                   f"{r.get('ibp_certified', float('nan')):>8.3f} {r.get('crown_certified', float('nan')):>8.3f} "
-                  f"{r.get('ood_auroc', float('nan')):>6.3f} {r.get('posterior_std', float('nan')):>7.4f} "
+                  f"{r.get('ood_auroc', float('nan')):>6.3f} {r.get('posterior_std', float('nan')):>7.1e} "
                   f"{r.get('train_seconds') or 0:>8.0f}  {info}")
     liks = [lik for lik in LIKS if any(k[1] == lik for k in runs)]
     if not liks:
