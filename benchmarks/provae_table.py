@@ -1,4 +1,4 @@
-"""Table 1 and Fig. 3 of proVAE from the JSON files written by benchmarks/provae.sh (values per pixel).
+"""Table 1 and Fig. 3 of proVAE from the JSON files written by benchmarks/provae.sh (per image; the plot per pixel).
 
     python benchmarks/provae_table.py benchmarks/results/provae-mnist
 """
@@ -14,14 +14,20 @@ def main(folder: str) -> None:
     out = Path(folder)
     runs = sorted(out.glob("eps*.json"), key=lambda p: float(p.stem[3:]))
     d = 784
-    print(f"{'eps_train':>9s} {'ELBO':>9s} {'bound@eps_train':>16s}  ELBO under PGD at eps_attack (per pixel)")
+    print("per image (nats); train bound: the mean certified bound over the last training epoch, at eps_train")
+    print(f"{'eps_train':>9s} {'train bound':>12s} {'test ELBO':>10s} {'test bound':>11s} {'PGD@eps_tr':>11s}  "
+          "test ELBO under PGD at eps_attack")
     curves = {}
     for p in runs:
         r = json.loads(p.read_text())
-        atk = {float(k[4:]): v / d for k, v in r.items() if k.startswith("pgd@")}
+        eps = float(p.stem[3:])
+        atk = {float(k[4:]): v for k, v in r.items() if k.startswith("pgd@")}
         curves[p.stem[3:]] = atk
-        print(f"{p.stem[3:]:>9s} {r['elbo'] / d:9.4f} {r['bound'] / d:16.4f}  " +
-              "  ".join(f"{e}: {v:.4f}" for e, v in sorted(atk.items())))
+        hist = out / f"{p.stem}-history.jsonl"
+        train = json.loads(hist.read_text().splitlines()[-1])["train_bound"] if hist.exists() else float("nan")
+        at_eps = atk.get(eps, float("nan"))
+        print(f"{p.stem[3:]:>9s} {train:12.1f} {r['elbo']:10.1f} {r['bound']:11.1f} {at_eps:11.1f}  " +
+              "  ".join(f"{e}: {v:.1f}" for e, v in sorted(atk.items())))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,7 +36,7 @@ def main(folder: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for name, atk in curves.items():
         xs = sorted(atk)
-        ax.plot(xs, [atk[e] for e in xs], marker="o", label=f"ε_train = {name}")
+        ax.plot(xs, [atk[e] / d for e in xs], marker="o", label=f"ε_train = {name}")
     ax.set_xlabel("ε_attack (L∞)")
     ax.set_ylabel("ELBO per pixel under PGD")
     ax.legend(fontsize=7)

@@ -311,3 +311,29 @@ def test_warm_start_is_the_shared_map_fit_and_is_cached(tmp_path):
     assert run.posterior_std(post) > 0
     with pytest.raises(ValueError, match="unknown"):
         run.read_config({**raw, "bayes": {**raw["bayes"], "warmup": 3}})
+
+
+def test_pgd_likelihood_per_example_gradients_run_the_attack_outside_vmap():
+    from functools import partial
+
+    from certkit.bayes import inference as inf
+    from certkit.bayes.likelihood import ScheduledLoglik, robust_loglik
+    from certkit.models import build
+
+    x, y = digits_small()
+    x, y = x[:12], y[:12]
+    torch.manual_seed(2)
+    model = build("mlp", (1, 8, 8), 10, [0.5], [0.25], hidden=(16,))
+    ll = ScheduledLoglik(partial(robust_loglik, lam=0.25, worst="pgd", num_classes=10, pgd_steps=3), 0.05, 0, 3)
+    assert ll.needs_attack
+    p = inf.params_of(model)
+    torch.manual_seed(5)
+    per = inf.per_example_grads(model, ll, p, x, y)
+    torch.manual_seed(5)  # the same random start: the same adversarial inputs
+    xa = ll.attack(model, p, x, y)
+    q = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+    full = torch.autograd.grad(-ll(model, q, x, y, x_adv=xa), list(q.values()))
+    for g, k in zip(full, q):
+        torch.testing.assert_close(per[k].sum(0), g, rtol=1e-4, atol=1e-5)
+    post = inf.vogn(model, x, y, ll, 1, 6, 1e-3, curvature_batch=3, n_samples=2)
+    assert len(post.samples) == 2

@@ -169,7 +169,16 @@ def noisy_adam(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 
 
 
 def per_example_grads(model, loglik: LogLik, params: Params, x, y) -> Params:
-    """Gradients of −log p(y_i | x_i, w) for every example at once (torch.func.vmap over grad)."""
+    """Gradients of −log p(y_i | x_i, w) for every example at once (torch.func.vmap over grad); a likelihood
+    that ``needs_attack`` (PGD) gets its adversarial inputs computed for the batch first."""
+    if getattr(loglik, "needs_attack", False):
+        xa = loglik.attack(model, params, x, y)
+
+        def one_adv(p, xi, yi, ai):
+            return -loglik(model, p, xi.unsqueeze(0), yi.unsqueeze(0), x_adv=ai.unsqueeze(0))
+
+        return vmap(grad(one_adv), in_dims=(None, 0, 0, 0))(params, x, y, xa)
+
     def one(p, xi, yi):
         return -loglik(model, p, xi.unsqueeze(0), yi.unsqueeze(0))
 

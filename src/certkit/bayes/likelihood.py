@@ -62,24 +62,19 @@ def worst_softmax_ibp(model: nn.Module, params: dict[str, torch.Tensor], x: torc
 
 def robust_loglik(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                   eps: float, lam: float = 0.25, worst: str = "ibp", num_classes: int = 10,
-                  pgd_steps: int = 10, mix: str = "prob") -> torch.Tensor:
+                  pgd_steps: int = 10, mix: str = "prob", x_adv: torch.Tensor | None = None) -> torch.Tensor:
     """Σ log(λ·p_y(x) + (1 − λ)·p_y^{worst}(x)); ``worst``: 'ibp' (a sound lower bound) or 'pgd' (an attack).
 
     ``mix='log'`` mixes in log space instead, Σ λ·log p_y + (1 − λ)·log p_y^{worst}: a lower bound of the above
-    (log is concave) whose gradient does not vanish when p^{worst} ≪ p, as the published code trains."""
+    (log is concave) whose gradient does not vanish when p^{worst} ≪ p.
+    ``x_adv``: PGD's inputs computed beforehand (:func:`pgd_inputs`), e.g. outside a vmap over examples."""
     log_clean = F.log_softmax(functional_call(model, params, (x,)), 1).gather(1, y[:, None]).squeeze(1)
     if eps <= 0 or lam >= 1:
         return log_clean.sum()
     if worst == "ibp":
         log_worst = worst_softmax_ibp(model, params, x, y, eps, num_classes)
     elif worst == "pgd":
-        from certkit.attacks.pgd import pgd
-
-        class Net(nn.Module):
-            def forward(self, z):
-                return functional_call(model, {k: v.detach() for k, v in params.items()}, (z,))
-
-        xa = pgd(Net(), x, y, eps, "inf", pgd_steps).x_adv
+        xa = pgd_inputs(model, params, x, y, eps, pgd_steps) if x_adv is None else x_adv
         log_worst = F.log_softmax(functional_call(model, params, (xa,)), 1).gather(1, y[:, None]).squeeze(1)
     else:
         raise ValueError(f"worst must be 'ibp' or 'pgd', got {worst!r}")
@@ -90,6 +85,21 @@ def robust_loglik(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Te
     out = torch.logsumexp(torch.stack([log_clean + math.log(lam), log_worst + math.log(1 - lam)]), 0) if lam > 0 \
         else log_worst
     return out.sum()
+
+
+def pgd_inputs(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, eps: float,
+               steps: int = 10) -> torch.Tensor:
+    """L∞ PGD (true label, projected every step) against the network with weights ``params`` (held fixed: the
+    attack is not differentiated through)."""
+    from certkit.attacks.pgd import pgd
+
+    fixed = {k: v.detach() for k, v in params.items()}
+
+    class Net(nn.Module):
+        def forward(self, z):
+            return functional_call(model, fixed, (z,))
+
+    return pgd(Net(), x, y, eps, "inf", steps).x_adv
 
 
 def robust_gaussian_loglik(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -110,16 +120,25 @@ class ScheduledLoglik:
     """A likelihood whose ε follows :func:`eps_schedule`: the inference loops call ``set_epoch(e)`` at the start of
     every epoch (``None``: the full ε, e.g. for HMC after its SGD warm start)."""
 
-    def __init__(self, loglik, eps: float, ramp_epochs: int):
-        self.loglik, self.target, self.ramp_epochs = loglik, eps, ramp_epochs
+    def __init__(self, loglik, eps: float, ramp_epochs: int, pgd_steps: int | None = None):
+        self.loglik, self.target, self.ramp_epochs, self.pgd_steps = loglik, eps, ramp_epochs, pgd_steps
         self.eps = eps
+
+    @property
+    def needs_attack(self) -> bool:
+        """True for the PGD likelihood: per-example gradients (vmap) need the attack run beforehand."""
+        return self.pgd_steps is not None and self.eps > 0
+
+    def attack(self, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+        return pgd_inputs(model, params, x, y, self.eps, self.pgd_steps)
 
     def set_epoch(self, epoch: int | None) -> None:
         self.eps = self.target if epoch is None else eps_schedule(self.target, epoch, self.ramp_epochs)
 
     def __call__(self, model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
-                 y: torch.Tensor) -> torch.Tensor:
-        return self.loglik(model, params, x, y, eps=self.eps)
+                 y: torch.Tensor, **kw) -> torch.Tensor:
+        return self.loglik(model, params, x, y, eps=self.eps, **kw)
 
 
 def eps_schedule(eps: float, epoch: int, ramp_epochs: int) -> float:

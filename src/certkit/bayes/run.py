@@ -94,11 +94,12 @@ def run_inference(cfg: dict, data_dir=None, cache_dir: Path | None = None) -> tu
         pgd_steps=cfg["pgd_steps"], mix=cfg["mix"])
     x, y = data.x, data.y
     t0 = time.time()
-    init = warm_start(cfg, model, x, y, robust and ScheduledLoglik(robust, cfg["eps"], cfg["ramp_epochs"])
+    steps = cfg["pgd_steps"] if cfg["likelihood"] == "pgd" else None
+    init = warm_start(cfg, model, x, y, robust and ScheduledLoglik(robust, cfg["eps"], cfg["ramp_epochs"], steps)
                       or standard_loglik, cache_dir)
     # after a warm start the method itself runs at the full ε; without one, ε ramps inside the method
-    ll = standard_loglik if robust is None else ScheduledLoglik(robust, cfg["eps"],
-                                                                0 if init is not None else cfg["ramp_epochs"])
+    ll = standard_loglik if robust is None else ScheduledLoglik(
+        robust, cfg["eps"], 0 if init is not None else cfg["ramp_epochs"], steps)
     common = dict(prior_std=cfg["prior_std"], init=init, seed=cfg["seed"])
     m = cfg["method"]
     if m == "map":
