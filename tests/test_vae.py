@@ -36,6 +36,22 @@ def test_bound_holds_for_sampled_inputs_and_corners(vae, eps):
     assert (bound <= vae.elbo(x, nu)).all()
 
 
+@pytest.mark.parametrize("eps", [0.01, 0.05])
+def test_crown_bound_is_sound_and_at_least_as_tight_as_ibp(vae, eps):
+    torch.manual_seed(3)
+    x, nu = torch.rand(2, 1, 28, 28), torch.randn(2, 8)
+    with torch.no_grad():
+        ibp, crown = vae.elbo_bound(x, eps, nu), vae.elbo_bound(x, eps, nu, "crown")
+        assert (crown >= ibp - 1e-3).all() and (crown > ibp).any()
+        for p in LinfBall(x, eps).sample(64, torch.Generator().manual_seed(4)):
+            assert (vae.elbo(p, nu) >= crown - 1e-3).all()
+    worst = elbo_attack(vae, x, eps, steps=20, samples=1)
+    assert (vae.elbo(worst, nu) >= crown - 1e-3).all()
+    torch.testing.assert_close(vae.elbo_bound(x, 0.0, nu, "crown"), vae.elbo(x, nu), rtol=1e-5, atol=1e-2)
+    with pytest.raises(ValueError, match="method"):
+        vae.elbo_bound(x, eps, nu, "zonotope")
+
+
 def test_bound_decreases_with_eps(vae):
     x, nu = torch.rand(2, 1, 28, 28), torch.randn(2, 8)
     b = [vae.elbo_bound(x, e, nu) for e in (0.0, 0.02, 0.05)]
@@ -93,6 +109,11 @@ ramp_epochs = 1
     res = json.loads(out.read_text())
     assert res["eps_bound"] == 0.05 and res["bound"] <= res["elbo"] and res["pgd@0.05"] <= res["pgd@0.0"] + 1e-6
     assert res["bound"] <= res["pgd@0.05"] + 1e-3  # same draws: the proof lies below what the attack reaches
+    out2 = tmp_path / "eval-crown.json"
+    assert main(["vae", "eval", "--checkpoint", str(run / "model.safetensors"), "--count", "1", "--attack-eps",
+                 "0.05", "--steps", "1", "--crown", "--out", str(out2), *base]) == 0
+    res = json.loads(out2.read_text())
+    assert res["bound"] - 1e-3 <= res["bound_crown"] <= res["elbo"] + 1e-3
     assert (tmp_path / "img.png").stat().st_size > 0
 
 

@@ -234,7 +234,7 @@ def cmd_vae(args) -> int:
     data = load_dataset(args.data or meta["config"]["data"], "test", args.data_dir).subset(0, args.count)
     x = data.x.to(args.device)
     eps_bound = meta["config"]["eps"] if args.eps_bound is None else args.eps_bound
-    res = evaluate_vae(vae, x, eps_bound, args.attack_eps, attack_steps=args.steps)
+    res = evaluate_vae(vae, x, eps_bound, args.attack_eps, attack_steps=args.steps, crown=args.crown)
     d = x[0].numel()
     rows = [{"quantity": k, "per image": v, "per pixel": v / d} for k, v in res.items()]
     print(f"{Path(args.checkpoint).parent.name}: {len(x)} test images, certified bound at eps={eps_bound}")
@@ -394,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--count", type=int, default=1000, help="test images (eval)")
     va.add_argument("--eps-bound", type=float, default=None, help="radius of the certified bound (default ε_train)")
     va.add_argument("--attack-eps", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
+    va.add_argument("--crown", action="store_true", help="also the certified bound with CROWN (tighter, slower)")
     va.add_argument("--steps", type=int, default=20, help="PGD steps of the ELBO attack")
     va.add_argument("--images", default=None, help="PNG of inputs, reconstructions, attacks and prior samples")
     _add_common(va)

@@ -141,11 +141,13 @@ def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, p
 
 @torch.no_grad()
 def evaluate_vae(vae: VAE, x: torch.Tensor, eps_bound: float, attack_eps: list[float], draws: int = 8,
-                 attack_steps: int = 20, batch_size: int = 200, seed: int = 0) -> dict:
-    """Mean ELBO, certified bound at ``eps_bound`` and ELBO under PGD at each attack radius (all averaged over
-    ``draws`` reparameterisation draws, per input, then over inputs); per pixel values are these / d."""
+                 attack_steps: int = 20, batch_size: int = 200, seed: int = 0, crown: bool = False) -> dict:
+    """Mean ELBO, certified bound at ``eps_bound`` (IBP, and with ``crown`` also CROWN's: ``bound_crown``) and
+    ELBO under PGD at each attack radius (all averaged over ``draws`` reparameterisation draws, per input, then
+    over inputs); per pixel values are these / d."""
     gen = torch.Generator().manual_seed(seed)
-    sums = {"elbo": 0.0, "bound": 0.0, **{f"pgd@{e}": 0.0 for e in attack_eps}}
+    sums = {"elbo": 0.0, "bound": 0.0, **({"bound_crown": 0.0} if crown else {}),
+            **{f"pgd@{e}": 0.0 for e in attack_eps}}
     n = len(x)
     for i in range(0, n, batch_size):
         xb = x[i:i + batch_size]
@@ -153,6 +155,8 @@ def evaluate_vae(vae: VAE, x: torch.Tensor, eps_bound: float, attack_eps: list[f
         nus = [torch.randn(B, vae.latent, generator=gen).to(xb) for _ in range(draws)]
         sums["elbo"] += sum(vae.elbo(xb, nu).sum().item() for nu in nus) / draws
         sums["bound"] += sum(vae.elbo_bound(xb, eps_bound, nu).sum().item() for nu in nus) / draws
+        if crown:
+            sums["bound_crown"] += sum(vae.elbo_bound(xb, eps_bound, nu, "crown").sum().item() for nu in nus) / draws
         for e in attack_eps:
             with torch.enable_grad():
                 xa = elbo_attack(vae, xb, e, attack_steps, samples=4, generator=gen)
