@@ -1,7 +1,8 @@
 """Table and plots of the Bayesian runs in a results folder (JSON files written by `certkit bayes eval --out`):
 the paper's Fig. 1 (a bar per inference method: accuracy, PGD and certified accuracy, one panel per likelihood)
 and Fig. 3 (predictive entropy on in- and out-of-distribution test images).
-Usage: python benchmarks/bayes_table.py benchmarks/results/bnn-mnist"""
+Usage: python benchmarks/bayes_table.py benchmarks/results/bnn-mnist
+       python benchmarks/bayes_table.py --markdown benchmarks/results/bnn-mnist benchmarks/results/bnn-fashion-mnist"""
 
 from __future__ import annotations
 
@@ -18,12 +19,34 @@ METHODS = ["bbb", "noisy-adam", "vogn", "swag", "hmc"]
 LIKS = ["standard", "pgd", "ibp"]
 
 
-def main(folder: str) -> None:
-    out = Path(folder)
+def load(folder: Path) -> dict:
     runs = {}
-    for f in sorted(out.glob("*.json")):
+    for f in sorted(folder.glob("*.json")):
         r = json.loads(f.read_text())
         runs[(r["method"], r["likelihood"])] = r
+    return runs
+
+
+def markdown(folders: list[str]) -> None:
+    """README rows: one per method and likelihood, one column group per data set (percent)."""
+    sets = [(Path(f).name.removeprefix("bnn-"), load(Path(f))) for f in folders]
+    print("| likelihood | method | " + " | ".join(f"{n}: clean / PGD / IBP-cert / LBP-cert / AUROC" for n, _ in sets)
+          + " |")
+    print("|---|---|" + "---|" * len(sets))
+    for lik in LIKS:
+        for m in METHODS:
+            cells = []
+            for _, runs in sets:
+                r = runs.get((m, lik))
+                cells.append("—" if r is None else " / ".join(
+                    f"{100 * r[k]:.1f}" for k in ("accuracy", "pgd_accuracy", "ibp_certified", "crown_certified"))
+                    + f" / {r['ood_auroc']:.2f}")
+            print(f"| {lik} | {m} | " + " | ".join(cells) + " |")
+
+
+def main(folder: str) -> None:
+    out = Path(folder)
+    runs = load(out)
     head = f"{'method':<11} {'likelihood':<9} {'n':>5} {'acc':>6} {'PGD':>6} {'IBP-cert':>8} {'LBP-cert':>8} " \
            f"{'AUROC':>6} {'w std':>7} {'train s':>8}  info"
     print(head)
@@ -74,4 +97,7 @@ def main(folder: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--markdown":
+        markdown(sys.argv[2:])
+    else:
+        main(sys.argv[1])
