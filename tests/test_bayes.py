@@ -337,3 +337,24 @@ def test_pgd_likelihood_per_example_gradients_run_the_attack_outside_vmap():
         torch.testing.assert_close(per[k].sum(0), g, rtol=1e-4, atol=1e-5)
     post = inf.vogn(model, x, y, ll, 1, 6, 1e-3, curvature_batch=3, n_samples=2)
     assert len(post.samples) == 2
+
+
+def test_cifar10_cnn_code_path_on_the_shared_test_images(shared, recwarn):
+    """The paper's CIFAR-10 CNN (2x conv 32 k4, maxpool, fc 512, fc 10) at eps = 1/255 runs end to end on the
+    1,000 shared test images (shape only: real training needs the CIFAR-10 training set)."""
+    from functools import partial
+
+    from certkit.bayes import inference as inf
+    from certkit.bayes.likelihood import ScheduledLoglik, robust_loglik
+    from certkit.data import load_dataset
+    from certkit.models import build
+
+    data = load_dataset("cifar10", "test", shared / "data")
+    x, y = data.x[:32], data.y[:32]
+    torch.manual_seed(0)
+    model = build("bnn-cnn", data.shape, 10, data.mean, data.std).eval()
+    ll = ScheduledLoglik(partial(robust_loglik, lam=0.25, worst="ibp", num_classes=10, mix="log"), 1 / 255, 0)
+    post = inf.vogn(model, x, y, ll, 1, 32, 1e-4, temperature=1e-3, damping=0.01, curvature_batch=4, n_samples=2)
+    for method in ("ibp", "crown"):
+        cert = certify_posterior(model, post.samples, x[:4], y[:4], 1 / 255, method)
+        assert cert.certified.shape == (4,) and (cert.lower <= cert.upper + 1e-6).all()

@@ -257,17 +257,20 @@ def cmd_bayes(args) -> int:
     if args.action == "train":
         cfg = run.read_config(load_config(args.config))
         out = Path(args.out or Path("runs") / cfg["name"])
-        model, post, seconds = run.run_inference(cfg, args.data_dir, cache_dir=out.parent / ".warm-start")
+        model, post, seconds = run.run_inference(cfg, args.data_dir, cache_dir=out.parent / ".warm-start",
+                                                 device=args.device or "cpu")
         run.save_run(out, cfg, post, seconds)
         print(f"{cfg['method']} with the {cfg['likelihood']} likelihood: {len(post.samples)} weight samples in "
               f"{seconds:.0f} s -> {out / 'posterior.safetensors'}")
         return 0
-    model, post, cfg = run.load_run(Path(args.run))
+    model, post, cfg = run.load_run(Path(args.run), args.device)
     data = load_dataset(args.data or cfg["data"], "test", args.data_dir).subset(0, args.count)
-    res = run.evaluate(model, post, data.x, data.y, args.eps, tuple(args.methods), args.pgd_steps)
+    x, y = data.x.to(args.device), data.y.to(args.device)
+    res = run.evaluate(model, post, x, y, args.eps, tuple(args.methods), args.pgd_steps)
     if args.ood:
         ood = load_dataset(args.ood, "test", args.data_dir).subset(0, args.count)
-        h_in, h_out = run.predictive_entropy(post, data.x), run.predictive_entropy(post, ood.x)
+        h_in, h_out = run.predictive_entropy(post, x), run.predictive_entropy(post, ood.x.to(args.device))
+        h_in, h_out = h_in.cpu(), h_out.cpu()
         res.update(entropy_in=float(h_in.mean()), entropy_out=float(h_out.mean()), ood_auroc=run.auroc(h_in, h_out))
     res = {"method": cfg["method"], "likelihood": cfg["likelihood"], **res,
            "train_seconds": cfg.get("train_seconds"), "info": cfg.get("info", {})}

@@ -70,7 +70,7 @@ def warm_start(cfg: dict, model: nn.Module, x, y, ll, cache_dir: Path | None) ->
     if path is not None and path.exists():
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return load_file(str(path), device=str(x.device))
     params = inf.fit_map(model, x, y, ll, cfg["map_epochs"], cfg["batch_size"], cfg["map_lr"],
                          prior_std=cfg["prior_std"], seed=cfg["seed"])
     if path is not None:
@@ -78,21 +78,22 @@ def warm_start(cfg: dict, model: nn.Module, x, y, ll, cache_dir: Path | None) ->
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in params.items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(tmp))
         tmp.replace(path)
     return params
 
 
-def run_inference(cfg: dict, data_dir=None, cache_dir: Path | None = None) -> tuple[nn.Module, inf.Posterior, float]:
+def run_inference(cfg: dict, data_dir=None, cache_dir: Path | None = None,
+                  device: str = "cpu") -> tuple[nn.Module, inf.Posterior, float]:
     data = load_dataset(cfg["data"], "train", data_dir)
     if cfg["train_n"]:
         data = data.subset(0, cfg["train_n"])
     torch.manual_seed(cfg["seed"])
-    model = build(cfg["arch"], data.shape, data.num_classes, data.mean, data.std, **cfg["kwargs"]).eval()
+    model = build(cfg["arch"], data.shape, data.num_classes, data.mean, data.std, **cfg["kwargs"]).eval().to(device)
     robust = None if cfg["likelihood"] == "standard" else partial(
         robust_loglik, lam=cfg["lam"], worst=cfg["likelihood"], num_classes=data.num_classes,
         pgd_steps=cfg["pgd_steps"], mix=cfg["mix"])
-    x, y = data.x, data.y
+    x, y = data.x.to(device), data.y.to(device)
     t0 = time.time()
     steps = cfg["pgd_steps"] if cfg["likelihood"] == "pgd" else None
     init = warm_start(cfg, model, x, y, robust and ScheduledLoglik(robust, cfg["eps"], cfg["ramp_epochs"], steps)
@@ -189,8 +190,10 @@ def save_run(out: Path, cfg: dict, post: inf.Posterior, seconds: float) -> None:
                                                 indent=1))
 
 
-def load_run(out: Path) -> tuple[nn.Module, inf.Posterior, dict]:
+def load_run(out: Path, device: str = "cpu") -> tuple[nn.Module, inf.Posterior, dict]:
     cfg = json.loads((Path(out) / "config.json").read_text())
     a = cfg["arch_meta"]
     model = build(cfg["arch"], a["in_shape"], a["num_classes"], a["mean"], a["std"], **cfg["kwargs"]).eval()
-    return model, inf.Posterior.load(Path(out) / "posterior.safetensors", model), cfg
+    post = inf.Posterior.load(Path(out) / "posterior.safetensors", model.to(device))
+    post.samples = [{k: v.to(device) for k, v in s.items()} for s in post.samples]
+    return model, post, cfg
