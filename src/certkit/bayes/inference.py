@@ -141,31 +141,41 @@ def _gaussian_samples(mu: Params, var: Params, n: int, gen) -> list[Params]:
     return [_perturb(mu, var, gen) for _ in range(n)]
 
 
-def noisy_adam(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
-               prior_std: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, n_samples: int = 10,
-               temperature: float = 1.0, curvature_batch: int | None = None, damping: float = 0.0,
-               init: Params | None = None, seed: int = 0) -> Posterior:
+def _natural_gradient_vi(model, x, y, loglik: LogLik, epochs: int, batch_size: int, lr: float, prior_std: float,
+                         beta1: float, beta2: float, n_samples: int, temperature: float, curvature_batch: int | None,
+                         damping: float, init: Params | None, seed: int, adam: bool, name: str) -> Posterior:
+    """The shared loop of Noisy Adam and VOGN: weights drawn from N(μ, T/(N·(ŝ + γ + damping))), ŝ the
+    bias-corrected EMA of squared per-example gradients; the mean steps by m̂/(√ŝ + ·) (Adam) or m̂/(ŝ + ·)."""
     gen = torch.Generator().manual_seed(seed)
     mu = {k: v.clone() for k, v in (init or params_of(model)).items()}
     n = len(y)
     gamma = 1.0 / (n * prior_std ** 2)  # the prior's precision per example
     damp = gamma + damping
+    s = {k: torch.zeros_like(v) for k, v in mu.items()}
     m = {k: torch.zeros_like(v) for k, v in mu.items()}
-    f = {k: torch.zeros_like(v) for k, v in mu.items()}
     t = 0
     for _ in _epochs(epochs, loglik):
         for idx in _batches(n, batch_size, gen):
+            var = {k: temperature / (n * (s[k] / (1 - beta2 ** t) + damp)) if t else
+                   torch.full_like(s[k], prior_std ** 2 * 1e-4) for k in mu}
             t += 1
-            var = {k: temperature / (n * (f[k] / (1 - beta2 ** max(t - 1, 1)) + damp)) if t > 1
-                   else torch.full_like(f[k], prior_std ** 2 * 1e-4) for k in mu}
             gmean, sq = _grad_and_curvature(model, loglik, _perturb(mu, var, gen), x[idx], y[idx], curvature_batch)
-            for k in mu:
-                gk = gmean[k]
-                f[k] = beta2 * f[k] + (1 - beta2) * sq[k]  # empirical Fisher diagonal
-                m[k] = beta1 * m[k] + (1 - beta1) * (gk + gamma * mu[k])
-                mu[k] = mu[k] - lr * (m[k] / (1 - beta1 ** t)) / ((f[k] / (1 - beta2 ** t)).sqrt() + damp)
-    var = {k: temperature / (n * (f[k] / (1 - beta2 ** t) + damp)) for k in mu}
-    return Posterior(model, _gaussian_samples(mu, var, n_samples, gen), "noisy-adam", {"mean": mu, "var": var})
+            for k in mu:  # moments bias-corrected as in Adam
+                s[k] = beta2 * s[k] + (1 - beta2) * sq[k]
+                m[k] = beta1 * m[k] + (1 - beta1) * (gmean[k] + gamma * mu[k])
+                s_hat = s[k] / (1 - beta2 ** t)
+                mu[k] = mu[k] - lr * (m[k] / (1 - beta1 ** t)) / ((s_hat.sqrt() if adam else s_hat) + damp)
+    var = {k: temperature / (n * (s[k] / (1 - beta2 ** t) + damp)) for k in mu}
+    return Posterior(model, _gaussian_samples(mu, var, n_samples, gen), name, {"mean": mu, "var": var})
+
+
+def noisy_adam(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+               prior_std: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, n_samples: int = 10,
+               temperature: float = 1.0, curvature_batch: int | None = None, damping: float = 0.0,
+               init: Params | None = None, seed: int = 0) -> Posterior:
+    """Zhang et al. 2018 (module docstring): Adam's update of the mean, the empirical Fisher as precision."""
+    return _natural_gradient_vi(model, x, y, loglik, epochs, batch_size, lr, prior_std, beta1, beta2, n_samples,
+                                temperature, curvature_batch, damping, init, seed, adam=True, name="noisy-adam")
 
 
 def per_example_grads(model, loglik: LogLik, params: Params, x, y) -> Params:
@@ -204,26 +214,9 @@ def vogn(model, x, y, loglik: LogLik, epochs: int = 10, batch_size: int = 128, l
          prior_std: float = 1.0, beta1: float = 0.9, beta2: float = 0.999, n_samples: int = 10,
          temperature: float = 1.0, curvature_batch: int | None = None, damping: float = 0.0,
          init: Params | None = None, seed: int = 0) -> Posterior:
-    gen = torch.Generator().manual_seed(seed)
-    mu = {k: v.clone() for k, v in (init or params_of(model)).items()}
-    n = len(y)
-    gamma = 1.0 / (n * prior_std ** 2)
-    damp = gamma + damping
-    s = {k: torch.zeros_like(v) for k, v in mu.items()}
-    m = {k: torch.zeros_like(v) for k, v in mu.items()}
-    t = 0
-    for _ in _epochs(epochs, loglik):
-        for idx in _batches(n, batch_size, gen):
-            var = {k: temperature / (n * (s[k] / (1 - beta2 ** t) + damp)) if t else
-                   torch.full_like(s[k], prior_std ** 2 * 1e-4) for k in mu}
-            t += 1
-            gmean, sq = _grad_and_curvature(model, loglik, _perturb(mu, var, gen), x[idx], y[idx], curvature_batch)
-            for k in mu:  # moments bias-corrected as in Adam (Osawa et al. 2019)
-                s[k] = beta2 * s[k] + (1 - beta2) * sq[k]
-                m[k] = beta1 * m[k] + (1 - beta1) * (gmean[k] + gamma * mu[k])
-                mu[k] = mu[k] - lr * (m[k] / (1 - beta1 ** t)) / (s[k] / (1 - beta2 ** t) + damp)
-    var = {k: temperature / (n * (s[k] / (1 - beta2 ** t) + damp)) for k in mu}
-    return Posterior(model, _gaussian_samples(mu, var, n_samples, gen), "vogn", {"mean": mu, "var": var})
+    """Khan et al. 2018 / Osawa et al. 2019 (module docstring): a Newton-like step with the Gauss–Newton diagonal."""
+    return _natural_gradient_vi(model, x, y, loglik, epochs, batch_size, lr, prior_std, beta1, beta2, n_samples,
+                                temperature, curvature_batch, damping, init, seed, adam=False, name="vogn")
 
 
 def swag(model, x, y, loglik: LogLik, epochs: int = 10, swa_start: int = 5, batch_size: int = 128,
