@@ -123,3 +123,13 @@ def test_warm_up_then_linear_eps_ramp():
     cfg = VAEConfig(eps=0.1, warmup_epochs=1, ramp_epochs=4)
     assert [_ramp(cfg, t) for t in (0, 0.5, 1, 2, 3, 5, 9)] == pytest.approx([0, 0, 0, 0.25, 0.5, 1, 1])
     assert _ramp(VAEConfig(eps=0.1, ramp_epochs=0), 0) == 1.0
+
+
+def test_several_draws_at_once_equal_one_draw_at_a_time(vae):
+    torch.manual_seed(5)
+    x, nus = torch.rand(3, 1, 28, 28), torch.randn(4, 3, 8)
+    with torch.no_grad():
+        for method in ("ibp", "crown"):
+            together = vae.elbo_bound(x, 0.03, nus, method)
+            one_by_one = torch.stack([vae.elbo_bound(x, 0.03, nu, method) for nu in nus])
+            torch.testing.assert_close(together, one_by_one, rtol=1e-5, atol=1e-2)

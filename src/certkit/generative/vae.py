@@ -66,7 +66,8 @@ class VAE(nn.Module):
     def elbo_bound(self, x: torch.Tensor, eps: float | torch.Tensor, nu: torch.Tensor,
                    method: str = "ibp") -> torch.Tensor:
         """A certified lower bound on ELBO_ν(x') for all x' in [x − ε, x + ε] ∩ [0, 1] (module docstring);
-        ``method``: 'ibp' (differentiable, for training) or 'crown' (tighter, for evaluation)."""
+        ``method``: 'ibp' (differentiable, for training) or 'crown' (tighter, for evaluation). ``nu`` (B, latent)
+        gives (B,); (D, B, latent), D draws at once, gives (D, B) with the encoder bounded once."""
         if method == "ibp":
             bounds = interval_bounds
         elif method == "crown":
@@ -74,24 +75,28 @@ class VAE(nn.Module):
         else:
             raise ValueError(f"method must be 'ibp' or 'crown', got {method!r}")
         box = LinfBall(x, eps, domain=(0.0, 1.0))
-        enc = bounds(self.encoder, box)
+        enc = bounds(self.encoder, box)  # independent of ν: once for every draw
+        draws = nu.dim() == 3
+        nu = nu if draws else nu.unsqueeze(0)  # (D, B, latent)
+        D, B = nu.shape[:2]
         mu_l, mu_u = enc.lower[:, : self.latent], enc.upper[:, : self.latent]
         s_l, s_u = enc.lower[:, self.latent:], enc.upper[:, self.latent:]
         kl_up = 0.5 * (torch.maximum(mu_l.pow(2), mu_u.pow(2))
                        + torch.maximum((2 * s_l).exp() - 2 * s_l, (2 * s_u).exp() - 2 * s_u) - 1).sum(1)
         pos = nu >= 0
-        z_l = mu_l + torch.where(pos, s_l.exp(), s_u.exp()) * nu
-        z_u = mu_u + torch.where(pos, s_u.exp(), s_l.exp()) * nu
+        z_l = (mu_l + torch.where(pos, s_l.exp(), s_u.exp()) * nu).flatten(0, 1)  # (D·B, latent)
+        z_u = (mu_u + torch.where(pos, s_u.exp(), s_l.exp()) * nu).flatten(0, 1)
         finite = (torch.isfinite(z_l) & torch.isfinite(z_u)).all(1)  # σ's bound can overflow exp: then g ∈ [0, 1]
         zero = torch.zeros_like(z_l)
         ok = finite[:, None]
         dec = bounds(self.decoder, Box(torch.where(ok, z_l, zero), torch.where(ok, z_u, zero)))
         view = (-1,) + (1,) * (dec.lower.dim() - 1)
-        g_l = torch.where(finite.view(view), dec.lower, torch.zeros_like(dec.lower))
-        g_u = torch.where(finite.view(view), dec.upper, torch.ones_like(dec.upper))
+        g_l = torch.where(finite.view(view), dec.lower, torch.zeros_like(dec.lower)).unflatten(0, (D, B))
+        g_u = torch.where(finite.view(view), dec.upper, torch.ones_like(dec.upper)).unflatten(0, (D, B))
         far = torch.maximum((box.upper - g_l).abs(), (g_u - box.lower).abs())
-        rec_up = far.flatten(1).pow(2).sum(1)
-        return -rec_up / (2 * self.sigma0 ** 2) - self._log_norm() - kl_up
+        rec_up = far.flatten(2).pow(2).sum(2)
+        out = -rec_up / (2 * self.sigma0 ** 2) - self._log_norm() - kl_up
+        return out if draws else out[0]
 
 
 def elbo_attack(vae: VAE, x: torch.Tensor, eps: float, steps: int = 40, step_size: float | None = None,
