@@ -177,70 +177,113 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
     (``estimator="median"``); the geometric mean ``exp(mean_k log|G·r_k|)`` (``"geometric"``) is exact in
     expectation in log space (E log|C| = log s for C ~ Cauchy(0, s)), has the same relative standard error
     π/(2√k) and needs no sort, but its gradient (1/P terms) is heavy-tailed; ``"auto"`` takes the median when
-    gradients are being recorded and the geometric mean otherwise. A ReLU's new error
+    gradients are being recorded and the geometric mean otherwise. Where the set is still a linear image of the
+    input box (up to the first ReLU after an affine layer), the radius is computed exactly (|W|·r) instead, and
+    projections are only propagated as far as an estimate needs them. A ReLU's new error
     term of size β on neuron j adds ``β_j·c`` with a fresh Cauchy c per projection. Only the ReLUs' inputs get
     estimates. These are estimates, **not sound bounds**: for training only. Differentiable in the
     weights (COLT's ReLU-stability regulariser uses them). With ``return_all``, a dict {node: Bounds} of the
-    estimates at every ReLU input and at ``stop`` (default: the output) is returned instead.
+    estimates at every ReLU input up to ``stop`` (default: the output) is returned instead.
     """
     graph = g.to_graph(model)
     lo, up = input_set.lower, input_set.upper
     c, r = (lo + up) / 2, (up - lo) / 2
     B, k = c.shape[0], projections
-
-    def cauchy(shape):
-        u = torch.rand(shape, generator=generator, dtype=c.dtype).to(c.device)
-        return torch.tan(math.pi * (u - 0.5))
-
-    vals: list[tuple[torch.Tensor, torch.Tensor]] = []
-    P = r.unsqueeze(1) * cauchy((B, k, *c.shape[1:]))  # (B, k, *shape): G·R for the diagonal input generators
-
     if estimator == "auto":
         estimator = "median" if torch.is_grad_enabled() else "geometric"
     if estimator not in ("median", "geometric"):
         raise ValueError(f"estimator must be 'median', 'geometric' or 'auto', got {estimator!r}")
+    stop = graph.output if stop is None else stop
+    nodes = graph.nodes[: stop + 1]
+    box, exact = _exact_radii(nodes)
+    # projections are only propagated when some estimate needs them
+    needs = [i for i, n in enumerate(nodes) if isinstance(n.op, g.ReLU) and not exact[n.inputs[0]]]
+    if not exact[stop] and not return_all:
+        needs.append(stop)
+    last = max(needs, default=-1)
+
+    def cauchy(shape):
+        u = torch.rand(shape, generator=generator, dtype=c.dtype).to(c.device)
+        return u.sub_(0.5).mul_(math.pi).tan_()
 
     def radius(P):
         if estimator == "median":
             return P.abs().median(1).values
         return P.abs().clamp_min(1e-30).log().mean(1).exp()  # exp E log|Cauchy(0, s)| = s
 
-    stop = graph.output if stop is None else stop
+    # per node: (centre, projections G·R or None, exact radius or None)
+    vals: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
     est: dict[int, Bounds] = {}
-    for node in graph.nodes[: stop + 1]:
+    for i, node in enumerate(nodes):
         op = node.op
         if isinstance(op, g.Input):
-            vals.append((c, P))
+            vals.append((c, r.unsqueeze(1) * cauchy((B, k, *c.shape[1:])) if last >= 0 else None, r))
             continue
-        x, Px = vals[node.inputs[0]]
+        x, Px, rx = vals[node.inputs[0]]
+        ry = None
         if isinstance(op, (g.AffineOp, g.AvgPool2d)):
             y = op.forward(x)
-            Py = _linear_op(op, Px.reshape(B * k, *Px.shape[2:])).reshape(B, k, *y.shape[1:])
+            if exact[i]:  # the image of a box: radius |W|·r
+                ry = op.apply(rx, op.weight.abs(), None) if isinstance(op, g.AffineOp) else op.forward(rx)
         elif isinstance(op, (g.Flatten, g.Unflatten)):
             y = op.forward(x)
-            Py = Px.reshape(B, k, *y.shape[1:])
+            ry = None if rx is None else op.forward(rx)
         elif isinstance(op, g.ReLU):
-            rad = radius(Px)
+            rad = rx if rx is not None else radius(Px)
             l, u = x - rad, x + rad
             est[node.inputs[0]] = Bounds(l, u)
             unstable, active = (l < 0) & (u > 0), l >= 0
             lam = torch.where(unstable, u / (u - l).clamp_min(1e-30), active.to(l.dtype))
             half = torch.where(unstable, -lam * l / 2, torch.zeros_like(l))
             y = lam * x + half
-            Py = lam.unsqueeze(1) * Px + half.unsqueeze(1) * cauchy(Px.shape)
+            if exact[i]:
+                ry = lam * rx + half
+            if i <= last:
+                Px = lam.unsqueeze(1) * Px + half.unsqueeze(1) * cauchy(Px.shape)
         elif isinstance(op, g.Add):
-            (a, Pa), (b, Pb) = (vals[j] for j in node.inputs)
-            y, Py = a + b, Pa + Pb
+            (a, Pa, _), (b, Pb, _) = (vals[j] for j in node.inputs)
+            y, Px = a + b, (None if Pa is None or Pb is None else Pa + Pb)
         else:
             raise g.UnsupportedOpError(f"Cauchy estimates have no rule for {op!r} (node '{node.name}')")
-        vals.append((y, Py))
-    y, Py = vals[stop]
+        Py = None
+        if i <= last and Px is not None and not isinstance(op, (g.ReLU, g.Add)):
+            Py = (_linear_op(op, Px.reshape(B * k, *Px.shape[2:])).reshape(B, k, *y.shape[1:])
+                  if isinstance(op, (g.AffineOp, g.AvgPool2d)) else Px.reshape(B, k, *y.shape[1:]))
+        elif isinstance(op, (g.ReLU, g.Add)):
+            Py = Px if i <= last else None
+        vals.append((y, Py, ry))
     if return_all:
-        if stop not in est:
-            est[stop] = Bounds(y - radius(Py), y + radius(Py))
         return est
-    rad = radius(Py)
+    y, Py, ry = vals[stop]
+    rad = ry if ry is not None else radius(Py)
     return Bounds(y - rad, y + rad)
+
+
+def _exact_radii(nodes) -> tuple[list[bool], list[bool]]:
+    """Which nodes' DeepZ sets are still boxes, and which have a radius computable exactly without projections:
+    a box, a linear image of a box (|W|·r), or a ReLU of such a set (λ·r + β, its relaxation's radius)."""
+    box: list[bool] = []
+    exact: list[bool] = []
+    for node in nodes:
+        op = node.op
+        if isinstance(op, g.Input):
+            box.append(True)
+            exact.append(True)
+            continue
+        j = node.inputs[0]
+        if isinstance(op, (g.AffineOp, g.AvgPool2d)):
+            box.append(box[j] and isinstance(op, g.ChannelAffine))
+            exact.append(box[j])
+        elif isinstance(op, (g.Flatten, g.Unflatten)):
+            box.append(box[j])
+            exact.append(exact[j])
+        elif isinstance(op, g.ReLU):
+            box.append(box[j])
+            exact.append(exact[j])
+        else:
+            box.append(False)
+            exact.append(False)
+    return box, exact
 
 
 def latent_point(model, input_set: InputSet, bounds: list[Bounds], e: list[torch.Tensor],
