@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from certkit import LinfBall, Normalize, Residual, interval_bounds, margin_spec, to_graph
+from certkit import graph as g
 from certkit.bounds.zonotope import Zonotope, cauchy_bounds, zonotope_bounds
 from certkit.specs import Box
 from conftest import assert_contained
@@ -84,14 +85,29 @@ def test_cauchy_estimate_of_row_l1_norms_is_within_its_stated_error():
     """The median of k |Cauchy(0, s)| draws estimates s with relative standard error π/(2√k)."""
     torch.manual_seed(0)
     k = 400
-    model = nn.Sequential(nn.Linear(300, 1000)).eval()
+    model = nn.Sequential(nn.Linear(300, 300), nn.Linear(300, 1000)).eval()
+    with torch.no_grad():  # an identity first map: two maps in a row are estimated, not computed exactly
+        model[0].weight.copy_(torch.eye(300))
     s = Box(torch.zeros(1, 300) - 1, torch.ones(1, 300))
     est = cauchy_bounds(model, s, projections=k, generator=torch.Generator().manual_seed(0))
-    exact = model[0].weight.abs().sum(1)
+    exact = model[1].weight.abs().sum(1)
     rel = ((est.upper - est.lower)[0] / 2 - exact) / exact
     sd = math.pi / (2 * math.sqrt(k))
     assert rel.abs().mean() < sd  # the mean absolute error is ~0.8 sd
     assert (rel.abs() > 3 * sd).float().mean() < 0.01  # 3 sd: 0.27 % expected
+
+
+def test_cauchy_bounds_are_exact_while_the_set_is_an_image_of_the_box():
+    """Up to the first ReLU (and through it) the radii are computed, not estimated: equal to DeepZ's."""
+    model = net(5)
+    s = LinfBall(torch.rand(2, 2, 8, 8), 0.05)
+    _, zs = zonotope_bounds(model, s, return_all=True)
+    relus = [i for i, n in enumerate(g.to_graph(model).nodes) if isinstance(n.op, g.ReLU)]
+    est = cauchy_bounds(model, s, projections=3, return_all=True, stop=relus[0])
+    assert set(est) == {relus[0] - 1}
+    first = zs[relus[0] - 1].bounds()
+    torch.testing.assert_close(est[relus[0] - 1].lower, first.lower)
+    torch.testing.assert_close(est[relus[0] - 1].upper, first.upper)
 
 
 def test_cauchy_bounds_track_the_zonotope_on_a_relu_net():

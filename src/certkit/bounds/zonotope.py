@@ -223,7 +223,7 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
         ry = None
         if isinstance(op, (g.AffineOp, g.AvgPool2d)):
             y = op.forward(x)
-            if exact[i]:  # the image of a box: radius |W|·r
+            if exact[i]:  # the image of a box, or a per-channel scaling of an exact set: radius |W|·r
                 ry = op.apply(rx, op.weight.abs(), None) if isinstance(op, g.AffineOp) else op.forward(rx)
         elif isinstance(op, (g.Flatten, g.Unflatten)):
             y = op.forward(x)
@@ -261,7 +261,8 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
 
 def _exact_radii(nodes) -> tuple[list[bool], list[bool]]:
     """Which nodes' DeepZ sets are still boxes, and which have a radius computable exactly without projections:
-    a box, a linear image of a box (|W|·r), or a ReLU of such a set (λ·r + β, its relaxation's radius)."""
+    a box, a linear image of a box (|W|·r), a per-channel scaling of such a set, or a ReLU of one (λ·r + β, its
+    relaxation's radius)."""
     box: list[bool] = []
     exact: list[bool] = []
     for node in nodes:
@@ -271,8 +272,11 @@ def _exact_radii(nodes) -> tuple[list[bool], list[bool]]:
             exact.append(True)
             continue
         j = node.inputs[0]
-        if isinstance(op, (g.AffineOp, g.AvgPool2d)):
-            box.append(box[j] and isinstance(op, g.ChannelAffine))
+        if isinstance(op, g.ChannelAffine):  # diagonal: keeps a box a box and an exact radius exact
+            box.append(box[j])
+            exact.append(exact[j])
+        elif isinstance(op, (g.AffineOp, g.AvgPool2d)):
+            box.append(False)
             exact.append(box[j])
         elif isinstance(op, (g.Flatten, g.Unflatten)):
             box.append(box[j])
