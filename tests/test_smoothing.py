@@ -1,6 +1,7 @@
 """Randomized smoothing: certificates against closed forms and each other, and statistical soundness."""
 
 import math
+import tempfile
 
 import numpy as np
 import pytest
@@ -259,3 +260,21 @@ def test_smooth_attack_command(tmp_path, attack, capsys):
                  "--count", "8", "--attack", attack, "--eps", "0.5", "--m", "2", "--steps", "3", "--n", "20",
                  "--sigma", "0.25"]) == 0
     assert "smoothed accuracy under attack" in capsys.readouterr().out
+
+
+def test_recertify_from_stored_counts_reproduces_and_compares_certificates():
+    from certkit.smoothing.run import certify_dataset, recertify
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    smooth = Smooth(base, 3, Noise("gaussian", 0.5), 500)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    with tempfile.TemporaryDirectory() as d:
+        rows = certify_dataset(smooth, x, y, list(range(8)), 50, 2000, 0.01, "renyi", f"{d}/r", progress=False)
+    again = recertify(rows, "renyi", 0.01, 0.5)
+    assert [r["radius"] for r in again] == pytest.approx([r["radius"] for r in rows])
+    cohen = recertify(rows, "cohen2", 0.01, 0.5)  # same p_A, p_B bounds: Cohen's (tight) bound is the larger
+    assert all(c["radius"] >= r["radius"] - 1e-9 for c, r in zip(cohen, rows))
+    assert sum(r["radius"] > 0 for r in rows) >= 4
+    with pytest.raises(ValueError, match="selected class"):
+        recertify([{k: v for k, v in r.items() if k != "top"} for r in rows], "cohen", 0.01, 0.5)

@@ -145,11 +145,13 @@ def cmd_verify(args) -> int:
 def cmd_smooth(args) -> int:
     from certkit.report import format_table
     from certkit.smoothing import Noise, Smooth
-    from certkit.smoothing.run import certify_dataset, load_rows, report
+    from certkit.smoothing.run import certify_dataset, load_rows, recertify, report
 
     _need(args, **({"results": "--results"} if args.action == "report" else {"checkpoint": "--checkpoint"}))
     if args.action == "report":
         rows = load_rows(args.results)
+        if args.recertify:
+            rows = recertify(rows, args.recertify, args.alpha, args.sigma)
         table = report(rows, args.radii, args.alpha)
         print(format_table(table))
         if args.plot:
@@ -371,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--sigma", type=float, default=0.25, help="noise scale (σ, or λ for laplace/uniform)")
     sm.add_argument("--certificate", default="cohen",
                     choices=["cohen", "cohen2", "renyi", "pixeldp", "laplace", "laplace1", "uniform"])
+    sm.add_argument("--recertify", default=None, choices=["cohen", "cohen2", "renyi", "pixeldp", "laplace", "laplace1",
+                                                           "uniform"],
+                    help="report: recompute the radii with this certificate from the stored counts (--sigma, --alpha)")
     sm.add_argument("--n0", type=int, default=100)
     sm.add_argument("--n", type=int, default=100_000, help="noise draws for the bound (CERTIFY) or the vote")
     sm.add_argument("--alpha", type=float, default=0.001)

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from certkit.io import ResultsWriter
-from certkit.smoothing.smooth import Smooth, certified_accuracy, certified_accuracy_lower
+from certkit.smoothing.smooth import Smooth, certified_accuracy, certified_accuracy_lower, certify_counts
 
 TSV_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
@@ -46,7 +46,7 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, indices: l
             batch_rows.append({"idx": indices[k], "label": int(y[k]), "predict": pred, "radius": radius,
                                "correct": int(pred == int(y[k])), "time": time.perf_counter() - t0,
                                "pa_lower": float(res.pa_lower[0]), "pb_upper": float(res.pb_upper[0]),
-                               "counts": res.counts[0].tolist(), "norm": res.norm})
+                               "counts": res.counts[0].tolist(), "top": int(res.top[0]), "norm": res.norm})
         writer.write(batch_rows)
         rows += batch_rows
         _rewrite_tsv(out.with_suffix(".tsv"), rows)
@@ -62,6 +62,21 @@ def report(rows: list[dict], radii, alpha: float) -> list[dict]:
     lower = certified_accuracy_lower(radius, correct, radii, alpha)
     return [{"radius": float(r), "n": len(rows), "certified": float(a), "certified_hp_lower": float(b)}
             for r, a, b in zip(radii, approx, lower)]
+
+
+def recertify(rows: list[dict], certificate: str, alpha: float, scale: float) -> list[dict]:
+    """The rows with radius and prediction recomputed by another ``certificate`` from the same stored counts
+    (e.g. Cohen's bound on the counts of a Renyi run: STN's comparison)."""
+    if not rows:
+        return []
+    if any("top" not in r or "counts" not in r for r in rows):
+        raise ValueError("these rows lack the stored counts or the selected class (written by an older certkit): "
+                         "certify again")
+    c = np.array([r["counts"] for r in rows], dtype=np.int64)
+    top = np.array([r["top"] for r in rows])
+    pred, radius, pa, pb = certify_counts(c, top, alpha, certificate, scale)
+    return [{**r, "predict": int(p), "radius": float(np.nan_to_num(rad, nan=0.0)), "correct": int(p == r["label"]),
+             "pa_lower": float(a), "pb_upper": float(b)} for r, p, rad, a, b in zip(rows, pred, radius, pa, pb)]
 
 
 def load_rows(path: str | Path) -> list[dict]:

@@ -60,6 +60,7 @@ class SmoothResult:
     pb_upper: np.ndarray
     counts: np.ndarray
     norm: str
+    top: np.ndarray | None = None  # the class chosen by the n0 selection draws
 
 
 class Smooth:
@@ -120,27 +121,35 @@ class Smooth:
         c0 = self.counts(x, n0, generator).cpu().numpy()
         top = c0.argmax(1)
         c = self.counts(x, n, generator).cpu().numpy()
-        na = c[np.arange(len(c)), top]
-        K = self.num_classes
-        two = certificate in ("cohen2", "renyi", "laplace", "pixeldp")
-        pa = cert.clopper_pearson(na, n, alpha / 2 if two else alpha)[0]
-        others = c.copy()
-        others[np.arange(len(c)), top] = -1
-        pb = cert.clopper_pearson(np.maximum(others, 0), n, alpha / (2 * max(K - 1, 1)))[1]
-        pb = np.where(others >= 0, pb, 0.0).max(1)
-        pb = np.minimum(pb, 1 - pa)
-        s = self.noise.scale
-        radius = {
-            "cohen": lambda: cert.cohen_radius(pa, s),
-            "cohen2": lambda: cert.cohen_two_class_radius(pa, pb, s),
-            "renyi": lambda: cert.renyi_radius(pa, pb, s),
-            "pixeldp": lambda: cert.pixeldp_radius(pa, pb, s),
-            "laplace": lambda: cert.laplace_radius(pa, pb, s),
-            "laplace1": lambda: cert.laplace_radius(pa, None, s),
-            "uniform": lambda: cert.uniform_l1_radius(pa, s),
-        }[certificate]()
-        pred = np.where(np.isnan(radius), -1, top)
-        return SmoothResult(pred, radius, pa, pb, c, NORM_OF[certificate])
+        pred, radius, pa, pb = certify_counts(c, top, alpha, certificate, self.noise.scale)
+        return SmoothResult(pred, radius, pa, pb, c, NORM_OF[certificate], top)
+
+
+def certify_counts(c: np.ndarray, top: np.ndarray, alpha: float, certificate: str, scale: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The second half of CERTIFY, from the counts ``c`` (B, K) of the N bound draws and the selected classes
+    ``top``: (pred, radius, p_A lower, p_B upper). Used by :meth:`Smooth.certify`, and to compare certificates on
+    the same counts."""
+    n = c.sum(1)
+    na = c[np.arange(len(c)), top]
+    K = c.shape[1]
+    two = certificate in ("cohen2", "renyi", "laplace", "pixeldp")
+    pa = cert.clopper_pearson(na, n, alpha / 2 if two else alpha)[0]
+    others = c.copy()
+    others[np.arange(len(c)), top] = -1
+    pb = cert.clopper_pearson(np.maximum(others, 0), n[:, None], alpha / (2 * max(K - 1, 1)))[1]
+    pb = np.where(others >= 0, pb, 0.0).max(1)
+    pb = np.minimum(pb, 1 - pa)
+    radius = {
+        "cohen": lambda: cert.cohen_radius(pa, scale),
+        "cohen2": lambda: cert.cohen_two_class_radius(pa, pb, scale),
+        "renyi": lambda: cert.renyi_radius(pa, pb, scale),
+        "pixeldp": lambda: cert.pixeldp_radius(pa, pb, scale),
+        "laplace": lambda: cert.laplace_radius(pa, pb, scale),
+        "laplace1": lambda: cert.laplace_radius(pa, None, scale),
+        "uniform": lambda: cert.uniform_l1_radius(pa, scale),
+    }[certificate]()
+    return np.where(np.isnan(radius), -1, top), radius, pa, pb
 
 
 def certified_accuracy(radius: np.ndarray, correct: np.ndarray, radii) -> np.ndarray:
