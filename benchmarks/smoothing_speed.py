@@ -1,7 +1,11 @@
 """Certify throughput of a smoothed classifier (noise samples per second) against a bare batched forward pass of
 the same base classifier on the same batch size (target: at least 0.9 of it).
 
-    python benchmarks/smoothing_speed.py [--arch lenet] [--batch 1000] [--n 20000] [--threads N] [--device cpu]
+    python benchmarks/smoothing_speed.py [--arch lenet] [--batch 250] [--n 20000] [--threads N] [--device cpu] \
+        [--layout channels_last|contiguous]
+
+`certkit smooth` runs image models channels-last (2-4x faster LeNet convolutions on CPU than the default layout)
+with 250 draws per forward pass on CPU; the ratio is measured in whichever layout is chosen.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from certkit.smoothing import Noise, Smooth
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="lenet")
-    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--layout", default="channels_last", choices=["channels_last", "contiguous"])
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
@@ -27,6 +32,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build(args.arch, (1, 28, 28), 10, [0.1307], [0.3081]).to(args.device).eval()
+    if args.layout == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
     x = torch.rand(1, 1, 28, 28, device=args.device)
     smooth = Smooth(model, 10, Noise("gaussian", 0.25), args.batch)
     gen = torch.Generator().manual_seed(0)
@@ -42,7 +49,7 @@ def main() -> None:
         smooth.counts(x, args.n, gen)
         smoothed = args.n / (time.perf_counter() - t)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, {args.arch}, "
-          f"batch {args.batch}")
+          f"batch {args.batch}, {args.layout}")
     print(f"bare forward: {bare:,.0f} samples/s; smoothed counting: {smoothed:,.0f} samples/s; "
           f"ratio {smoothed / bare:.2f}")
 

@@ -163,7 +163,10 @@ def cmd_smooth(args) -> int:
         return 0
     model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
-    smooth = Smooth(model, data.num_classes, Noise(args.noise, args.sigma), args.batch_size)
+    if len(data.shape) == 3:  # images: channels-last convolutions are 2-4x faster on CPU (smoothing_speed.py)
+        model = model.to(memory_format=torch.channels_last)
+    batch = args.batch_size or (250 if str(args.device).startswith("cpu") else 1000)
+    smooth = Smooth(model, data.num_classes, Noise(args.noise, args.sigma), batch)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
     if args.action == "attack":
         from certkit.attacks import smoothed as sa
@@ -383,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--start", type=int, default=0)
     sm.add_argument("--step", type=int, default=1, help="take every step-th test input (20: Cohen's 500 of 10k)")
     sm.add_argument("--count", type=int, default=None, help="number of test inputs (default: all)")
-    sm.add_argument("--batch-size", type=int, default=1000, help="noisy copies per forward pass")
+    sm.add_argument("--batch-size", type=int, default=None,
+                    help="noisy copies per forward pass (default: 250 on CPU, where it fits the cache; 1000 otherwise)")
     sm.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     sm.add_argument("--out", default=None, help="output prefix (.tsv and .jsonl)")
     sm.add_argument("--plot", default=None)
