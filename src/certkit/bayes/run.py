@@ -31,7 +31,7 @@ METHODS = {"map", "bbb", "noisy-adam", "vogn", "swag", "hmc"}
 DEFAULTS = {"method": "bbb", "likelihood": "ibp", "eps": 0.1, "lam": 0.25, "epochs": 10, "batch_size": 128,
             "lr": 1e-3, "prior_std": 1.0, "n_samples": 10, "temperature": 1.0, "swa_start": None, "rank": 10,
             "burn_in": 10, "leapfrog": 10, "step_size": 1e-3, "pgd_steps": 10, "seed": 0, "map_epochs": 0,
-            "map_lr": 1e-3, "hmc_batch": 10000,
+            "map_lr": 1e-3, "hmc_batch": 10000, "mass": None,
             "ramp_epochs": 0, "mix": "prob", "curvature_batch": None, "damping": 0.0}
 
 
@@ -123,7 +123,7 @@ def run_inference(cfg: dict, data_dir=None, cache_dir: Path | None = None,
                         n_samples=cfg["n_samples"], **common)
     else:
         post = inf.hmc(model, x, y, ll, cfg["n_samples"], cfg["burn_in"], cfg["leapfrog"], cfg["step_size"],
-                       batch_size=cfg["hmc_batch"], **common)
+                       batch_size=cfg["hmc_batch"], mass=cfg["mass"], **common)
     cfg["arch_meta"] = {"in_shape": list(data.shape), "num_classes": data.num_classes, "mean": list(data.mean),
                         "std": list(data.std)}
     return model, post, time.time() - t0
