@@ -308,6 +308,9 @@ def test_warm_start_is_the_shared_map_fit_and_is_cached(tmp_path):
     cfg3 = run.read_config({**raw, "bayes": {**raw["bayes"], "likelihood": "standard"}})
     run.run_inference(cfg3, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("map-*.safetensors"))) == 2
+    cfg4 = run.read_config({**raw, "bayes": {**raw["bayes"], "map_finish_epochs": 1}})
+    run.run_inference(cfg4, cache_dir=tmp_path)  # a low-lr finish: another MAP fit
+    assert len(list(tmp_path.glob("map-*.safetensors"))) == 3
     assert run.posterior_std(post) > 0
     with pytest.raises(ValueError, match="unknown"):
         run.read_config({**raw, "bayes": {**raw["bayes"], "warmup": 3}})

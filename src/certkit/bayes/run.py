@@ -31,7 +31,7 @@ METHODS = {"map", "bbb", "noisy-adam", "vogn", "swag", "hmc"}
 DEFAULTS = {"method": "bbb", "likelihood": "ibp", "eps": 0.1, "lam": 0.25, "epochs": 10, "batch_size": 128,
             "lr": 1e-3, "prior_std": 1.0, "n_samples": 10, "temperature": 1.0, "swa_start": None, "rank": 10,
             "burn_in": 10, "leapfrog": 10, "step_size": 1e-3, "pgd_steps": 10, "seed": 0, "map_epochs": 0,
-            "map_lr": 1e-3, "hmc_batch": 10000, "mass": None,
+            "map_lr": 1e-3, "map_finish_epochs": 0, "map_finish_lr": 1e-4, "hmc_batch": 10000, "mass": None,
             "ramp_epochs": 0, "mix": "prob", "curvature_batch": None, "damping": 0.0}
 
 
@@ -54,15 +54,16 @@ def read_config(raw: dict) -> dict:
 
 def _warm_key(cfg: dict) -> str:
     keys = ("data", "train_n", "arch", "kwargs", "likelihood", "eps", "lam", "mix", "pgd_steps", "ramp_epochs",
-            "map_epochs", "map_lr", "batch_size", "prior_std", "seed")
+            "map_epochs", "map_lr", "batch_size", "prior_std", "seed", "map_finish_epochs", "map_finish_lr")
     blob = json.dumps({k: cfg[k] for k in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def warm_start(cfg: dict, model: nn.Module, x, y, ll, cache_dir: Path | None) -> inf.Params | None:
     """The MAP solution of the same likelihood (``map_epochs`` of Adam at ``map_lr``, ε ramped over
-    ``ramp_epochs``) that every method starts from (Wicker et al. start robust HMC from an SGD solution; SWAG
-    starts from a trained network by design). Cached in ``cache_dir`` under a hash of what determines it, so the
+    ``ramp_epochs``, then ``map_finish_epochs`` at ``map_finish_lr`` and the full ε) that every method starts
+    from (Wicker et al. start robust HMC from an SGD solution; SWAG starts from a trained network by design).
+    Cached in ``cache_dir`` under a hash of what determines it, so the
     five methods of one likelihood share one MAP fit."""
     if cfg["map_epochs"] <= 0:
         return None
@@ -73,6 +74,11 @@ def warm_start(cfg: dict, model: nn.Module, x, y, ll, cache_dir: Path | None) ->
         return load_file(str(path), device=str(x.device))
     params = inf.fit_map(model, x, y, ll, cfg["map_epochs"], cfg["batch_size"], cfg["map_lr"],
                          prior_std=cfg["prior_std"], seed=cfg["seed"])
+    if cfg["map_finish_epochs"] > 0:
+        if hasattr(ll, "set_epoch"):
+            ll.ramp_epochs = 0  # the finish runs at the full ε
+        params = inf.fit_map(model, x, y, ll, cfg["map_finish_epochs"], cfg["batch_size"], cfg["map_finish_lr"],
+                             prior_std=cfg["prior_std"], init=params, seed=cfg["seed"] + 1)
     if path is not None:
         from safetensors.torch import save_file
 
