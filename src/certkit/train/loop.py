@@ -225,6 +225,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
     torch.manual_seed(cfg.seed)
     model = build(cfg.arch, train_set.shape, train_set.num_classes, train_set.mean, train_set.std,
                   **cfg.arch_kwargs).to(device)
+    if cfg.objective in ("gaussian", "stability", "smoothadv") and len(train_set.shape) == 3:
+        model = model.to(memory_format=torch.channels_last)  # plain forward passes: ~1.6x faster convolutions on CPU
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
