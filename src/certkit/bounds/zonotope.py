@@ -195,7 +195,7 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
         raise ValueError(f"estimator must be 'median', 'geometric' or 'auto', got {estimator!r}")
     stop = graph.output if stop is None else stop
     nodes = graph.nodes[: stop + 1]
-    box, exact = _exact_radii(nodes)
+    exact = _exact_radii(nodes)
     # projections are only propagated when some estimate needs them
     needs = [i for i, n in enumerate(nodes) if isinstance(n.op, g.ReLU) and not exact[n.inputs[0]]]
     if not exact[stop] and not return_all:
@@ -211,23 +211,27 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
             return P.abs().median(1).values
         return P.abs().clamp_min(1e-30).log().mean(1).exp()  # exp E log|Cauchy(0, s)| = s
 
-    # per node: (centre, projections G·R or None, exact radius or None)
+    # per node: (centre, projections G·R or None, exact radius or None); nodes after `last` need no projections
     vals: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
     est: dict[int, Bounds] = {}
     for i, node in enumerate(nodes):
-        op = node.op
+        op, keep = node.op, i <= last
         if isinstance(op, g.Input):
-            vals.append((c, r.unsqueeze(1) * cauchy((B, k, *c.shape[1:])) if last >= 0 else None, r))
+            vals.append((c, r.unsqueeze(1) * cauchy((B, k, *c.shape[1:])) if keep else None, r))
             continue
         x, Px, rx = vals[node.inputs[0]]
-        ry = None
+        Py = ry = None
         if isinstance(op, (g.AffineOp, g.AvgPool2d)):
             y = op.forward(x)
             if exact[i]:  # the image of a box, or a per-channel scaling of an exact set: radius |W|·r
                 ry = op.apply(rx, op.weight.abs(), None) if isinstance(op, g.AffineOp) else op.forward(rx)
+            if keep:
+                Py = _linear_op(op, Px.reshape(B * k, *Px.shape[2:])).reshape(B, k, *y.shape[1:])
         elif isinstance(op, (g.Flatten, g.Unflatten)):
             y = op.forward(x)
             ry = None if rx is None else op.forward(rx)
+            if keep:
+                Py = Px.reshape(B, k, *y.shape[1:])
         elif isinstance(op, g.ReLU):
             rad = rx if rx is not None else radius(Px)
             l, u = x - rad, x + rad
@@ -238,19 +242,15 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
             y = lam * x + half
             if exact[i]:
                 ry = lam * rx + half
-            if i <= last:
-                Px = lam.unsqueeze(1) * Px + half.unsqueeze(1) * cauchy(Px.shape)
+            if keep:
+                Py = lam.unsqueeze(1) * Px + half.unsqueeze(1) * cauchy(Px.shape)
         elif isinstance(op, g.Add):
             (a, Pa, _), (b, Pb, _) = (vals[j] for j in node.inputs)
-            y, Px = a + b, (None if Pa is None or Pb is None else Pa + Pb)
+            y = a + b
+            if keep:
+                Py = Pa + Pb
         else:
             raise g.UnsupportedOpError(f"Cauchy estimates have no rule for {op!r} (node '{node.name}')")
-        Py = None
-        if i <= last and Px is not None and not isinstance(op, (g.ReLU, g.Add)):
-            Py = (_linear_op(op, Px.reshape(B * k, *Px.shape[2:])).reshape(B, k, *y.shape[1:])
-                  if isinstance(op, (g.AffineOp, g.AvgPool2d)) else Px.reshape(B, k, *y.shape[1:]))
-        elif isinstance(op, (g.ReLU, g.Add)):
-            Py = Px if i <= last else None
         vals.append((y, Py, ry))
     if return_all:
         return est
@@ -259,8 +259,8 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
     return Bounds(y - rad, y + rad)
 
 
-def _exact_radii(nodes) -> tuple[list[bool], list[bool]]:
-    """Which nodes' DeepZ sets are still boxes, and which have a radius computable exactly without projections:
+def _exact_radii(nodes) -> list[bool]:
+    """Which nodes' DeepZ sets have a radius computable exactly without projections:
     a box, a linear image of a box (|W|·r), a per-channel scaling of such a set, or a ReLU of one (λ·r + β, its
     relaxation's radius)."""
     box: list[bool] = []
@@ -287,7 +287,7 @@ def _exact_radii(nodes) -> tuple[list[bool], list[bool]]:
         else:
             box.append(False)
             exact.append(False)
-    return box, exact
+    return exact
 
 
 def latent_point(model, input_set: InputSet, bounds: list[Bounds], e: list[torch.Tensor],
