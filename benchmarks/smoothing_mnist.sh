@@ -5,17 +5,19 @@
 # N0 = 100, N = 100,000, alpha = 0.001. Everything resumes where it stopped: a trained model is not retrained, a
 # certification continues after its last written row (commit the results folder to resume in another checkout).
 #
-#   CERTKIT_DATA=../shared/data [DEVICE=cuda] [THREADS=1] [N=100000] [MODELS="gaussian-0.25 ..."] \
+#   CERTKIT_DATA=../shared/data [DEVICE=cuda] [THREADS=1] [N=100000] [MODELS="gaussian-0.25 ..."] [COMPILE=0] \
 #       bash benchmarks/smoothing_mnist.sh
 #   python benchmarks/smoothing_table.py            # the table against the published numbers
 #
-# CPU cost: ~20 min of training per model and ~4.6 h of certification per model on one core (2,970 LeNet
-# forward passes per second); minutes on a GPU.
+# CPU cost per model on one core: ~20 min of training (gaussian; stability and SmoothAdv more) and ~45 min of
+# certification (the base classifier through torch.compile, ~20,000 LeNet forward passes per second); minutes on a
+# GPU. COMPILE=0 certifies eagerly (half the speed on CPU).
 set -euo pipefail
 OUT=${OUT:-benchmarks/results/smoothing-mnist}
 N=${N:-100000}
 DEVICE=${DEVICE:-cpu}
 THREADS=${THREADS:-1}
+COMPILE=$([ "${COMPILE:-1}" = 1 ] && echo --compile || true)
 MODELS=${MODELS:-"gaussian-0.25 gaussian-0.5 stability-0.25 stability-0.5 smoothadv-0.25 smoothadv-0.5 stability-0.7"}
 for m in $MODELS; do
   name=mnist-lenet-$m
@@ -29,6 +31,6 @@ for m in $MODELS; do
   cert=cohen
   [ "$m" = stability-0.7 ] && cert=renyi
   certkit smooth certify --checkpoint "$dir/model.safetensors" --data mnist --sigma "$sigma" --certificate "$cert" \
-    --n0 100 --n "$N" --alpha 0.001 --step 20 --out "$dir/certify" --quiet --device "$DEVICE" --threads "$THREADS"
+    --n0 100 --n "$N" --alpha 0.001 --step 20 --out "$dir/certify" --quiet --device "$DEVICE" --threads "$THREADS" $COMPILE
 done
 python benchmarks/smoothing_table.py "$OUT"

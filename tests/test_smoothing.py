@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from certkit.smoothing import Noise, Smooth, certified_accuracy
+from certkit.smoothing import CompiledBase, Noise, Smooth, certified_accuracy
 from certkit.smoothing import certificates as cert
 from certkit.smoothing.smooth import certified_accuracy_lower, max_radius
 
@@ -102,6 +102,26 @@ def test_counts_predict_and_noise():
     assert uni.abs().max() <= 0.7
     with pytest.raises(ValueError, match="positive"):
         Noise("gaussian", 0.0)
+
+
+def test_compiled_base_gives_the_same_counts_and_falls_back_when_compilation_fails(monkeypatch):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 3)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    eager = Smooth(net, 3, Noise("gaussian", 0.5), 64).counts(x, 200, torch.Generator().manual_seed(0))
+    compiled = CompiledBase(net)
+    assert compiled.state_dict().keys() == {f"model.{k}" for k in net.state_dict()}
+    fast = Smooth(compiled, 3, Noise("gaussian", 0.5), 64).counts(x, 200, torch.Generator().manual_seed(0))
+    assert torch.equal(eager, fast)
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: broken)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        fallback = Smooth(CompiledBase(net), 3, Noise("gaussian", 0.5), 64)
+        again = fallback.counts(x, 200, torch.Generator().manual_seed(0))
+    assert torch.equal(eager, again)
 
 
 @pytest.mark.parametrize("noise, certificate", [("gaussian", "renyi"), ("gaussian", "cohen2"), ("laplace", "laplace"),

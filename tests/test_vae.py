@@ -103,6 +103,10 @@ ramp_epochs = 1
     assert [h["epoch"] for h in hist] == [1, 2] and hist[-1]["eps"] == 0.05
     assert main(["vae", "train", "--config", str(tmp_path / "v.toml"), "--out", str(run), "--quiet", *base]) == 0
     assert len((run / "history.jsonl").read_text().splitlines()) == 2  # finished: resuming adds nothing
+    (tmp_path / "w.toml").write_text((tmp_path / "v.toml").read_text().replace("eps = 0.05", "eps = 0.1"))
+    capsys.readouterr()
+    assert main(["vae", "train", "--config", str(tmp_path / "w.toml"), "--out", str(run), "--quiet", *base]) == 2
+    assert "different config (eps differ)" in capsys.readouterr().err
     out = tmp_path / "eval.json"
     assert main(["vae", "eval", "--checkpoint", str(run / "model.safetensors"), "--count", "20", "--attack-eps", "0",
                  "0.05", "--steps", "3", "--out", str(out), "--images", str(tmp_path / "img.png"), *base]) == 0

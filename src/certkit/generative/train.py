@@ -1,12 +1,11 @@
 """Training and evaluating proVAEs: maximise the certified ELBO bound (ε_train = 0: the standard VAE).
 
-A run directory holds ``model.safetensors`` (weights + metadata), ``train_state.pt`` (weights, optimizer, RNG;
-``weights_only``) and ``history.jsonl``; a killed run resumes from its last finished epoch.
+A run directory holds ``model.safetensors`` (weights + metadata), ``train_state.pt`` and ``history.jsonl``; a killed
+run resumes from its last finished epoch (:mod:`certkit.train.checkpoint`, shared with the classifiers' loop).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from certkit.data import Dataset, load_dataset
 from certkit.generative.vae import VAE, elbo_attack
 from certkit.io import CheckpointError, ResultsWriter, read_metadata, save_model
+from certkit.train import checkpoint
 
 
 @dataclass
@@ -92,28 +92,14 @@ def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, p
     torch.manual_seed(cfg.seed)
     vae = VAE(data.shape, cfg.latent, cfg.hidden, cfg.sigma0).to(device)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
-    state_path = out / "train_state.pt"
-    start = 0
-    if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=True, map_location=device)
-        free = ("device", "data_dir", "epochs")
-        old = {k: v for k, v in json.loads(state["config"]).items() if k not in free}
-        new = {k: v for k, v in asdict(cfg).items() if k not in free}
-        if old != new:
-            raise ValueError(f"{out} holds a run with a different config; choose another output directory")
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start = int(state["epoch"])
-    elif not resume:
-        for f in (state_path, out / "history.jsonl"):
-            f.unlink(missing_ok=True)
+    config = asdict(cfg)
+    start = checkpoint.restore(out, config, vae, opt, device, resume)
     history = ResultsWriter(out / "history.jsonl", key="epoch")
     steps = math.ceil(len(data) / cfg.batch_size)
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
         vae.train()
-        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        perm = checkpoint.epoch_order(len(data), cfg.seed, epoch)
         tot_bound = 0.0
         for b in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
             x = data.x[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]].to(device)
@@ -128,12 +114,9 @@ def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, p
         row = {"epoch": epoch + 1, "train_bound": tot_bound / steps, "eps": cfg.eps * _ramp(cfg, epoch + 1),
                "time_s": round(time.time() - t0, 1)}
         history.write([row])
-        save_model(out / "model.safetensors", vae.cpu(), _arch(cfg, data.shape), config=asdict(cfg), epoch=epoch + 1)
+        save_model(out / "model.safetensors", vae.cpu(), _arch(cfg, data.shape), config=config, epoch=epoch + 1)
         vae.to(device)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"epoch": epoch + 1, "model": vae.state_dict(), "optimizer": opt.state_dict(),
-                    "rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg))}, tmp)
-        os.replace(tmp, state_path)
+        checkpoint.save(out, epoch + 1, config, vae, opt)
         if log:
             print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return vae.eval(), history.results

@@ -1,15 +1,13 @@
 """One training loop for every objective: epochs, lr schedule, evaluation and checkpoint each epoch, resume.
 
-A run directory holds ``model.safetensors`` (the latest weights with metadata), ``train_state.pt`` (weights,
-optimizer and RNG state; loads with ``weights_only=True``) and ``history.jsonl`` (one row per epoch). A killed
-run restarts from the last completed epoch with the same result as an uninterrupted one (batch order is a
-function of seed and epoch; the RNG state is restored).
+A run directory holds ``model.safetensors`` (the latest weights with metadata), ``train_state.pt`` and
+``history.jsonl`` (one row per epoch); a killed run restarts from its last finished epoch
+(:mod:`certkit.train.checkpoint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -26,6 +24,7 @@ from certkit import graph as g
 from certkit.data import Dataset, load_dataset
 from certkit.io import ResultsWriter, save_model
 from certkit.models import build
+from certkit.train import checkpoint
 from certkit.train.objectives import (
     GaussianAugmentation,
     IBPTraining,
@@ -235,25 +234,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
     else:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adam or sgd")
 
-    state_path = out / "train_state.pt"
-    if not resume:
-        for f in (state_path, out / "history.jsonl", out / "model.safetensors"):
-            f.unlink(missing_ok=True)
-    start_epoch = 0
-    if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=True, map_location=device)
-        # where it runs, where the data lives and how long it goes on do not change the epochs already done
-        free = ("device", "data_dir", "epochs")
-        old = {k: v for k, v in json.loads(state["config"]).items() if k not in free}
-        new = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k not in free}
-        if old != new:
-            diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-            raise ValueError(f"{out} holds a run with a different config ({', '.join(diff)} differ); "
-                             "choose another output directory or start afresh")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"])
+    config = cfg.to_dict()
+    start_epoch = checkpoint.restore(out, config, model, opt, device, resume)
     history = ResultsWriter(out / "history.jsonl", key="epoch")
 
     n = len(train_set)
@@ -263,7 +245,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         model.train()
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        perm = checkpoint.epoch_order(n, cfg.seed, epoch)
         sums: dict[str, float | torch.Tensor] = {}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    leave=False)
@@ -294,13 +276,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
                f"test_ibp_acc@{cfg.eval_eps}": ev["cert_acc"], "train_time_s": round(train_time, 1),
                "time_s": round(time.time() - t0, 1)}
         history.write([row])
-        save_model(out / "model.safetensors", model.cpu(), _arch_meta(cfg, train_set), config=cfg.to_dict(),
+        save_model(out / "model.safetensors", model.cpu(), _arch_meta(cfg, train_set), config=config,
                    epoch=epoch + 1, metrics=row)
         model.to(device)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "rng": torch.get_rng_state(), "config": json.dumps(cfg.to_dict())}, tmp)
-        os.replace(tmp, state_path)
+        checkpoint.save(out, epoch + 1, config, model, opt)
         if cfg.objective == "colt" and epoch + 1 in objective.schedule.starts[1:] + [cfg.epochs]:
             stage = objective.schedule.stage(epoch)  # the stage that just ended: keep its model
             shutil.copyfile(out / "model.safetensors", out / f"stage{stage}.safetensors")

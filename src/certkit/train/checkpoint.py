@@ -1,0 +1,62 @@
+"""Resumable runs, shared by every training loop (classifiers, COLT, smoothing, proVAEs).
+
+A run directory holds ``train_state.pt`` (weights, optimizer and RNG state after the last finished epoch, with the
+config that produced them; it loads with ``weights_only=True``), ``history.jsonl`` and ``model.safetensors``. The
+batch order of an epoch is a function of (seed, epoch), so a killed run that restarts from its last finished epoch
+ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+STATE = "train_state.pt"
+# where a run goes, where its data lives and how long it goes on do not change the epochs already done
+FREE_KEYS = ("device", "data_dir", "epochs")
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in FREE_KEYS}
+
+
+def restore(out: Path, config: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
+            device: torch.device | str, resume: bool = True) -> int:
+    """Load the run in ``out`` into ``model``, ``opt`` and the global RNG; returns the number of finished epochs
+    (0 for a new run). ``resume=False`` discards an earlier run instead. A run made with another config (other
+    than :data:`FREE_KEYS`) is refused: its epochs would not be this config's."""
+    path = out / STATE
+    if not resume:
+        for f in (path, out / "history.jsonl", out / "model.safetensors"):
+            f.unlink(missing_ok=True)
+        return 0
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=True, map_location=device)
+    old, new = _comparable(json.loads(state["config"])), _comparable(config)
+    if old != new:
+        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise ValueError(f"{out} holds a run with a different config ({', '.join(diff)} differ); "
+                         "choose another output directory or start afresh")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    return int(state["epoch"])
+
+
+def save(out: Path, epoch: int, config: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Write the state after ``epoch`` finished epochs atomically (a kill mid-write keeps the previous one)."""
+    tmp = out / (STATE + ".tmp")
+    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(), "config": json.dumps(config)}, tmp)
+    os.replace(tmp, out / STATE)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of the n training examples used in ``epoch`` (the same after a resume)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
