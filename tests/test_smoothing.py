@@ -245,6 +245,9 @@ n = 20
     assert len(rows) == 6 and all(sum(r["counts"]) == 200 for r in rows)
     assert main(["smooth", "report", "--results", str(out.with_suffix(".jsonl")), "--radii", "0", "0.1",
                  "--plot", str(tmp_path / "r.png")]) == 0
+    if objective == "gaussian":  # the compiled base classifier from the CLI
+        assert main(["smooth", "predict", "--checkpoint", str(tmp_path / "run/model.safetensors"), "--data", "digits",
+                     "--sigma", "0.25", "--n", "100", "--count", "4", "--compile", "--quiet"]) == 0
 
 
 def test_attacks_on_smoothed_classifiers_respect_their_sets_and_break_a_weak_model():
