@@ -105,3 +105,11 @@ def test_every_shipped_config_parses(path):
     cls = VAEConfig if path.name.startswith("provae") else TrainConfig
     cfg = cls.from_dict(raw)
     assert cfg.name == path.stem and cfg.epochs > 0
+    if cls is TrainConfig and cfg.objective == "colt":  # one latent ReLU layer per stage after the input stage
+        from certkit.data import STATS
+        from certkit.models import build
+        from certkit.train.colt import latent_layers
+
+        shape = (3, 32, 32) if cfg.data == "cifar10" else (1, 28, 28)
+        model = build(cfg.arch, shape, 10, *STATS[cfg.data], **cfg.arch_kwargs)
+        assert len(latent_layers(model, cfg.colt_layers)) == len(cfg.colt_stage_epochs) - 1
