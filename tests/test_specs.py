@@ -90,3 +90,15 @@ def test_worst_case_logits():
     y = torch.tensor([1])
     z = worst_case_logits(torch.tensor([[2.0, -1.0]]), y, 3)
     assert torch.equal(z, torch.tensor([[-2.0, 0.0, 1.0]]))
+
+
+def test_random_draws_follow_the_generator_or_the_target_device():
+    from certkit import rng
+
+    a = rng.uniform((3, 4), torch.Generator().manual_seed(5), torch.float64, "cpu")
+    assert torch.equal(a, torch.rand((3, 4), generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    # no generator: drawn on the target device itself ("meta" stands in for an accelerator here)
+    assert rng.normal((2, 2), None, torch.float32, "meta").device.type == "meta"
+    # a seeded CPU generator: drawn on the CPU, then moved, so every device sees the same numbers
+    moved = rng.normal((2, 2), torch.Generator().manual_seed(1), torch.float32, "meta")
+    assert moved.device.type == "meta" and moved.shape == (2, 2)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certkit import rng
 from certkit.specs import ball, check_finite
 
 
@@ -108,7 +109,7 @@ def pgd_minimize(
     with torch.no_grad():
         best_v = objective(best_x)
     for r in range(restarts):
-        xa = best_x.clone() if r == 0 else lo + torch.rand(lo.shape, generator=generator).to(lo) * (up - lo)
+        xa = best_x.clone() if r == 0 else lo + rng.uniform(lo.shape, generator, lo.dtype, lo.device) * (up - lo)
         for _ in range(steps):
             xa.requires_grad_(True)
             with torch.enable_grad():

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certkit import rng
 from certkit.specs import LinfBall
 
 
@@ -33,14 +34,14 @@ def smoothadv_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
                   generator: torch.Generator | None = None) -> torch.Tensor:
     from certkit.train.objectives import smoothadv_attack
 
-    noise = sigma * torch.randn(x.shape[0], m, *x.shape[1:], generator=generator, dtype=x.dtype).to(x.device)
+    noise = sigma * rng.normal((x.shape[0], m, *x.shape[1:]), generator, x.dtype, x.device)
     return smoothadv_attack(model, x, y, noise, eps, steps, step_size)
 
 
 def smoothadv_ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, sigma: float, m: int = 1,
                   steps: int = 10, gamma: float = 0.05, init_norm: float = 1.0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    noise = sigma * torch.randn(x.shape[0], m, *x.shape[1:], generator=generator, dtype=x.dtype).to(x.device)
+    noise = sigma * rng.normal((x.shape[0], m, *x.shape[1:]), generator, x.dtype, x.device)
     shape = (-1, *([1] * (x.dim() - 1)))
     delta = torch.zeros_like(x)
     norm = torch.full((x.shape[0],), min(init_norm, eps), dtype=x.dtype, device=x.device)

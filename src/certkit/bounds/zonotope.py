@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from certkit import graph as g
+from certkit import rng
 from certkit.bounds.interval import Bounds
 from certkit.specs import InputSet, LinearSpec, SpecError
 
@@ -54,8 +55,8 @@ class Zonotope:
 
     def sample_e(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Uniform random error terms (B, m) in [−1, 1]."""
-        u = torch.rand(self.generators.shape[:2], generator=generator, dtype=self.center.dtype)
-        return (2 * u - 1).to(self.center.device)
+        u = rng.uniform(self.generators.shape[:2], generator, self.center.dtype, self.center.device)
+        return 2 * u - 1
 
     def padded(self, m: int) -> Zonotope:
         if self.num_terms == m:
@@ -72,7 +73,7 @@ class Zonotope:
         B, n = c.shape[0], c[0].numel()
         keep = (r.flatten(1) > 0).any(0).nonzero().squeeze(1)
         G = torch.zeros(B, len(keep), n, dtype=c.dtype, device=c.device)
-        G[:, torch.arange(len(keep)), keep] = r.flatten(1)[:, keep]
+        G[:, torch.arange(len(keep), device=c.device), keep] = r.flatten(1)[:, keep]
         return cls(c, G.view(B, len(keep), *c.shape[1:]))
 
 
@@ -101,7 +102,7 @@ def _activation(op: g.Activation, z: Zonotope, m: int, slope: torch.Tensor | Non
     if len(cols):
         B = center.shape[0]
         extra = torch.zeros(B, len(cols), center[0].numel(), dtype=center.dtype, device=center.device)
-        extra[:, torch.arange(len(cols)), cols] = beta.flatten(1)[:, cols]
+        extra[:, torch.arange(len(cols), device=center.device), cols] = beta.flatten(1)[:, cols]
         gens = torch.cat([gens, extra.view(B, len(cols), *center.shape[1:])], 1)
         m += len(cols)
     return Zonotope(center, gens), m
@@ -203,7 +204,7 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
     last = max(needs, default=-1)
 
     def cauchy(shape):
-        u = torch.rand(shape, generator=generator, dtype=c.dtype).to(c.device)
+        u = rng.uniform(shape, generator, c.dtype, c.device)
         return u.sub_(0.5).mul_(math.pi).tan_()
 
     def radius(P):
@@ -338,6 +339,6 @@ def latent_terms(model, input_set: InputSet, stop: int, generator: torch.Generat
     def draw(shape):
         if not random:
             return torch.zeros(shape, dtype=x.dtype, device=x.device)
-        return (2 * torch.rand(shape, generator=generator, dtype=x.dtype) - 1).to(x.device)
+        return 2 * rng.uniform(shape, generator, x.dtype, x.device) - 1
 
     return [draw(s) for s in shapes]

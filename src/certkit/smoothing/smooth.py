@@ -17,6 +17,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from certkit import rng
 from certkit.smoothing import certificates as cert
 
 CERTIFICATES = {
@@ -42,12 +43,12 @@ class Noise:
 
     def sample(self, shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
         if self.kind == "gaussian":
-            return torch.randn(shape, generator=generator, dtype=dtype).mul_(self.scale).to(device)
-        u = torch.rand(shape, generator=generator, dtype=dtype)
+            return rng.normal(shape, generator, dtype, device).mul_(self.scale)
+        u = rng.uniform(shape, generator, dtype, device)
         if self.kind == "uniform":
-            return u.mul_(2 * self.scale).sub_(self.scale).to(device)
+            return u.mul_(2 * self.scale).sub_(self.scale)
         u = u - 0.5  # inverse CDF of the Laplace distribution
-        return (-self.scale * u.sign() * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-7))).to(device)
+        return -self.scale * u.sign() * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-7))
 
 
 @dataclass
