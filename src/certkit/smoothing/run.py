@@ -29,8 +29,8 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, indices: l
                     batch_size: int = 1, seed: int = 0, progress: bool = True) -> list[dict]:
     """Certify every input; rows go to ``out.jsonl`` (the record, resumable) and ``out.tsv`` (Cohen's format:
     ``idx label predict radius correct time``, radius 0 and predict −1 when abstaining). A killed run resumes
-    after the last written batch, without duplicated rows; each input's noise comes from a generator seeded by
-    (seed, idx), so a resumed run gives the same numbers as an uninterrupted one."""
+    after the last written batch, without duplicated rows; each input's noise comes from a generator on x's device
+    seeded by (seed, idx), so a resumed run gives the same numbers as an uninterrupted one on that device."""
     out = Path(out)
     writer = ResultsWriter(out.with_suffix(".jsonl"), key="idx", header=header)
     rows = [r for r in writer.results if "idx" in r]
@@ -38,8 +38,8 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, indices: l
     for s in tqdm(range(0, len(todo), batch_size), desc=f"certify ({certificate})", disable=not progress):
         ks = todo[s:s + batch_size]
         batch_rows = []
-        for k in ks:  # one generator per input: reproducible whatever the batching or resumption
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + indices[k])
+        for k in ks:  # one generator per input, on the input's device (the noise is drawn where it is used):
+            gen = torch.Generator(x.device).manual_seed(seed * 1_000_003 + indices[k])  # reproducible per device
             t0 = time.perf_counter()
             res = smooth.certify(x[k:k + 1], n0, n, alpha, certificate, gen)
             pred, radius = int(res.pred[0]), float(np.nan_to_num(res.radius[0], nan=0.0))
