@@ -4,8 +4,7 @@
 # (configs/mnist-lenet-*.toml), copied into the results folder, then certified on every 20th test image (500) with
 # N0 = 100, N = 100,000, alpha = 0.001. Everything resumes where it stopped: a trained model is not retrained, a
 # certification continues after its last written row (commit the results folder to resume in another checkout;
-# to carry an unfinished training over, copy runs/<name>/{train_state.pt,history.jsonl,model.safetensors} into
-# <results>/<name>/partial-run/ and commit it).
+# an unfinished training resumes from runs/<name>/ in the same checkout).
 #
 #   CERTKIT_DATA=../shared/data [DEVICE=cuda] [THREADS=1] [N=100000] [MODELS="gaussian-0.25 ..."] [COMPILE=0] \
 #       bash benchmarks/smoothing_mnist.sh
@@ -27,13 +26,8 @@ for m in $MODELS; do
   sigma=${m##*-}
   mkdir -p "$dir"
   if [ ! -f "$dir/model.safetensors" ]; then
-    # a training stopped in another checkout continues from its committed state (copied in by hand: partial-run/)
-    if [ -d "$dir/partial-run" ] && [ ! -f "runs/$name/train_state.pt" ]; then
-      mkdir -p "runs/$name" && cp "$dir/partial-run/"* "runs/$name/"
-    fi
     certkit train --config "configs/$name.toml" --out "runs/$name" --quiet --device "$DEVICE" --threads "$THREADS"
     cp "runs/$name/model.safetensors" "runs/$name/history.jsonl" "$dir/"
-    rm -rf "$dir/partial-run"
   fi
   cert=cohen
   [ "$m" = stability-0.7 ] && cert=renyi
