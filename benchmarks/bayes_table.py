@@ -28,7 +28,8 @@ def load(folder: Path) -> dict:
 
 
 def markdown(folders: list[str]) -> None:
-    """README rows: one per method and likelihood, one column group per data set (percent)."""
+    """README rows: one per method and likelihood, one column group per data set (percent; certified accuracy with
+    the pairwise rule, Theorem 1's in parentheses)."""
     sets = [(Path(f).name.removeprefix("bnn-"), load(Path(f))) for f in folders]
     print("| likelihood | method | " + " | ".join(f"{n}: clean / PGD / IBP-cert / LBP-cert / AUROC" for n, _ in sets)
           + " |")
@@ -39,7 +40,9 @@ def markdown(folders: list[str]) -> None:
             for _, runs in sets:
                 r = runs.get((m, lik))
                 cells.append("—" if r is None else " / ".join(
-                    f"{100 * r[k]:.1f}" for k in ("accuracy", "pgd_accuracy", "ibp_certified", "crown_certified"))
+                    f"{100 * r[k]:.1f}" + (f" ({100 * r[k.replace('_', '_theorem1_')]:.1f})"
+                                           if k.replace("_", "_theorem1_") in r else "")
+                    for k in ("accuracy", "pgd_accuracy", "ibp_certified", "crown_certified"))
                     + f" / {r['ood_auroc']:.2f}")
             print(f"| {lik} | {m} | " + " | ".join(cells) + " |")
 
@@ -48,7 +51,7 @@ def main(folder: str) -> None:
     out = Path(folder)
     runs = load(out)
     head = f"{'method':<11} {'likelihood':<9} {'n':>5} {'acc':>6} {'PGD':>6} {'IBP-cert':>8} {'LBP-cert':>8} " \
-           f"{'AUROC':>6} {'w std':>7} {'train s':>8}  info"
+           f"{'IBP-T1':>6} {'LBP-T1':>6} {'AUROC':>6} {'w std':>7} {'train s':>8}  info"
     print(head)
     for lik in LIKS:
         for m in METHODS:
@@ -58,6 +61,8 @@ def main(folder: str) -> None:
             info = ", ".join(f"{k}={v:.3g}" for k, v in (r.get("info") or {}).items())
             print(f"{m:<11} {lik:<9} {r['n']:>5} {r['accuracy']:>6.3f} {r['pgd_accuracy']:>6.3f} "
                   f"{r.get('ibp_certified', float('nan')):>8.3f} {r.get('crown_certified', float('nan')):>8.3f} "
+                  f"{r.get('ibp_theorem1_certified', float('nan')):>6.3f} "
+                  f"{r.get('crown_theorem1_certified', float('nan')):>6.3f} "
                   f"{r.get('ood_auroc', float('nan')):>6.3f} {r.get('posterior_std', float('nan')):>7.1e} "
                   f"{r.get('train_seconds') or 0:>8.0f}  {info}")
     liks = [lik for lik in LIKS if any(k[1] == lik for k in runs)]

@@ -1,4 +1,5 @@
-"""Posterior-predictive certificates (Wicker et al. 2021, Theorem 1): soundness, and the naive rule's failure."""
+"""Posterior-predictive certificates (Wicker et al. 2021, Theorem 1, and the tighter pairwise rule): soundness,
+and the naive rule's failure."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from torch import nn
 
 from certkit.attacks import pgd
 from certkit.bayes import certify_posterior, hoeffding_confidence, max_radius_posterior, predictive
-from certkit.bayes.certify import naive_certify, softmax_bounds
+from certkit.bayes.certify import naive_certify, pairwise_gap, softmax_bounds, softmax_from_margins
 from certkit.specs import LinfBall
 
 
@@ -19,46 +20,52 @@ def linear_samples():
     return model, [s1, s2]
 
 
-def test_theorem_refuses_where_the_naive_rule_wrongly_certifies():
+@pytest.mark.parametrize("rule", ["pairwise", "theorem1"])
+def test_theorem_refuses_where_the_naive_rule_wrongly_certifies(rule):
     model, samples = linear_samples()
     x, y = torch.zeros(1, 1), torch.zeros(1, dtype=torch.long)
     assert naive_certify(model, samples, x, y, 1.0, domain=None).item()  # the unsound rule says "robust"
     grid = torch.linspace(-1, 1, 201).unsqueeze(1)
     p = predictive(model, samples, grid)
     assert (p.argmax(1) != 0).any()  # ... but the predictive changes its class inside the box
-    cert = certify_posterior(model, samples, x, y, 1.0, domain=None)
+    cert = certify_posterior(model, samples, x, y, 1.0, domain=None, rule=rule)
     assert not cert.certified.item()
-    small = certify_posterior(model, samples, x, y, 0.01, domain=None)
+    small = certify_posterior(model, samples, x, y, 0.01, domain=None, rule=rule)
     assert small.certified.item()  # a small box is certified
 
 
+@pytest.mark.parametrize("rule", ["pairwise", "theorem1"])
 @pytest.mark.parametrize("method", ["ibp", "crown"])
-def test_mean_softmax_of_sampled_inputs_lies_within_the_bounds(method):
+def test_mean_softmax_of_sampled_inputs_lies_within_the_bounds(method, rule):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 20), nn.ReLU(), nn.Linear(20, 4)).eval()
     samples = [{k: v + 0.3 * torch.randn_like(v) for k, v in model.state_dict().items()} for _ in range(5)]
     x = torch.rand(6, 1, 4, 4)
     y = predictive(model, samples, x).argmax(1)
-    cert = certify_posterior(model, samples, x, y, 0.05, method)
+    cert = certify_posterior(model, samples, x, y, 0.05, method, rule=rule)
     s = LinfBall(x, 0.05)
     for p in s.sample(128, torch.Generator().manual_seed(1)):
         mean = predictive(model, samples, p)
         assert (mean >= cert.lower - 1e-6).all() and (mean <= cert.upper + 1e-6).all()
         ok = cert.certified
         assert (mean[ok].argmax(1) == y[ok]).all()
+        gaps = mean.gather(1, y[:, None]) - mean  # min_j p_y − p_j ≥ the certificate's margin, certified or not
+        gaps[torch.arange(len(y)), y] = 1
+        assert (gaps.amin(1) >= cert.margin - 1e-6).all()
     lo, up = softmax_bounds(model, s, 4)
     assert (lo <= up).all() and (lo >= 0).all() and (up <= 1).all()
     lo_c, up_c = softmax_bounds(model, s, 4, "crown")  # LBP keeps the better of CROWN and IBP per margin
     assert (lo_c >= lo - 1e-6).all() and (up_c <= up + 1e-6).all()
 
 
-def test_certified_inputs_survive_pgd_on_the_predictive_and_radius_bisection():
+@pytest.mark.parametrize("rule", ["pairwise", "theorem1"])
+def test_certified_inputs_survive_pgd_on_the_predictive_and_radius_bisection(rule):
     torch.manual_seed(2)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
     samples = [{k: v + 0.1 * torch.randn_like(v) for k, v in model.state_dict().items()} for _ in range(4)]
     x = torch.rand(20, 1, 4, 4)
     y = predictive(model, samples, x).argmax(1)
-    cert = certify_posterior(model, samples, x, y, 0.02)
+    cert = certify_posterior(model, samples, x, y, 0.02, rule=rule)
     assert cert.certified.any()
 
     class Mean(nn.Module):  # the predictive as one module, log-probabilities for PGD's cross-entropy
@@ -68,13 +75,55 @@ def test_certified_inputs_survive_pgd_on_the_predictive_and_radius_bisection():
 
     res = pgd(Mean(), x, y, 0.02, steps=50, restarts=3, loss="margin")
     assert not (cert.certified & res.success).any()
-    r = max_radius_posterior(model, samples, x[:5], y[:5], hi=0.2, tol=1e-3)
-    assert certify_posterior(model, samples, x[:5], y[:5], r.float().clamp(min=0)).certified[r > 0].all()
+    r = max_radius_posterior(model, samples, x[:5], y[:5], hi=0.2, tol=1e-3, rule=rule)
+    assert certify_posterior(model, samples, x[:5], y[:5], r.float().clamp(min=0), rule=rule).certified[r > 0].all()
 
 
-def test_hoeffding_confidence():
-    c = hoeffding_confidence(torch.tensor([0.0, 0.1, 0.5]), 1000, 10)
+@pytest.mark.parametrize("rule", ["pairwise", "theorem1"])
+def test_hoeffding_confidence(rule):
+    c = hoeffding_confidence(torch.tensor([0.0, 0.1, 0.5]), 1000, 10, rule)
     assert c[0] == 0 and 0 < c[1] < c[2] <= 1
+
+
+def test_pairwise_gap_is_the_minimum_over_the_logit_box_and_never_weaker_than_theorem1():
+    """Margin bounds from a box of logits [l, u]: D_yj lies below softmax_y − softmax_j at every logit vector in the
+    box, equals it at the worst vector (y at l_y, the others at u) when that difference is ≥ 0, and is never below
+    (and somewhere above) Theorem 1's lower_y − upper_j."""
+    torch.manual_seed(3)
+    B, K = 64, 5
+    centre, radius = 3 * torch.randn(B, K), 2 * torch.rand(B, K)
+    lo, hi = centre - radius, centre + radius
+    full = lo[:, :, None] - hi[:, None, :]  # f_j − f_k ≥ l_j − u_k
+    full[:, torch.arange(K), torch.arange(K)] = float("inf")
+    y = torch.randint(0, K, (B,))
+    gap = pairwise_gap(full, y)
+    z = lo + (hi - lo) * torch.rand(4096, B, K)
+    p = torch.softmax(z, 2)
+    diff = p.gather(2, y[None, :, None].expand(4096, B, 1)) - p  # (S, B, K)
+    off = torch.ones(B, K, dtype=torch.bool)
+    off[torch.arange(B), y] = False
+    assert (gap[off] <= diff.amin(0)[off] + 1e-6).all()
+    worst = torch.softmax(hi.scatter(1, y[:, None], lo.gather(1, y[:, None])), 1)
+    exact = worst.gather(1, y[:, None]) - worst
+    nonneg = off & (exact >= 0)
+    assert nonneg.any() and torch.allclose(gap[nonneg], exact[nonneg], atol=1e-6)
+    lower, upper = softmax_from_margins(full)
+    thm = lower.gather(1, y[:, None]) - upper
+    assert (gap[off] >= thm[off] - 1e-6).all()
+    assert (gap[off] > thm[off] + 1e-3).any()  # and strictly tighter somewhere
+
+
+def test_pairwise_rule_certifies_everything_theorem1_does():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 6)).eval()
+    samples = [{k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()} for _ in range(6)]
+    x = torch.rand(200, 1, 4, 4)
+    y = predictive(model, samples, x).argmax(1)
+    a = certify_posterior(model, samples, x, y, 0.01, rule="pairwise").certified
+    b = certify_posterior(model, samples, x, y, 0.01, rule="theorem1").certified
+    assert (a | ~b).all() and a.sum() > b.sum()
+    with pytest.raises(ValueError, match="rule"):
+        certify_posterior(model, samples, x, y, 0.01, rule="argmax")
 
 
 def gaussian_regression():
