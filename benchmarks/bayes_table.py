@@ -40,8 +40,8 @@ def markdown(folders: list[str]) -> None:
             for _, runs in sets:
                 r = runs.get((m, lik))
                 cells.append("—" if r is None else " / ".join(
-                    f"{100 * r[k]:.1f}" + (f" ({100 * r[k.replace('_', '_theorem1_')]:.1f})"
-                                           if k.replace("_", "_theorem1_") in r else "")
+                    f"{100 * r[k]:.1f}" + (f" ({100 * r[t]:.1f})" if (t := k.replace("_cert", "_theorem1_cert")) != k
+                                           and t in r else "")
                     for k in ("accuracy", "pgd_accuracy", "ibp_certified", "crown_certified"))
                     + f" / {r['ood_auroc']:.2f}")
             print(f"| {lik} | {m} | " + " | ".join(cells) + " |")
