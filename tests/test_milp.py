@@ -106,3 +106,26 @@ def test_one_milp_decides_a_disjunction_of_conjunctions(seed):
     assert r.value == pytest.approx(grid_min, abs=0.02)
     quick = enc.minimize_property(C, d, clauses)  # stop at the sign of the minimum
     assert quick.verdict == ("verified" if grid_min > 0.02 else "falsified")
+
+
+def test_highs_infeasible_claim_is_cross_checked_on_a_real_counterexample():
+    """Regression: an IBP-trained Fashion-MNIST MLP (784-512-10, most units dead) and a test image with a
+    counterexample 0.35 below zero at L∞ 0.1. HiGHS without presolve called this MILP infeasible, which read as
+    'verified'; the encoding's float32 bounds also cut the network's own values by ~1e-8."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from certkit.attacks import pgd
+    from certkit.verify import certify
+
+    data = load_file(Path(__file__).parent / "data" / "fmnist_mlp_highs_regression.safetensors")
+    model = nn.Sequential(Normalize(data["0.mean"], data["0.std"]), nn.Flatten(), nn.Linear(784, 512), nn.ReLU(),
+                          nn.Linear(512, 10)).eval()
+    model.load_state_dict({k: v for k, v in data.items() if k not in ("x", "y")})
+    x, y = data["x"], data["y"]
+    torch.manual_seed(0)
+    attack = pgd(model, x, y, 0.1, "inf", 100, restarts=5, loss="margin")
+    assert attack.success.all()  # a genuine counterexample exists
+    cert = certify(model, x, y, 0.1, "milp")
+    assert not cert.certified.any() and cert.margin_lower.item() < -0.3
