@@ -129,3 +129,30 @@ def test_highs_infeasible_claim_is_cross_checked_on_a_real_counterexample():
     assert attack.success.all()  # a genuine counterexample exists
     cert = certify(model, x, y, 0.1, "milp")
     assert not cert.certified.any() and cert.margin_lower.item() < -0.3
+
+
+def test_tiny_weights_do_not_make_the_encoding_infeasible(monkeypatch):
+    """The trigger of the case above: ~220,000 weights below HiGHS's small_matrix_value (1e-9), which it drops
+    silently. The encoding moves them into the rows' ranges, so even the presolve-free path alone is right."""
+    import highspy
+    from safetensors.torch import load_file
+
+    from certkit.bounds.milp import MilpEncoding
+
+    set_option = highspy.Highs.setOptionValue
+    monkeypatch.setattr(highspy.Highs, "setOptionValue",
+                        lambda self, k, v: set_option(self, k, "off" if k == "presolve" else v))
+    from pathlib import Path
+
+    data = load_file(Path(__file__).parent / "data" / "fmnist_mlp_highs_regression.safetensors")
+    model = nn.Sequential(Normalize(data["0.mean"], data["0.std"]), nn.Flatten(), nn.Linear(784, 512), nn.ReLU(),
+                          nn.Linear(512, 10)).eval()
+    model.load_state_dict({k: v for k, v in data.items() if k not in ("x", "y")})
+    x, y = data["x"], data["y"]
+    enc = MilpEncoding(model, LinfBall(x, 0.1))
+    assert (enc._entries[2] != 0).all() and (abs(enc._entries[2]) >= 1e-8).all()
+    c = torch.zeros(10, dtype=torch.float64)
+    c[y] = 1
+    c[0] = -1  # the class of the counterexample
+    r = enc.minimize(c, stop_at_sign=False)
+    assert r.verdict == "falsified" and r.value < -0.3

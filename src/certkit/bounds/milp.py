@@ -68,6 +68,9 @@ def _op_matrix(op: g.Op, in_shape: tuple[int, ...], dtype=torch.float64, chunk: 
     return sp.vstack(cols).T.tocsr()
 
 
+_SMALL = 1e-8  # matrix entries below this are not passed to HiGHS (its own cut-off, small_matrix_value, is 1e-9)
+
+
 class MilpEncoding:
     """The MILP of one input of ``model`` over ``input_set`` (batch of one), reusable across objectives.
 
@@ -136,7 +139,7 @@ class MilpEncoding:
         binary: dict[int, np.ndarray] = {}
         for i in reversed(relus):
             lo, up = bounds[graph.nodes[i].inputs[0]]
-            unstable = np.nonzero((lo < 0) & (up > 0))[0]
+            unstable = np.nonzero((lo < 0) & (up > 0) & (-lo >= _SMALL) & (up >= _SMALL))[0]  # else triangle
             area = -lo[unstable] * up[unstable] / (up[unstable] - lo[unstable])
             take = unstable[np.argsort(-area, kind="stable")][: int(min(budget, len(unstable)))]
             budget -= len(take)
@@ -161,9 +164,17 @@ class MilpEncoding:
                     b = op.forward(torch.zeros(1, *shapes[j], dtype=vals[j].dtype)).double().reshape(-1).numpy()
                 z = new_cols(lo, up)
                 n = len(z)
-                # z − M·x = b
-                add_rows(np.concatenate([np.arange(n), M.row]), np.concatenate([z, var[j][M.col]]),
-                         np.concatenate([np.ones(n), -M.data]), b, b)
+                # HiGHS silently drops matrix entries below its small_matrix_value (1e-9); weights that small (e.g.
+                # of dead units) would then make a row contradict its column bounds. Move them into the row's range
+                # instead: Σ|w_ij|·max|x_j| over the dropped entries, a sound relaxation.
+                tiny = np.abs(M.data) < _SMALL
+                x_lo, x_up = bounds[j]
+                reach = np.maximum(np.abs(x_lo), np.abs(x_up))[M.col[tiny]]
+                delta = np.bincount(M.row[tiny], np.abs(M.data[tiny]) * reach, minlength=n)
+                keep = ~tiny
+                # b − δ ≤ z − M·x ≤ b + δ
+                add_rows(np.concatenate([np.arange(n), M.row[keep]]), np.concatenate([z, var[j][M.col[keep]]]),
+                         np.concatenate([np.ones(n), -M.data[keep]]), b - delta, b + delta)
                 var.append(z)
             elif isinstance(op, g.Add):
                 z = new_cols(lo, up)
@@ -201,9 +212,11 @@ class MilpEncoding:
                         add_rows(np.concatenate([r, r, r]), np.concatenate([ys, zs, a]),
                                  np.concatenate([np.ones(k), -np.ones(k), -l]), np.full(k, -np.inf), -l)
                     else:
-                        s = u / (u - l)  # y − s·z ≤ −s·l
-                        add_rows(np.concatenate([r, r]), np.concatenate([ys, zs]), np.concatenate([np.ones(k), -s]),
-                                 np.full(k, -np.inf), -s * l)
+                        s = u / (u - l)  # y − s·z ≤ −s·l (dropped where s is too small for HiGHS: y ≤ u remains)
+                        t = s >= _SMALL
+                        kt, rt = int(t.sum()), np.arange(int(t.sum()))
+                        add_rows(np.concatenate([rt, rt]), np.concatenate([ys[t], zs[t]]),
+                                 np.concatenate([np.ones(kt), -s[t]]), np.full(kt, -np.inf), -s[t] * l[t])
                 var.append(y)
             else:
                 raise g.UnsupportedOpError(f"the MILP encoding has no rule for {op!r} (node '{node.name}')")
@@ -286,6 +299,7 @@ class MilpEncoding:
         A = sp.csc_matrix((np.concatenate(vals), (np.concatenate(r_idx), np.concatenate(c_idx))),
                           shape=(n_row, n_col))
         A.sum_duplicates()
+        A.eliminate_zeros()
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = n_col, n_row
         lp.col_cost_ = cost
