@@ -76,9 +76,11 @@ def softmax_bounds(model: nn.Module, input_set: InputSet, num_classes: int, meth
     return softmax_from_margins(margin_bounds(model, input_set, num_classes, method))
 
 
-def pairwise_gap(full: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def pairwise_gap(full: torch.Tensor, y: torch.Tensor,
+                 softmax: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(B, K): D_yj, a lower bound of ``softmax_y − softmax_j`` over the set from the margin bounds ``full`` of
-    one network (module docstring; +inf at j = y)."""
+    one network (module docstring; +inf at j = y). ``softmax``: :func:`softmax_from_margins` of ``full`` when the
+    caller has it already."""
     dtype, full = full.dtype, full.double()  # e^{−d} of large margins overflows float32
     rows = torch.arange(len(y), device=y.device)
     lo = full[rows, y]  # lower bounds of d_k = f_y − f_k
@@ -90,7 +92,7 @@ def pairwise_gap(full: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     big = num / (1 + e_lo.sum(1, keepdim=True))  # others at their largest e^{−d_k}: the case num ≥ 0
     small = num / (1 + e_lo + e_hi.sum(1, keepdim=True) - e_hi)  # others at their smallest: num < 0
     gap = torch.where(num >= 0, big, small).nan_to_num(nan=-1.0)  # inf/inf (unbounded margins): the worst value
-    lower, upper = softmax_from_margins(full)  # Theorem 1's bound also uses the margins between the other classes
+    lower, upper = softmax or softmax_from_margins(full)  # Theorem 1's also uses the margins between other classes
     gap = torch.maximum(gap, lower.gather(1, y[:, None]) - upper)
     gap[rows, y] = math.inf
     return gap.to(dtype)
@@ -147,10 +149,10 @@ def certify_posterior(model: nn.Module, samples: list[dict[str, torch.Tensor]], 
     gap = torch.zeros_like(lo)
     for sample in samples:
         full = _with(model, sample, margin_bounds, s, k, method)
-        lo_i, up_i = softmax_from_margins(full)
-        lo += lo_i / len(samples)
-        up += up_i / len(samples)
-        gap += pairwise_gap(full, y) / len(samples)
+        lo_i, up_i = softmax_from_margins(full.double())
+        lo += lo_i.to(lo.dtype) / len(samples)
+        up += up_i.to(up.dtype) / len(samples)
+        gap += pairwise_gap(full, y, (lo_i, up_i)) / len(samples)
     theorem1 = lo.gather(1, y[:, None]).squeeze(1) - up.scatter(1, y[:, None], -math.inf).amax(1)
     margin = gap.amin(1) if rule == "pairwise" else theorem1
     return PosteriorCertificate(margin > 0, margin, lo, up, theorem1, rule)
@@ -176,6 +178,8 @@ def hoeffding_confidence(margin: float | torch.Tensor, n_samples: int, num_class
     Hoeffding's inequality and a union bound. 'pairwise': the K − 1 gap means (values in [−1, 1]) are each within
     t = margin of their expectations with probability ≥ 1 − 2(K−1)·exp(−N t²/2); 'theorem1': the K class bounds'
     means (values in [0, 1]) within t = margin/2, probability ≥ 1 − 2K·exp(−2N t²)."""
+    if rule not in ("pairwise", "theorem1"):
+        raise ValueError(f"rule must be 'pairwise' or 'theorem1', got {rule!r}")
     m = torch.as_tensor(margin, dtype=torch.float64).clamp(min=0)
     if rule == "pairwise":
         return (1 - 2 * (num_classes - 1) * torch.exp(-n_samples * m ** 2 / 2)).clamp(min=0)

@@ -71,6 +71,20 @@ def _op_matrix(op: g.Op, in_shape: tuple[int, ...], dtype=torch.float64, chunk: 
 _SMALL = 1e-8  # matrix entries below this are not passed to HiGHS (its own cut-off, small_matrix_value, is 1e-9)
 
 
+def _relax_tiny(rows, cols, vals, row_lo, row_up, col_lo, col_up):
+    """HiGHS silently drops matrix entries below its small_matrix_value; a row without them can contradict the
+    column bounds (measured: a satisfiable MILP reported infeasible, i.e. 'verified'). Remove entries below _SMALL
+    here and widen their rows by Σ|a_ij|·max(|l_j|, |u_j|) instead: a sound relaxation. Returns the kept entries
+    and the widened row bounds."""
+    tiny = np.abs(vals) < _SMALL
+    if not tiny.any():
+        return rows, cols, vals, row_lo, row_up
+    reach = np.maximum(np.abs(col_lo), np.abs(col_up))[cols[tiny]]
+    delta = np.bincount(rows[tiny], np.abs(vals[tiny]) * reach, minlength=len(row_lo))
+    keep = ~tiny
+    return rows[keep], cols[keep], vals[keep], row_lo - delta, row_up + delta
+
+
 class MilpEncoding:
     """The MILP of one input of ``model`` over ``input_set`` (batch of one), reusable across objectives.
 
@@ -164,17 +178,9 @@ class MilpEncoding:
                     b = op.forward(torch.zeros(1, *shapes[j], dtype=vals[j].dtype)).double().reshape(-1).numpy()
                 z = new_cols(lo, up)
                 n = len(z)
-                # HiGHS silently drops matrix entries below its small_matrix_value (1e-9); weights that small (e.g.
-                # of dead units) would then make a row contradict its column bounds. Move them into the row's range
-                # instead: Σ|w_ij|·max|x_j| over the dropped entries, a sound relaxation.
-                tiny = np.abs(M.data) < _SMALL
-                x_lo, x_up = bounds[j]
-                reach = np.maximum(np.abs(x_lo), np.abs(x_up))[M.col[tiny]]
-                delta = np.bincount(M.row[tiny], np.abs(M.data[tiny]) * reach, minlength=n)
-                keep = ~tiny
-                # b − δ ≤ z − M·x ≤ b + δ
-                add_rows(np.concatenate([np.arange(n), M.row[keep]]), np.concatenate([z, var[j][M.col[keep]]]),
-                         np.concatenate([np.ones(n), -M.data[keep]]), b - delta, b + delta)
+                # z − M·x = b
+                add_rows(np.concatenate([np.arange(n), M.row]), np.concatenate([z, var[j][M.col]]),
+                         np.concatenate([np.ones(n), -M.data]), b, b)
                 var.append(z)
             elif isinstance(op, g.Add):
                 z = new_cols(lo, up)
@@ -212,17 +218,17 @@ class MilpEncoding:
                         add_rows(np.concatenate([r, r, r]), np.concatenate([ys, zs, a]),
                                  np.concatenate([np.ones(k), -np.ones(k), -l]), np.full(k, -np.inf), -l)
                     else:
-                        s = u / (u - l)  # y − s·z ≤ −s·l (dropped where s is too small for HiGHS: y ≤ u remains)
-                        t = s >= _SMALL
-                        kt, rt = int(t.sum()), np.arange(int(t.sum()))
-                        add_rows(np.concatenate([rt, rt]), np.concatenate([ys[t], zs[t]]),
-                                 np.concatenate([np.ones(kt), -s[t]]), np.full(kt, -np.inf), -s[t] * l[t])
+                        s = u / (u - l)  # y − s·z ≤ −s·l
+                        add_rows(np.concatenate([r, r]), np.concatenate([ys, zs]), np.concatenate([np.ones(k), -s]),
+                                 np.full(k, -np.inf), -s * l)
                 var.append(y)
             else:
                 raise g.UnsupportedOpError(f"the MILP encoding has no rule for {op!r} (node '{node.name}')")
         self._cols = (np.concatenate(col_lo), np.concatenate(col_up), np.concatenate(integer))
-        self._rows = (np.concatenate(row_lo), np.concatenate(row_up))
-        self._entries = tuple(np.concatenate([e[k] for e in entries]) for k in range(3))
+        *self._entries, r_lo, r_up = _relax_tiny(*(np.concatenate([e[k] for e in entries]) for k in range(3)),
+                                                 np.concatenate(row_lo), np.concatenate(row_up), *self._cols[:2])
+        self._entries = tuple(self._entries)
+        self._rows = (r_lo, r_up)
         self.var = var
         self.out = var[graph.output]
         self.out_bounds = bounds[graph.output]
@@ -296,8 +302,11 @@ class MilpEncoding:
             n_row += 1
             cost = np.zeros(n_col)
             cost[z] = 1.0
-        A = sp.csc_matrix((np.concatenate(vals), (np.concatenate(r_idx), np.concatenate(c_idx))),
-                          shape=(n_row, n_col))
+        ri, ci, va, rlo_all, rup_all = _relax_tiny(np.concatenate(r_idx), np.concatenate(c_idx), np.concatenate(vals),
+                                                   np.concatenate(rlo), np.concatenate(rup),
+                                                   np.concatenate(col_lo), np.concatenate(col_up))
+        rlo, rup = [rlo_all], [rup_all]
+        A = sp.csc_matrix((va, (ri, ci)), shape=(n_row, n_col))
         A.sum_duplicates()
         A.eliminate_zeros()
         lp = highspy.HighsLp()
