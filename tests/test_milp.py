@@ -139,9 +139,13 @@ def test_tiny_weights_do_not_make_the_encoding_infeasible(monkeypatch):
 
     from certkit.bounds.milp import MilpEncoding
 
-    set_option = highspy.Highs.setOptionValue
-    monkeypatch.setattr(highspy.Highs, "setOptionValue",
-                        lambda self, k, v: set_option(self, k, "off" if k == "presolve" else v))
+    pass_model = highspy.Highs.passModel
+
+    def without_presolve(self, lp):
+        self.setOptionValue("presolve", "off")
+        return pass_model(self, lp)
+
+    monkeypatch.setattr(highspy.Highs, "passModel", without_presolve)
     from pathlib import Path
 
     data = load_file(Path(__file__).parent / "data" / "fmnist_mlp_highs_regression.safetensors")
