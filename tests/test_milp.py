@@ -81,6 +81,30 @@ def test_stop_at_sign_verdicts_and_counterexamples():
     assert (out[0] - out[1]).abs() > 0  # the property is not degenerate at the centre
 
 
+def test_an_infeasibility_claim_needs_a_second_search_to_agree(monkeypatch):
+    """'Infeasible' is read as 'verified', so one solver run saying so must not be enough: when the first search
+    (random seed 0) wrongly claims infeasibility, the confirming search finds the counterexample."""
+    import highspy
+
+    model = tiny_mlp(7)
+    x = torch.tensor([[0.2, -0.1]])
+    c = torch.zeros(3)
+    c[0], c[1] = 1, -1
+    enc = MilpEncoding(model, LinfBall(x, 2.0, domain=None))
+    assert enc.minimize(c).verdict == "falsified"
+    status, seeds = highspy.Highs.getModelStatus, []
+
+    def lying_first_search(self):  # seed 0 pretends the MILP is infeasible
+        seed = self.getOptionValue("random_seed")
+        seed = seed[1] if isinstance(seed, tuple) else seed
+        seeds.append(seed)
+        return highspy.HighsModelStatus.kInfeasible if seed == 0 else status(self)
+
+    monkeypatch.setattr(highspy.Highs, "getModelStatus", lying_first_search)
+    r = enc.minimize(c)
+    assert 1 in seeds and r.verdict == "falsified" and r.value <= 0
+
+
 def test_l2_balls_are_refused():
     with pytest.raises(SpecError, match="box-shaped"):
         MilpEncoding(tiny_mlp(0), L2Ball(torch.rand(1, 2), 0.1, domain=None))
