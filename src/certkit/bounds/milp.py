@@ -365,7 +365,7 @@ class MilpEncoding:
         if has_sol:
             x = torch.tensor(np.asarray(h.getSolution().col_value)[self.var[0]]).view_as(self.input_set.x)
             x = torch.minimum(torch.maximum(x, self.input_set.lower.double()), self.input_set.upper.double())
-            value = float(_exact_objective(self.model, x, C64, d64, cl))
+            value = float(_exact_objective(self.graph, x, C64, d64, cl))
             if value <= threshold:
                 return MilpResult("falsified", bound, value, x, seconds, name)
         if bound > cut:
@@ -373,11 +373,10 @@ class MilpEncoding:
         return MilpResult("unknown", bound, value, None, seconds, name)
 
 
-def _exact_objective(model, x: torch.Tensor, C: np.ndarray, d: np.ndarray, clauses: np.ndarray) -> float:
-    """``min_q max_{k∈q} (C·model(x) + d)_k`` with a float64 copy of the model."""
-    m64 = copy.deepcopy(model).to(torch.float64)
+def _exact_objective(graph: g.Graph, x: torch.Tensor, C: np.ndarray, d: np.ndarray, clauses: np.ndarray) -> float:
+    """``min_q max_{k∈q} (C·f(x) + d)_k`` with the encoding's float64 graph of the model."""
     with torch.no_grad():
-        rows = torch.tensor(C) @ m64(x.to(torch.float64)).reshape(-1) + torch.tensor(d)
+        rows = torch.tensor(C) @ graph.forward(x.to(torch.float64)).reshape(-1) + torch.tensor(d)
     return min(float(rows[torch.tensor(clauses == q)].max()) for q in np.unique(clauses))
 
 
