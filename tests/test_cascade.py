@@ -34,11 +34,12 @@ def batch():
 def test_methods_are_ordered_by_strength_and_sound(batch):
     model, x, y = batch
     eps = 0.04
-    got = {m: certify(model, x, y, eps, m, timeout=30) for m in ("ibp", "crown", "alpha", "milp", "cascade")}
-    ibp, crown, alpha, milp, cascade = (got[m].certified for m in ("ibp", "crown", "alpha", "milp", "cascade"))
+    names = ("ibp", "crown", "alpha", "bab", "milp", "cascade")
+    got = {m: certify(model, x, y, eps, m, timeout=30) for m in names}
+    ibp, crown, alpha, bab, milp, cascade = (got[m].certified for m in names)
     assert (crown | ibp).sum() <= alpha.sum() + ibp.sum()
     assert not (crown & ~alpha).any() and not (alpha & ~milp).any()
-    assert (milp == cascade).all()  # both exact here: nothing times out
+    assert (milp == cascade).all() and (bab == milp).all()  # all exact here: nothing times out
     assert 0 < milp.sum() < len(y) and crown.sum() < milp.sum()  # the case is not trivial
     strong = pgd(model, x, y, eps, steps=100, restarts=5, loss="margin")
     assert not (milp & strong.success).any()
@@ -50,8 +51,14 @@ def test_methods_are_ordered_by_strength_and_sound(batch):
             assert model(v.counterexample).argmax(1).item() != y[i].item() or \
                 (model(v.counterexample)[0, y[i]] - model(v.counterexample)[0]).sort().values[1] <= 1e-6
         else:
-            assert v.verdict == "verified" and set(v.seconds) <= {"attack", "ibp", "crown", "alpha", "milp"}
+            assert v.verdict == "verified" and set(v.seconds) <= {"attack", "ibp", "crown", "alpha", "bab", "milp"}
     assert {v.verdict for v in got["cascade"].verdicts} == {"verified", "falsified"}
+    # branch and bound decides what the bounds leave open; the MILP is not needed after it
+    assert "bab" in {v.stage for v in got["cascade"].verdicts}
+    assert all("milp" not in v.seconds for v in got["cascade"].verdicts)
+    # without branch and bound the MILP decides the same inputs
+    alone = certify(model, x, y, eps, "cascade", timeout=30, stages=("attack", "ibp", "crown", "alpha", "milp"))
+    assert (alone.certified == cascade).all()
 
 
 def test_clauses_need_one_positive_row_each():
@@ -70,11 +77,11 @@ def test_clauses_need_one_positive_row_each():
     assert all(r.verdict == "falsified" and r.stage == "attack" for r in v)
 
 
-def test_cascade_on_l2_balls_skips_the_milp():
+def test_cascade_on_l2_balls_skips_branch_and_bound_and_the_milp():
     model, x, y = small_net(), torch.rand(4, 1, 4, 4), None
     y = model(x).argmax(1)
     c = certify(model, x, y, 0.05, "cascade", norm="2")
-    assert all("milp" not in v.seconds for v in c.verdicts)
+    assert all("milp" not in v.seconds and "bab" not in v.seconds for v in c.verdicts)
     v = verify_property(model, L2Ball(x, 0.05), margin_spec(y, 4), stages=("ibp",))
     assert all(r.verdict in ("verified", "unknown") for r in v)
     with pytest.raises(ValueError, match="unknown stages"):
@@ -94,10 +101,10 @@ def test_max_radius_is_certified_and_tight_to_tol(batch, method):
     assert math.isclose(float(r.max()), float(r.max()))
 
 
-def test_cascade_skips_the_milp_for_ops_it_cannot_encode():
+def test_cascade_skips_the_complete_stages_for_ops_they_cannot_split():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(12, 4)).eval()
     x = torch.rand(3, 1, 4, 4)
     c = certify(model, x, model(x).argmax(1), 0.2, "cascade")
-    assert all("milp" not in v.seconds and v.verdict in ("verified", "falsified", "unknown") for v in c.verdicts)
+    assert all("milp" not in v.seconds and "bab" not in v.seconds and v.verdict in ("verified", "falsified", "unknown") for v in c.verdicts)

@@ -73,7 +73,7 @@ def cmd_certify(args) -> int:
     model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
     eps_list = _eps_list(args.eps)
-    args.batch_size = args.batch_size or {"crown": 16, "alpha": 32, "milp": 16, "cascade": 100}.get(args.method, 256)
+    args.batch_size = args.batch_size or {"crown": 16, "alpha": 32, "bab": 16, "milp": 16, "cascade": 100}.get(args.method, 256)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"certify-{args.method}-{data.name}.jsonl"
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
               "pgd_steps": args.pgd_steps, "float64_check": args.float64_check, **_options(args),
@@ -111,7 +111,7 @@ def cmd_radius(args) -> int:
               "hi": args.hi, "tol": args.tol, **_options(args), "certkit_version": __version__}
     writer = ResultsWriter(out, key="idx", header=header)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
-    bs = args.batch_size or {"crown": 16, "alpha": 32, "milp": 4, "cascade": 16}.get(args.method, 256)
+    bs = args.batch_size or {"crown": 16, "alpha": 32, "bab": 4, "milp": 4, "cascade": 16}.get(args.method, 256)
     for i in range(0, len(indices), bs):
         ids = [k for k in range(i, min(i + bs, len(indices))) if indices[k] not in writer.done]
         if not ids:
@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ba)
     ba.set_defaults(func=cmd_bayes)
 
-    methods = ["ibp", "crown", "crown-ibp", "alpha", "milp", "cascade"]
+    methods = ["ibp", "crown", "crown-ibp", "alpha", "bab", "milp", "cascade"]
     for name, helptext in (("certify", "certify a checkpoint or ONNX net on a test set"),
                            ("radius", "largest certified radius per test input, by bisection"),
                            ("attack", "PGD-attack a checkpoint")):
@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(c)
         if name in ("certify", "radius"):
             c.add_argument("--method", default="ibp", choices=methods)
-            c.add_argument("--timeout", type=float, default=None, help="seconds per input (milp, cascade)")
+            c.add_argument("--timeout", type=float, default=None, help="seconds per input (bab, milp, cascade)")
             c.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
             c.add_argument("--iterations", type=int, default=None, help="alpha: slope optimisation steps (20)")
             c.add_argument("--out", default=None, help="results JSONL (resumed if it exists)")

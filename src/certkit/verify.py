@@ -23,25 +23,31 @@ from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
 from certkit.specs import Box, InputSet, LinearSpec, LpBall, SpecError, ball, check_finite, margin_spec
 
 
-def _milp_lower(model: nn.Module, s: InputSet, spec: LinearSpec, timeout: float = 60.0,
-                max_binaries: int | None = None, **_) -> torch.Tensor:
-    """Lower bounds of the spec rows by MILP with CROWN's intermediate bounds, stopping per row once the sign
-    is decided (a verified row gets a bound above 0; a falsified one a value at or below 0)."""
+def _complete_lower(model: nn.Module, s: InputSet, spec: LinearSpec, solver: str, timeout: float = 60.0,
+                    max_binaries: int | None = None, **_) -> torch.Tensor:
+    """Lower bounds of the spec rows by a complete method, ``solver`` 'milp' (HiGHS with CROWN's intermediate
+    bounds) or 'bab' (branch and bound with β-CROWN, α-CROWN's intermediate bounds), within ``timeout`` seconds
+    per input, stopping per row once its sign is decided (a verified row gets a bound above 0; a falsified one
+    a value at or below 0) and per input at the first row not proved."""
+    from certkit.bounds.bab import bab
     from certkit.bounds.milp import MilpEncoding, _select
 
-    crown, pre = crown_bounds(model, s, spec, return_all=True)
+    crown, pre = crown_bounds(model, s, spec, return_all=True, intermediate="alpha" if solver == "bab" else "crown")
     lower = crown.lower.clone()
     for b in range(s.batch_size):
         t0 = time.perf_counter()
         enc = None
+        pb = {i: Bounds(v.lower[b:b + 1], v.upper[b:b + 1]) for i, v in pre.items()}
         for k in lower[b].argsort().tolist():
             if lower[b, k] > 0:
                 continue
-            if enc is None:
-                pb = {i: Bounds(v.lower[b:b + 1], v.upper[b:b + 1]) for i, v in pre.items()}
-                enc = MilpEncoding(model, _select(s, b), pb, max_binaries)
             d = 0.0 if spec.d is None else float(spec.d[b, k])
-            r = enc.minimize(spec.C[b, k], d, time_limit=timeout - (time.perf_counter() - t0))
+            left = timeout - (time.perf_counter() - t0)
+            if solver == "bab":
+                r = bab(model, _select(s, b), spec.C[b, k:k + 1], torch.tensor([d]), time_limit=left, pre=pb)
+            else:
+                enc = enc or MilpEncoding(model, _select(s, b), pb, max_binaries)
+                r = enc.minimize(spec.C[b, k], d, time_limit=left)
             lower[b, k] = r.value if r.verdict == "falsified" else max(r.bound, lower[b, k].item())
             if r.verdict != "verified":
                 break  # one row that is not proved decides the input
@@ -55,7 +61,8 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "crown-ibp": lambda model, s, spec, **_: crown_bounds(model, s, spec, intermediate="ibp").lower,
     "alpha": lambda model, s, spec, iterations=20, **_: alpha_crown_bounds(
         model, s, spec, iterations=iterations, bound_upper=False).lower,
-    "milp": _milp_lower,
+    "bab": lambda model, s, spec, **o: _complete_lower(model, s, spec, "bab", **o),
+    "milp": lambda model, s, spec, **o: _complete_lower(model, s, spec, "milp", **o),
 }
 
 
@@ -206,7 +213,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ cascade
-STAGES = ("attack", "ibp", "crown", "alpha", "milp")
+STAGES = ("attack", "ibp", "crown", "alpha", "bab", "milp")
 
 
 @dataclass
@@ -255,7 +262,9 @@ def verify_property(
 
     Stages run in order on the inputs still undecided: ``attack`` (PGD on the violation, re-checked in float64),
     ``ibp``, ``crown``, ``alpha`` (bounds; a clause is refuted when one of its rows is proved positive) and
-    ``milp`` (HiGHS with CROWN's intermediate bounds, per open clause, within what is left of ``timeout``).
+    ``bab`` (branch and bound with β-CROWN, per open clause) and ``milp`` (HiGHS), both with α-CROWN-optimised
+    intermediate bounds and within what is left of ``timeout`` per input: the MILP runs only where branch and
+    bound stopped early without a verdict (domain budget, a fully split domain) or is left out of ``stages``.
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -269,6 +278,7 @@ def verify_property(
     lower = torch.full((B, K), -math.inf, dtype=spec.C.dtype, device=spec.C.device)
     verdicts = [Verdict("unknown", "", {}) for _ in range(B)]
     open_ = torch.ones(B, dtype=torch.bool)
+    refined: dict[int, dict] = {}  # per input: α-CROWN-optimised intermediate bounds, shared by bab and milp
 
     def sub(idx: torch.Tensor) -> tuple[InputSet, LinearSpec]:
         s = _subset(input_set, idx)
@@ -281,13 +291,15 @@ def verify_property(
         idx = open_.nonzero().squeeze(1)
         if len(idx) == 0:
             break
-        if stage == "milp":
+        if stage in ("bab", "milp"):
             if isinstance(input_set, LpBall) and input_set.p != math.inf:
-                continue  # the MILP encodes boxes only
-            if not _milp_supported(model):
-                continue  # e.g. MaxPool: no MILP encoding; those inputs stay 'unknown'
+                continue  # both split boxes only
+            if not _relu_only(model):
+                continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'
             for b in idx.tolist():
-                _milp_stage(model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout, max_binaries)
+                _complete_stage(stage, model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout,
+                                max_binaries, refined)
+                open_[b] = verdicts[b].verdict == "unknown"
             continue
         t0 = time.perf_counter()
         s, sp = sub(idx)
@@ -322,7 +334,8 @@ def verify_property(
     return verdicts
 
 
-def _milp_supported(model) -> bool:
+def _relu_only(model) -> bool:
+    """The model has the ops branch and bound and the MILP encode (ReLU networks without MaxPool)."""
     from certkit import graph as g
 
     ok = (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.Add, g.ReLU)
@@ -335,28 +348,30 @@ def _subset(input_set: InputSet, idx: torch.Tensor) -> InputSet:
     return Box(input_set.lower[idx], input_set.upper[idx])
 
 
-def _milp_stage(model, input_set, spec, d, clauses, b, lower, verdict: Verdict, timeout, max_binaries) -> None:
-    """Decide input b by one MILP over its open clauses (those with no row proved positive yet), with
-    α-CROWN-optimised intermediate bounds: min_q max_{k∈q} row_k > 0 proves the property, a solution at or
-    below 0 (re-checked in float64) is a counterexample."""
+def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, verdict: Verdict, timeout,
+                    max_binaries, refined: dict[int, dict]) -> None:
+    """Decide input b per open clause (one with no row proved positive yet), weakest first, by branch and
+    bound (``stage`` 'bab') or one MILP (HiGHS), with α-CROWN-optimised intermediate bounds:
+    ``min_q max_{k∈q} row_k > 0`` proves the property, a point at or below 0 (re-checked in float64) is a
+    counterexample. A clause's minimum needs no binaries beyond the network's (one MILP over the disjunction
+    of all clauses was measured slower: its big-M relaxation is weak)."""
+    from certkit.bounds.bab import bab
     from certkit.bounds.milp import MilpEncoding, _select
 
     t0 = time.perf_counter()
     left = timeout - sum(verdict.seconds.values())
+    if left <= 0:
+        return
     one = _select(input_set, b)
     open_q = [q for q in clauses.unique().tolist() if not (lower[b][clauses == q] > 0).any()]
-    rows = torch.cat([(clauses == q).nonzero().squeeze(1) for q in open_q])
-    with torch.no_grad():
-        out, pre = crown_bounds(model, one, LinearSpec(spec.C[b:b + 1, rows], None), return_all=True,
-                                intermediate="alpha")
-    lower[b, rows] = torch.maximum(lower[b, rows], out.lower[0] + d[b, rows])
-    if all((lower[b][clauses == q] > 0).any() for q in open_q):  # the tighter bounds already suffice
-        verdict.seconds["milp"] = time.perf_counter() - t0
-        verdict.verdict, verdict.stage = "verified", "milp"
-        return
-    enc = MilpEncoding(model, one, pre, max_binaries)
-    # one solve per open clause, weakest first: a clause's minimum of max_k row_k needs no binaries beyond the
-    # network's (one MILP over the disjunction of all clauses was measured slower: its big-M relaxation is weak)
+    if b not in refined:
+        rows = torch.cat([(clauses == q).nonzero().squeeze(1) for q in open_q])
+        with torch.no_grad():
+            out, refined[b] = crown_bounds(model, one, LinearSpec(spec.C[b:b + 1, rows], None), return_all=True,
+                                           intermediate="alpha")
+        lower[b, rows] = torch.maximum(lower[b, rows], out.lower[0] + d[b, rows])
+    pre = refined[b]
+    enc = None
     open_q.sort(key=lambda q: float(lower[b][clauses == q].max()))
     for q in open_q:
         rq = (clauses == q).nonzero().squeeze(1)
@@ -365,18 +380,22 @@ def _milp_stage(model, input_set, spec, d, clauses, b, lower, verdict: Verdict, 
         budget = left - (time.perf_counter() - t0)
         if budget <= 0:
             break
-        r = enc.minimize_property(spec.C[b, rq], d[b, rq], None if len(rq) == 1 else torch.zeros(len(rq)),
-                                  time_limit=budget, row_lower=lower[b, rq])
+        if stage == "bab":
+            r = bab(model, one, spec.C[b, rq], d[b, rq], time_limit=budget, pre=pre)
+        else:
+            enc = enc or MilpEncoding(model, one, pre, max_binaries)
+            r = enc.minimize_property(spec.C[b, rq], d[b, rq], None if len(rq) == 1 else torch.zeros(len(rq)),
+                                      time_limit=budget, row_lower=lower[b, rq])
         if r.verdict == "falsified":
-            verdict.verdict, verdict.stage, verdict.counterexample = "falsified", "milp", r.x.float()
+            verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, r.x.float()
             break
         if r.verdict != "verified":
             break
         if len(rq) == 1:
             lower[b, rq] = torch.clamp(lower[b, rq], min=r.bound)
     else:
-        verdict.verdict, verdict.stage = "verified", "milp"
-    verdict.seconds["milp"] = time.perf_counter() - t0
+        verdict.verdict, verdict.stage = "verified", stage
+    verdict.seconds[stage] = time.perf_counter() - t0
 
 
 def max_radius(

@@ -100,12 +100,14 @@ def pgd_minimize(
     restarts: int = 1,
     step_size: float | None = None,
     generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise a per-input ``objective(x) -> (B,)`` over a box-shaped set by signed-gradient PGD with random
-    starts (the first from the centre). Returns the best points and their values, (B, ...) and (B,)."""
+    starts (the first from ``start``, default the centre). Returns the best points and their values, (B, ...)
+    and (B,)."""
     lo, up = input_set.lower.detach(), input_set.upper.detach()
     step = (up - lo) / 2 * (2.5 / max(steps, 1)) if step_size is None else step_size
-    best_x = input_set.x.detach().clone()
+    best_x = (input_set.x if start is None else start).detach().clone()
     with torch.no_grad():
         best_v = objective(best_x)
     for r in range(restarts):

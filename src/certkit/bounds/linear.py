@@ -152,11 +152,15 @@ def _concretize(A: torch.Tensor, c: torch.Tensor, input_set: InputSet) -> torch.
 
 def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[int, ...]],
               pre: dict[int, Bounds], input_set: InputSet, const: torch.Tensor | None = None,
-              alphas: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+              alphas: dict[int, torch.Tensor] | None = None, betas: dict[int, torch.Tensor] | None = None,
+              record: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Lower bound of ``A·x_target + const`` over the input set (A: (B, K, *shape of target)).
 
     ``alphas`` optionally gives, per ReLU input node, lower slopes in [0, 1] of shape (B, K, *shape) for the
-    unstable neurons (α-CROWN); the default is CROWN's adaptive slope."""
+    unstable neurons (α-CROWN); the default is CROWN's adaptive slope. ``betas`` adds, per node, a term
+    ``betas[i]·x_i`` to the bounded function (β-CROWN's Lagrangian for split constraints; see
+    :mod:`certkit.bounds.bab`). ``record``, if given, receives the coefficients on every ReLU's output (keyed by
+    the ReLU's input node) and on the input (key -1)."""
     B, K = A.shape[:2]
     coeff: dict[int, torch.Tensor] = {target: A}
     if const is None:
@@ -165,15 +169,21 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
         if i not in coeff:
             continue
         Ai = coeff.pop(i)
+        if betas is not None and i in betas:
+            Ai = Ai + betas[i]
         node = graph.nodes[i]
         op = node.op
         if isinstance(op, g.Input):
+            if record is not None:
+                record[-1] = Ai
             return _concretize(Ai, const, input_set)
         j = node.inputs[0]
         if isinstance(op, g.AffineOp):
             Aj, c = _affine_backward(op, Ai, shapes[j])
             const = const + c
         elif isinstance(op, g.ReLU):
+            if record is not None:
+                record[j] = Ai
             sl, su, bu = (t.unsqueeze(1) for t in _relu_relaxation(pre[j]))
             if alphas is not None and j in alphas:
                 b = pre[j]

@@ -1,0 +1,260 @@
+"""Branch and bound over ReLU splits with β-CROWN bounds (Wang et al. 2021, "Beta-CROWN").
+
+A *domain* is the input set together with a sign for some unstable ReLUs: ``z_k ≥ 0`` (active) or ``z_k ≤ 0``
+(inactive). Splitting a neuron makes its ReLU exact (identity or zero) in each child; the two children cover the
+parent. Each domain is bounded by the CROWN backward pass of :mod:`certkit.bounds.linear` with the split
+neurons' intermediate bounds clipped at 0 and with the split constraints added through Lagrange multipliers
+(β-CROWN, their eq. 6): for ``β ≥ 0``,
+
+    min_{x in domain} c·f(x)  ≥  min_{x in box} [ c·f(x) − Σ_k β_k s_k z_k(x) ],
+
+where ``s_k = ±1`` is the split's sign, because every term ``s_k z_k`` is non-negative in the domain. The lower
+ReLU slopes α (α-CROWN) and the multipliers β are optimised per domain by projected Adam; any α in [0, 1] and
+β ≥ 0 gives a sound bound, and a child inherits its parent's bound (its set is smaller), so every number this
+module reports is a lower bound. The property is proved when every leaf domain's bound is positive; the minima
+of the domains' linear bounds are tried as counterexamples (re-checked in float64) on the way.
+
+Intermediate bounds are those of the root (α-CROWN-optimised), clipped by the splits, and the neuron to split
+is chosen by the BaBSR-style score: the loss the upper relaxation's intercept causes in the current bound.
+Only ReLU networks (Linear, Conv, AvgPool, Add, Flatten, per-channel affine) are supported.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from certkit import graph as g
+from certkit.attacks.pgd import pgd_minimize
+from certkit.bounds.interval import Bounds
+from certkit.bounds.linear import _backward, _relu_relaxation, crown_bounds
+from certkit.specs import Box, InputSet, LinearSpec, LpBall, SpecError
+
+_SUPPORTED = (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.Add, g.ReLU)
+
+
+@dataclass
+class BabResult:
+    """``verdict``: 'verified' (every domain's bound is positive), 'falsified' (``x`` violates the clause,
+    checked in float64) or 'unknown' (time or domain budget spent, or a fully split domain left undecided);
+    ``bound``: a sound lower bound of ``min_x max_k (C·f(x) + d)_k`` over the set (−inf before the root's
+    bound); ``value``: that function at ``x`` (+inf without a counterexample); ``domains``: domains bounded."""
+
+    verdict: str
+    bound: float
+    value: float
+    x: torch.Tensor | None
+    domains: int
+    seconds: float
+
+
+class _Problem:
+    """One input set and one clause, with the root's intermediate bounds and the unstable neurons."""
+
+    def __init__(self, model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor, pre: dict[int, Bounds] | None):
+        if isinstance(input_set, LpBall) and input_set.p != math.inf:
+            raise SpecError("branch and bound splits box-shaped input sets (L∞ balls, boxes) only")
+        if input_set.batch_size != 1:
+            raise SpecError(f"branch and bound takes one input at a time, got a batch of {input_set.batch_size}")
+        self.graph = graph = g.to_graph(model)
+        bad = [n for n in graph.nodes if not isinstance(n.op, _SUPPORTED)]
+        if bad:
+            raise g.UnsupportedOpError(f"branch and bound supports ReLU networks only; {bad[0].op!r} "
+                                       f"(node '{bad[0].name}') is not supported")
+        self.model = model
+        self.lo, self.hi = input_set.lower, input_set.upper
+        dtype = self.lo.dtype
+        self.C, self.d = C.to(dtype).reshape(1, -1, C.shape[-1]), d.to(dtype).reshape(1, -1)
+        if pre is None:
+            with torch.no_grad():
+                _, pre = crown_bounds(graph, Box(self.lo, self.hi), LinearSpec(self.C, None), return_all=True,
+                                      intermediate="alpha")
+        self.pre = pre
+        with torch.no_grad():
+            self.shapes = [tuple(v.shape[1:]) for v in graph.forward(input_set.x.to(dtype), return_all=True)]
+        self.relus = [n.inputs[0] for n in graph.nodes if isinstance(n.op, g.ReLU)]
+        self.unstable = {j: ((pre[j].lower < 0) & (pre[j].upper > 0)).flatten().nonzero().squeeze(1)
+                         for j in self.relus}
+        self.n_unstable = sum(len(u) for u in self.unstable.values())
+        self._model64 = None
+
+    def clause_value(self, x: torch.Tensor, model=None) -> torch.Tensor:
+        """``max_k (C·f(x) + d)_k`` for a batch of points."""
+        out = (model or self.model)(x).flatten(1)
+        C, d = self.C[0].to(out.dtype), self.d[0].to(out.dtype)
+        return (out @ C.T + d).max(1).values
+
+    def violates(self, x: torch.Tensor) -> bool:
+        """The point is in the set and violates the clause in float64 (the model's dtype may round)."""
+        if self._model64 is None:
+            self._model64 = copy.deepcopy(self.model).double()
+        inside = bool(((x >= self.lo) & (x <= self.hi)).all())
+        with torch.no_grad():
+            return inside and float(self.clause_value(x.double(), self._model64)[0]) <= 0
+
+    def bound(self, split: dict[int, torch.Tensor], alpha: dict[int, torch.Tensor], beta: dict[int, torch.Tensor],
+              iterations: int, lr: float) -> tuple[torch.Tensor, dict, dict, dict, torch.Tensor]:
+        """Lower bounds (D, K) of the clause rows over D domains, optimising α and β (warm-started from the
+        given compact tensors, (D, K, U_j)); returns the bounds, the optimised α and β, the coefficients on the
+        unstable ReLUs' outputs (D, K, U_j) for branching, and one candidate counterexample per row (D·K, ...)."""
+        D = next(iter(split.values())).shape[0] if split else 1
+        K = self.C.shape[1]
+        pre: dict[int, Bounds] = {}
+        base: dict[int, torch.Tensor] = {}
+        for j, b in self.pre.items():
+            lo, up = b.lower.flatten(1).expand(D, -1).clone(), b.upper.flatten(1).expand(D, -1).clone()
+            if j in self.unstable and len(self.unstable[j]):
+                u, s = self.unstable[j], split[j]
+                lo[:, u] = torch.where(s > 0, lo[:, u].clamp(min=0), lo[:, u])
+                up[:, u] = torch.where(s < 0, up[:, u].clamp(max=0), up[:, u])
+            pre[j] = Bounds(lo.view(D, *self.shapes[j]), up.view(D, *self.shapes[j]))
+            if j in self.unstable:
+                base[j] = _relu_relaxation(pre[j])[0].flatten(1).unsqueeze(1).expand(D, K, -1)
+        box = Box(self.lo.expand(D, *self.lo.shape[1:]), self.hi.expand(D, *self.hi.shape[1:]))
+        rows, const = self.C.expand(D, -1, -1), self.d.expand(D, -1)
+        a = {j: v.detach().clone().requires_grad_(True) for j, v in alpha.items()}
+        bt = {j: v.detach().clone().requires_grad_(True) for j, v in beta.items()}
+
+        def run(record=None):
+            alphas, betas = {}, {}
+            for j in self.relus:
+                u = self.unstable[j]
+                if len(u) == 0:
+                    continue
+                alphas[j] = base[j].index_copy(2, u, a[j]).view(D, K, *self.shapes[j])
+                n = base[j].shape[2]
+                term = -bt[j] * split[j].unsqueeze(1).to(bt[j].dtype)
+                betas[j] = torch.zeros(D, K, n, dtype=term.dtype).index_copy(2, u, term).view(D, K, *self.shapes[j])
+            return _backward(self.graph, self.graph.output, rows, self.shapes, pre, box, const, alphas, betas, record)
+
+        with torch.no_grad():
+            best = run()
+        params = list(a.values()) + list(bt.values())
+        if params and iterations > 0:
+            opt = torch.optim.Adam([{"params": list(a.values()), "lr": lr}, {"params": list(bt.values()), "lr": lr}])
+            for _ in range(iterations):
+                with torch.enable_grad():
+                    lo = run()
+                    grads = torch.autograd.grad(-lo.sum(), params)
+                best = torch.maximum(best, lo.detach())
+                for p, gr in zip(params, grads):
+                    p.grad = gr
+                opt.step()
+                with torch.no_grad():
+                    for v in a.values():
+                        v.clamp_(0, 1)
+                    for v in bt.values():
+                        v.clamp_(min=0)
+        record: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            best = torch.maximum(best, run(record))
+            lam = {j: record[j].flatten(2)[:, :, self.unstable[j]] for j in a}
+            A = record[-1]  # the minimiser over the box of each row's linear bound: a candidate counterexample
+            xs = torch.where(A >= 0, self.lo.unsqueeze(1), self.hi.unsqueeze(1)).reshape(D * K, *self.lo.shape[1:])
+        return best, {j: v.detach() for j, v in a.items()}, {j: v.detach() for j, v in bt.items()}, lam, xs
+
+    def branch(self, split: dict[int, torch.Tensor], lam: dict[int, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Per domain, the (layer position, neuron) of the unsplit unstable ReLU with the largest score:
+        the loss its upper relaxation's intercept ``−u·l/(u−l)`` causes in the bound, summed over rows, with a
+        small term for the lower relaxation so that every unstable neuron gets a positive score."""
+        scores = []
+        for j in self.relus:
+            u = self.unstable[j]
+            if len(u) == 0:
+                continue
+            lo, up = self.pre[j].lower.flatten()[u], self.pre[j].upper.flatten()[u]
+            intercept = -up * lo / (up - lo)
+            sc = (lam[j].clamp(max=0).neg() * intercept).sum(1) + 1e-3 * (lam[j].abs() * torch.minimum(up, -lo)).sum(1)
+            sc = sc + 1e-12
+            scores.append(torch.where(split[j] == 0, sc, torch.full_like(sc, -1.0)))
+        allsc = torch.cat(scores, 1)
+        best = allsc.argmax(1)
+        return best, allsc.gather(1, best.unsqueeze(1)).squeeze(1) > 0
+
+
+def bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | None = None, time_limit: float = 60.0,
+        batch: int = 64, iterations: int = 20, lr: float = 0.1, max_domains: int = 100_000,
+        pre: dict[int, Bounds] | None = None, attack_points: int = 8, attack_steps: int = 10) -> BabResult:
+    """Decide ``min_{x in set} max_k (C·f(x) + d)_k > 0`` (one clause; C: (K, n_out), d: (K,)) for one input
+    set by branch and bound. ``batch`` domains are split per round (2·batch bounded at once); each bound takes
+    ``iterations`` steps of Adam on α and β; ``pre`` are the root's intermediate bounds (α-CROWN's by default).
+    The minimisers of the new domains' linear bounds are tried as counterexamples, and the ``attack_points``
+    best of them are improved by ``attack_steps`` of PGD.
+    Stops at ``time_limit`` seconds or ``max_domains`` domains in memory with 'unknown'."""
+    t0 = time.perf_counter()
+    C = torch.as_tensor(C)
+    d = torch.zeros(C.shape[0], dtype=C.dtype) if d is None else torch.as_tensor(d).reshape(-1)
+    if C.dim() != 2 or d.shape != (C.shape[0],):
+        raise SpecError(f"C must be (K, n_out) and d (K,), got {tuple(C.shape)} and {tuple(d.shape)}")
+    prob = _Problem(model, input_set, C, d, pre)
+    K = prob.C.shape[1]
+    dtype = prob.lo.dtype
+    js = [j for j in prob.relus if len(prob.unstable[j])]
+    split = {j: torch.zeros(1, len(prob.unstable[j]), dtype=torch.int8) for j in js}
+    alpha = {j: _relu_relaxation(prob.pre[j])[0].flatten()[prob.unstable[j]].expand(1, K, -1).clone() for j in js}
+    beta = {j: torch.zeros(1, K, len(prob.unstable[j]), dtype=dtype) for j in js}
+    n_bounded = 0
+    worst_done = math.inf  # the smallest bound among the domains proved (all positive)
+
+    def finish(verdict: str, lows: torch.Tensor, x=None, value=math.inf) -> BabResult:
+        bound = min(worst_done, float(lows.min())) if len(lows) else worst_done
+        return BabResult(verdict, bound, value, x, n_bounded, time.perf_counter() - t0)
+
+    def bound(split, alpha, beta, parent=None):
+        """Bound the domains; drop the proved ones; a counterexample among the candidates ends the search."""
+        nonlocal n_bounded, worst_done
+        low, alpha, beta, lam, xs = prob.bound(split, alpha, beta, iterations, lr)
+        if parent is not None:
+            low = torch.maximum(low, parent)  # a child's set lies in its parent's
+        n_bounded += len(low)
+        value = low.max(1).values  # a domain is proved when one of its rows is
+        with torch.no_grad():
+            v = prob.clause_value(xs)
+        if not (v <= 0).any():  # a short PGD from the most promising candidates
+            top = v.argsort()[:attack_points]
+            box = Box(prob.lo.expand(len(top), *prob.lo.shape[1:]), prob.hi.expand(len(top), *prob.hi.shape[1:]))
+            xs, v = pgd_minimize(prob.clause_value, box, attack_steps, 1, start=xs[top])
+        for k in v.argsort()[: int((v <= 0).sum())].tolist():
+            if prob.violates(xs[k:k + 1]):
+                return xs[k:k + 1].detach(), float(v[k])
+        proved = value > 0
+        if proved.any():
+            worst_done = min(worst_done, float(value[proved].min()))
+        keep = ~proved
+        return tuple({j: t[keep] for j, t in dct.items()} for dct in (split, alpha, beta, lam)) + (low[keep],)
+
+    out = bound(split, alpha, beta)
+    while True:
+        if isinstance(out[0], torch.Tensor):  # a counterexample
+            return BabResult("falsified", -math.inf, out[1], out[0], n_bounded, time.perf_counter() - t0)
+        split, alpha, beta, lam, low = out
+        value = low.max(1).values
+        if len(value) == 0:
+            return finish("verified", value)
+        if len(value) > max_domains or time.perf_counter() - t0 > time_limit:
+            return finish("unknown", value)
+        order = value.argsort()
+        now, rest = order[:batch], order[batch:]
+        neuron, ok = prob.branch({j: s[now] for j, s in split.items()}, {j: t[now] for j, t in lam.items()})
+        if not ok.all():  # a domain with every unstable neuron split stays undecided
+            return finish("unknown", value)
+        # children: the chosen neuron active (+1) in the first half, inactive (−1) in the second
+        child_split, offset, D = {}, 0, len(now)
+        for j in js:
+            s = split[j][now].repeat(2, 1)
+            rows = ((neuron >= offset) & (neuron < offset + s.shape[1])).nonzero().squeeze(1)
+            s[rows, neuron[rows] - offset] = 1
+            s[rows + D, neuron[rows] - offset] = -1
+            child_split[j] = s
+            offset += s.shape[1]
+        res = bound(child_split, {j: t[now].repeat(2, 1, 1) for j, t in alpha.items()},
+                    {j: t[now].repeat(2, 1, 1) for j, t in beta.items()}, low[now].repeat(2, 1))
+        if isinstance(res[0], torch.Tensor):
+            out = res
+            continue
+        out = tuple({j: torch.cat([old[j][rest], new[j]]) for j in js} for old, new in
+                    zip((split, alpha, beta, lam), res[:4])) + (torch.cat([low[rest], res[4]]),)

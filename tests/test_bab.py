@@ -1,0 +1,112 @@
+"""Branch and bound with β-CROWN: sound domain bounds, exact answers where the MILP is exact, clear errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from certkit import graph as g
+from certkit.bounds.bab import _Problem, bab
+from certkit.bounds.milp import milp_bounds
+from certkit.specs import Box, L2Ball, LinfBall, SpecError
+
+
+def mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                         nn.Linear(16, 1)).double()
+
+
+def convnet(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=1), nn.ReLU(), nn.Conv2d(4, 4, 2, stride=2), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(16, 1)).double()
+
+
+CASES = [(mlp, s, (1, 5)) for s in range(8)] + [(convnet, s, (1, 1, 6, 6)) for s in range(3)]
+
+
+@pytest.mark.parametrize("make,seed,shape", CASES)
+def test_bab_agrees_with_the_exact_milp(make, seed, shape):
+    net = make(seed)
+    x = torch.rand(*shape, dtype=torch.float64)
+    s = Box(x - 0.3, x + 0.3)
+    C = torch.ones(1, 1, dtype=torch.float64)
+    exact = milp_bounds(net, s, C.unsqueeze(0), time_limit=60)[0][0]
+    assert exact.status == "Optimal"
+    with torch.no_grad():
+        spread = float(net(s.sample(1000)[:, 0]).max()) - exact.bound  # how far the output moves over the box
+    gap = 0.05 * spread
+    for shift, want in ((exact.bound - gap, "verified"), (exact.bound + gap, "falsified")):
+        r = bab(net, s, C, torch.tensor([-shift], dtype=torch.float64), time_limit=60, batch=8)
+        assert r.verdict == want
+        minimum = exact.bound - shift
+        if want == "verified":
+            assert 0 < r.bound <= minimum + 1e-6  # a lower bound of the true minimum
+        else:
+            assert s.contains(r.x).all()
+            assert r.value <= 0 and abs(float(net(r.x).detach()[0, 0]) - shift - r.value) < 1e-9
+            assert r.value >= minimum - 1e-6
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_domain_bound_holds_on_sampled_points_of_its_domain(seed):
+    """Random splits (taken from the sign pattern of a point, so the domain is not empty), random slopes and
+    large multipliers β: the bound must stay below c·f(x) at every sampled point that satisfies the splits. A
+    wrong sign of the β term, or a split relaxation that is not clipped, fails this."""
+    net = mlp(seed)
+    torch.manual_seed(100 + seed)
+    x = torch.rand(1, 5, dtype=torch.float64)
+    s = Box(x - 0.4, x + 0.4)
+    C, d = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    prob = _Problem(net, s, C, d, None)
+    graph = g.to_graph(net)
+    pts = s.sample(20000, torch.Generator().manual_seed(seed))[:, 0]
+    vals = graph.forward(pts, return_all=True)
+    x0 = pts[:1]
+    ref = graph.forward(x0, return_all=True)
+    D = 4
+    split, alpha, beta = {}, {}, {}
+    for j, u in prob.unstable.items():
+        sign = torch.where(ref[j].flatten()[u] >= 0, 1, -1).to(torch.int8)
+        keep = torch.rand(D, len(u)) < 0.5  # each domain splits a random half of the neurons
+        split[j] = torch.where(keep, sign.expand(D, -1), torch.zeros_like(sign).expand(D, -1))
+        alpha[j] = torch.rand(D, 1, len(u), dtype=torch.float64)
+        beta[j] = 5 * torch.rand(D, 1, len(u), dtype=torch.float64)
+    low, *_ = prob.bound(split, alpha, beta, iterations=0, lr=0.1)
+    f = vals[graph.output][:, 0]
+    checked = 0
+    for k in range(D):
+        inside = torch.ones(len(pts), dtype=torch.bool)
+        for j, u in prob.unstable.items():
+            z = vals[j].flatten(1)[:, u]
+            sk = split[j][k].to(z.dtype)
+            inside &= ((sk * z) >= 0).all(1)
+        assert inside.any()
+        checked += int(inside.sum())
+        assert (f[inside] >= low[k, 0] - 1e-9).all()
+    assert checked > 100
+
+
+def test_time_limit_gives_unknown_with_a_sound_bound():
+    net = mlp(3)
+    x = torch.rand(1, 5, dtype=torch.float64)
+    s = LinfBall(x, 0.5, domain=None)
+    C = torch.ones(1, 1, dtype=torch.float64)
+    exact = milp_bounds(net, Box(s.lower, s.upper), C.unsqueeze(0), time_limit=60)[0][0].bound
+    r = bab(net, s, C, torch.tensor([-exact + 1e-7], dtype=torch.float64), time_limit=0.0)
+    assert r.verdict == "unknown" and r.bound <= 1e-7 + 1e-9 and r.domains >= 1
+
+
+def test_bad_input_is_refused_clearly():
+    net = mlp(0)
+    x = torch.rand(2, 5, dtype=torch.float64)
+    C = torch.ones(1, 1, dtype=torch.float64)
+    with pytest.raises(SpecError, match="one input at a time"):
+        bab(net, Box(x - 0.1, x + 0.1), C)
+    with pytest.raises(SpecError, match="box-shaped"):
+        bab(net, L2Ball(x[:1], 0.1), C)
+    with pytest.raises(SpecError, match="C must be"):
+        bab(net, Box(x[:1] - 0.1, x[:1] + 0.1), C, torch.zeros(3))
+    sig = nn.Sequential(nn.Linear(5, 4), nn.Sigmoid(), nn.Linear(4, 1)).double()
+    with pytest.raises(g.UnsupportedOpError, match="ReLU networks only"):
+        bab(sig, Box(x[:1] - 0.1, x[:1] + 0.1), C)
