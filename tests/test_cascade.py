@@ -107,4 +107,5 @@ def test_cascade_skips_the_complete_stages_for_ops_they_cannot_split():
                           nn.Linear(12, 4)).eval()
     x = torch.rand(3, 1, 4, 4)
     c = certify(model, x, model(x).argmax(1), 0.2, "cascade")
-    assert all("milp" not in v.seconds and "bab" not in v.seconds and v.verdict in ("verified", "falsified", "unknown") for v in c.verdicts)
+    assert all("milp" not in v.seconds and "bab" not in v.seconds for v in c.verdicts)
+    assert all(v.verdict in ("verified", "falsified", "unknown") for v in c.verdicts)

@@ -82,10 +82,25 @@ def test_certify_onnx_with_the_cascade_and_resume(shared, mnist_dir, tmp_path, c
     rows = [json.loads(line) for line in out.read_text().splitlines()][1:]
     assert len(rows) == 4 and all(r["verdict"] in ("verified", "falsified", "unknown") for r in rows)
     assert all(r["certified"] == (r["verdict"] == "verified") for r in rows)
-    assert all(set(r["seconds"]) <= {"attack", "ibp", "crown", "alpha", "milp"} for r in rows)
+    assert all(set(r["seconds"]) <= {"attack", "ibp", "crown", "alpha", "bab", "milp"} for r in rows)
     assert sum(r["certified"] for r in rows) >= 3  # COLT's net is robust on most test images at 0.1
     assert main(args) == 0  # resumes: nothing new
     assert len(out.read_text().splitlines()) == 5
+
+
+def test_branch_and_bound_proves_an_input_the_bounds_cannot(shared, mnist_dir, tmp_path):
+    """MNIST test image 6 on COLT's net: α-CROWN's margin bound is about −2.5, the complete MILP takes ~10 min,
+    branch and bound ~10 s."""
+    out = tmp_path / "bab.jsonl"
+    common = ["certify", "--checkpoint", str(shared / "models/colt/mnist_0.1.onnx"), "--mean", "0.1307", "--std",
+              "0.3081", "--data", "mnist", "--data-dir", str(mnist_dir), "--eps", "0.1", "--start", "6", "--n", "1",
+              "--quiet"]
+    assert main(common + ["--method", "alpha", "--out", str(tmp_path / "alpha.jsonl")]) == 0
+    alpha = json.loads((tmp_path / "alpha.jsonl").read_text().splitlines()[1])
+    assert alpha["idx"] == 6 and not alpha["certified"] and alpha["margin_lb"] < -1
+    assert main(common + ["--method", "bab", "--timeout", "300", "--out", str(out)]) == 0
+    row = json.loads(out.read_text().splitlines()[1])
+    assert row["idx"] == 6 and row["certified"] and row["margin_lb"] > 0
 
 
 def test_radius_and_verify_commands(shared, mnist_dir, tmp_path, capsys):

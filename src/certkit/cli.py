@@ -73,7 +73,8 @@ def cmd_certify(args) -> int:
     model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
     eps_list = _eps_list(args.eps)
-    args.batch_size = args.batch_size or {"crown": 16, "alpha": 32, "bab": 16, "milp": 16, "cascade": 100}.get(args.method, 256)
+    per_method = {"crown": 16, "alpha": 32, "bab": 16, "milp": 16, "cascade": 100}
+    args.batch_size = args.batch_size or per_method.get(args.method, 256)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"certify-{args.method}-{data.name}.jsonl"
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
               "pgd_steps": args.pgd_steps, "float64_check": args.float64_check, **_options(args),

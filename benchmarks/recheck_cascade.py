@@ -1,8 +1,12 @@
-"""Re-decide, with the current code, the inputs that a stored cascade run proved by MILP (e.g. after a solver fix):
-prints one JSON line per input (old and new verdict) and a summary. Resumable by skipping indices already in OUT.
+"""Re-decide, with the current cascade, the inputs of a stored cascade run that a given stage decided or that were
+left undecided (e.g. after a solver fix, or to close the unknowns with a new stage): one JSON line per input (old
+and new verdict, deciding stage, seconds) and a summary. Resumable: indices already in OUT are skipped.
 
-    CERTKIT_DATA=../shared/data python benchmarks/recheck_milp.py benchmarks/results/colt-mnist-0.1/cascade.jsonl.gz \
-        ../shared/models/colt/mnist_0.1.onnx OUT.jsonl [TIMEOUT=120]
+    CERTKIT_DATA=../shared/data python benchmarks/recheck_cascade.py STORED.jsonl.gz NET OUT.jsonl \
+        [TIMEOUT=120] [WHICH=milp]
+
+NET: an ONNX file (MNIST normalisation put in front, as for COLT's released net) or a certkit checkpoint.
+WHICH: comma-separated stored stages to redo, and/or ``unknown`` for the undecided inputs.
 """
 
 from __future__ import annotations
@@ -17,18 +21,23 @@ from torch import nn
 
 from certkit import Normalize
 from certkit.data import load_dataset
+from certkit.io import load_model
 from certkit.onnx_io import load_onnx
 from certkit.verify import certify
 
 
 def main(args: list[str]) -> None:
     torch.set_num_threads(1)
-    stored, onnx_path, out = Path(args[0]), args[1], Path(args[2])
+    stored, net, out = Path(args[0]), args[1], Path(args[2])
     timeout = float(args[3]) if len(args) > 3 else 120.0
+    which = set((args[4] if len(args) > 4 else "milp").split(","))
     rows = [json.loads(line) for line in gzip.open(stored, "rt")][1:]
-    todo = [r for r in rows if r.get("stage") == "milp"]
+    todo = [r for r in rows if r.get("stage") in which or ("unknown" in which and r.get("verdict") == "unknown")]
     done = {json.loads(line)["idx"] for line in out.read_text().splitlines()} if out.exists() else set()
-    model = nn.Sequential(Normalize(0.1307, 0.3081), load_onnx(onnx_path)).eval()
+    if net.endswith(".onnx"):
+        model = nn.Sequential(Normalize(0.1307, 0.3081), load_onnx(net)).eval()
+    else:
+        model = load_model(net, "cpu")[0].eval()
     test = load_dataset("mnist", "test")
     with out.open("a") as f:
         for r in todo:
@@ -43,9 +52,10 @@ def main(args: list[str]) -> None:
             f.flush()
     new = [json.loads(line) for line in out.read_text().splitlines()]
     print(json.dumps({"rechecked": len(new), "of": len(todo),
-                      "still_verified": sum(x["new"] == "verified" for x in new),
+                      "verified": sum(x["new"] == "verified" for x in new),
                       "falsified": sum(x["new"] == "falsified" for x in new),
-                      "unknown": sum(x["new"] == "unknown" for x in new)}))
+                      "unknown": sum(x["new"] == "unknown" for x in new),
+                      "mean_seconds": round(sum(x["seconds"] for x in new) / max(len(new), 1), 2)}))
 
 
 if __name__ == "__main__":
