@@ -68,7 +68,7 @@ class _Problem:
         self.model = model
         self.lo, self.hi = input_set.lower, input_set.upper
         dtype = self.lo.dtype
-        self.C, self.d = C.to(dtype).reshape(1, -1, C.shape[-1]), d.to(dtype).reshape(1, -1)
+        self.C, self.d = C.to(self.lo).reshape(1, -1, C.shape[-1]), d.to(self.lo).reshape(1, -1)
         if pre is None:
             with torch.no_grad():
                 _, pre = crown_bounds(graph, Box(self.lo, self.hi), LinearSpec(self.C, None), return_all=True,
@@ -128,7 +128,8 @@ class _Problem:
                 alphas[j] = base[j].index_copy(2, u, a[j]).view(D, K, *self.shapes[j])
                 n = base[j].shape[2]
                 term = -bt[j] * split[j].unsqueeze(1).to(bt[j].dtype)
-                betas[j] = torch.zeros(D, K, n, dtype=term.dtype).index_copy(2, u, term).view(D, K, *self.shapes[j])
+                zero = torch.zeros(D, K, n, dtype=term.dtype, device=term.device)
+                betas[j] = zero.index_copy(2, u, term).view(D, K, *self.shapes[j])
             return _backward(self.graph, self.graph.output, rows, self.shapes, pre, box, const, alphas, betas, record)
 
         with torch.no_grad():
@@ -187,16 +188,17 @@ def bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | None = No
     Stops at ``time_limit`` seconds or ``max_domains`` domains in memory with 'unknown'."""
     t0 = time.perf_counter()
     C = torch.as_tensor(C)
-    d = torch.zeros(C.shape[0], dtype=C.dtype) if d is None else torch.as_tensor(d).reshape(-1)
+    d = torch.zeros(C.shape[0], dtype=C.dtype, device=C.device) if d is None else torch.as_tensor(d).reshape(-1)
     if C.dim() != 2 or d.shape != (C.shape[0],):
         raise SpecError(f"C must be (K, n_out) and d (K,), got {tuple(C.shape)} and {tuple(d.shape)}")
     prob = _Problem(model, input_set, C, d, pre)
     K = prob.C.shape[1]
     dtype = prob.lo.dtype
     js = [j for j in prob.relus if len(prob.unstable[j])]
-    split = {j: torch.zeros(1, len(prob.unstable[j]), dtype=torch.int8) for j in js}
+    dev = prob.lo.device
+    split = {j: torch.zeros(1, len(prob.unstable[j]), dtype=torch.int8, device=dev) for j in js}
     alpha = {j: _relu_relaxation(prob.pre[j])[0].flatten()[prob.unstable[j]].expand(1, K, -1).clone() for j in js}
-    beta = {j: torch.zeros(1, K, len(prob.unstable[j]), dtype=dtype) for j in js}
+    beta = {j: torch.zeros(1, K, len(prob.unstable[j]), dtype=dtype, device=dev) for j in js}
     n_bounded = 0
     worst_done = math.inf  # the smallest bound among the domains proved (all positive)
 
