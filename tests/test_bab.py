@@ -110,3 +110,20 @@ def test_bad_input_is_refused_clearly():
     sig = nn.Sequential(nn.Linear(5, 4), nn.Sigmoid(), nn.Linear(4, 1)).double()
     with pytest.raises(g.UnsupportedOpError, match="ReLU networks only"):
         bab(sig, Box(x[:1] - 0.1, x[:1] + 0.1), C)
+
+
+def test_a_clause_of_two_rows_is_proved_when_either_row_is():
+    """max(f − hi, lo − f) > 0 everywhere iff the output never enters [lo, hi]."""
+    net = mlp(0)
+    x = torch.rand(1, 5, dtype=torch.float64)
+    s = Box(x - 0.3, x + 0.3)
+    C = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    exact = milp_bounds(net, s, C[:1].unsqueeze(0), time_limit=60)[0][0].bound
+    spread = float(net(s.sample(1000)[:, 0]).detach().max()) - exact
+    gap = 0.1 * spread
+    below = bab(net, s, C, torch.tensor([-(exact - gap), exact - 2 * gap], dtype=torch.float64), time_limit=300)
+    assert below.verdict == "verified"  # the output stays above the interval
+    around = bab(net, s, C, torch.tensor([-(exact + gap), exact - gap], dtype=torch.float64), time_limit=300)
+    assert around.verdict == "falsified"  # the minimum lies inside the interval
+    y = float(net(around.x).detach()[0, 0])
+    assert exact - gap <= y <= exact + gap and s.contains(around.x).all()

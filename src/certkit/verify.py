@@ -2,9 +2,10 @@
 
 ``certify(model, x, y, eps, method='ibp')`` returns, per input, whether the clean prediction is correct and
 whether the bound proves ``f_y > f_j`` for all ``j ≠ y`` over the whole ball (a certificate is only claimed for
-correctly classified inputs). Methods: ``ibp``, ``crown``, ``crown-ibp``, ``alpha`` (α-CROWN), ``milp`` (exact,
-HiGHS) and ``cascade``: :func:`verify_property` runs, per input, a PGD falsification attempt and then IBP →
-CROWN → α-CROWN → MILP, stopping at the first verdict. :func:`max_radius` bisects on ε for any method.
+correctly classified inputs). Methods: ``ibp``, ``crown``, ``crown-ibp``, ``alpha`` (α-CROWN), ``bab`` (branch
+and bound with β-CROWN), ``milp`` (exact, HiGHS) and ``cascade``: :func:`verify_property` runs, per input, a PGD
+falsification attempt and then IBP → CROWN → α-CROWN → branch and bound → MILP, stopping at the first verdict.
+:func:`max_radius` bisects on ε for any method.
 """
 
 from __future__ import annotations
