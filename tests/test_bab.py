@@ -127,3 +127,15 @@ def test_a_clause_of_two_rows_is_proved_when_either_row_is():
     assert around.verdict == "falsified"  # the minimum lies inside the interval
     y = float(net(around.x).detach()[0, 0])
     assert exact - gap <= y <= exact + gap and s.contains(around.x).all()
+
+
+def test_a_network_without_unstable_relus_is_decided_at_the_root():
+    net = mlp(1)
+    x = torch.rand(1, 5, dtype=torch.float64)
+    s = Box(x - 1e-6, x + 1e-6)  # every ReLU is stable on so small a box
+    C = torch.ones(1, 1, dtype=torch.float64)
+    f = float(net(x).detach()[0, 0])
+    r = bab(net, s, C, torch.tensor([-(f - 0.01)], dtype=torch.float64))
+    assert r.verdict == "verified" and r.domains == 1
+    r = bab(net, s, C, torch.tensor([-(f + 0.01)], dtype=torch.float64))
+    assert r.verdict == "falsified" and r.value <= 0

@@ -179,6 +179,8 @@ class _Problem:
             sc = (lam.clamp(max=0).neg() * intercept).sum(1)
             sc = sc + 1e-3 * (lam.abs() * torch.minimum(up, -lo).clamp(min=0).unsqueeze(1)).sum(1) + 1e-12
             out.append(torch.where(live, sc, torch.full_like(sc, -1.0)))
+        if not out:  # no unstable ReLU: nothing to split
+            return torch.full((record[-1].shape[0], 1), -1.0, dtype=record[-1].dtype, device=record[-1].device)
         return torch.cat(out, 1)
 
 
