@@ -336,11 +336,11 @@ def verify_property(
 
 
 def _relu_only(model) -> bool:
-    """The model has the ops branch and bound and the MILP encode (ReLU networks without MaxPool)."""
+    """The model has only the ops branch and bound and the MILP encode (ReLU networks without MaxPool)."""
     from certkit import graph as g
+    from certkit.bounds.bab import SUPPORTED_OPS
 
-    ok = (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.Add, g.ReLU)
-    return all(isinstance(n.op, ok) for n in g.to_graph(model).nodes)
+    return all(isinstance(n.op, SUPPORTED_OPS) for n in g.to_graph(model).nodes)
 
 
 def _subset(input_set: InputSet, idx: torch.Tensor) -> InputSet:

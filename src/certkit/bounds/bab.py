@@ -36,7 +36,8 @@ from certkit.bounds.interval import Bounds
 from certkit.bounds.linear import _backward, _relu_relaxation, crown_bounds
 from certkit.specs import Box, InputSet, LinearSpec, LpBall, SpecError
 
-_SUPPORTED = (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.Add, g.ReLU)
+# the ops of the networks that branch and bound (and the MILP encoding) handle: ReLU networks without MaxPool
+SUPPORTED_OPS = (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.Add, g.ReLU)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class _Problem:
         if input_set.batch_size != 1:
             raise SpecError(f"branch and bound takes one input at a time, got a batch of {input_set.batch_size}")
         self.graph = graph = g.to_graph(model)
-        bad = [n for n in graph.nodes if not isinstance(n.op, _SUPPORTED)]
+        bad = [n for n in graph.nodes if not isinstance(n.op, SUPPORTED_OPS)]
         if bad:
             raise g.UnsupportedOpError(f"branch and bound supports ReLU networks only; {bad[0].op!r} "
                                        f"(node '{bad[0].name}') is not supported")
