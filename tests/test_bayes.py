@@ -308,6 +308,38 @@ def test_robust_likelihood_worst_case_is_a_sound_lower_bound_and_lies_below_pgd(
     assert robust_loglik(model, p, x, y, 0.0, num_classes=5) == pytest.approx(clean.item(), rel=1e-5)
 
 
+def test_crown_worst_case_is_sound_at_least_as_tight_as_ibp_and_has_the_objectives_gradient():
+    from certkit.bayes.inference import params_of
+    from certkit.bayes.likelihood import robust_loglik, worst_softmax_ibp
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 5)).eval()
+    p = {k: v.clone().requires_grad_(True) for k, v in params_of(model).items()}
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 5, (8,))
+    crown = worst_softmax_ibp(model, p, x, y, 0.05, 5, method="crown")
+    ibp = worst_softmax_ibp(model, p, x, y, 0.05, 5)
+    assert (crown >= ibp - 1e-5).all() and (crown > ibp + 1e-3).any()  # one hidden layer: CROWN is tighter
+    with torch.no_grad():
+        for xs in LinfBall(x, 0.05).sample(256, torch.Generator().manual_seed(1)):
+            assert (torch.log_softmax(model(xs), 1).gather(1, y[:, None]).squeeze(1) >= crown - 1e-5).all()
+    ll = robust_loglik(model, p, x, y, 0.05, lam=0.25, worst="crown", num_classes=5, mix="log")
+    grads = torch.autograd.grad(ll, list(p.values()))
+    k, i = "1.weight", (3, 7)  # a finite difference on one weight, in float64
+    p64 = {n: v.detach().double() for n, v in p.items()}
+    m64 = model.double()
+
+    def f(delta):
+        q = dict(p64)
+        q[k] = q[k].clone()
+        q[k][i] += delta
+        return float(robust_loglik(m64, q, x.double(), y, 0.05, lam=0.25, worst="crown", num_classes=5, mix="log"))
+
+    fd = (f(1e-6) - f(-1e-6)) / 2e-6
+    assert grads[list(p).index(k)][i].item() == pytest.approx(fd, rel=1e-3, abs=1e-4)
+    with pytest.raises(ValueError, match="worst must be"):
+        robust_loglik(model, p, x, y, 0.05, worst="milp")
+
+
 def test_bayes_cli_train_and_eval(tmp_path, mnist_dir):
     import json
 
@@ -360,7 +392,13 @@ def test_warm_start_is_the_shared_map_fit_and_is_cached(tmp_path):
     cfg4 = run.read_config({**raw, "bayes": {**raw["bayes"], "map_finish_epochs": 1}})
     run.run_inference(cfg4, cache_dir=tmp_path)  # a low-lr finish: another MAP fit
     assert len(list(tmp_path.glob("map-*.safetensors"))) == 3
+    cfg5 = run.read_config({**raw, "bayes": {**raw["bayes"], "likelihood": "crown", "method": "vogn", "epochs": 1,
+                                             "curvature_batch": 8}})
+    _, post5, _ = run.run_inference(cfg5, cache_dir=tmp_path)  # CROWN-IBP worst case, per-example grads (vmap)
+    assert len(list(tmp_path.glob("map-*.safetensors"))) == 4 and len(post5.samples) == 3
     assert run.posterior_std(post) > 0
+    with pytest.raises(ValueError, match="likelihood must be"):
+        run.read_config({**raw, "bayes": {**raw["bayes"], "likelihood": "milp"}})
     with pytest.raises(ValueError, match="unknown"):
         run.read_config({**raw, "bayes": {**raw["bayes"], "warmup": 3}})
 

@@ -1,7 +1,8 @@
 """Bayesian runs from a config: inference with a chosen likelihood, then evaluation of the posterior predictive.
 
 Config (TOML): ``[data] dataset, train_n``, ``[model] arch, kwargs``, ``[bayes] method (map | bbb | noisy-adam | vogn
-| swag | hmc), likelihood (standard | pgd | ibp), eps, lam, epochs, batch_size, lr, prior_std, n_samples,
+| swag | hmc), likelihood (standard | pgd | ibp | crown: the worst case by CROWN-IBP), eps, lam, epochs,
+batch_size, lr, prior_std, n_samples,
 temperature, ramp_epochs, mix, curvature_batch, damping, map_epochs, map_lr, ...``. With ``map_epochs`` > 0 every
 method starts from the MAP fit of the same likelihood (:func:`warm_start`). The robust likelihood's ε grows linearly
 over the first ``ramp_epochs`` epochs (default 0: no ramp) — without it the worst-case probability collapses to ~0 early
@@ -45,8 +46,8 @@ def read_config(raw: dict) -> dict:
     cfg.update(raw.get("bayes", {}))
     if cfg["method"] not in METHODS:
         raise ValueError(f"unknown method {cfg['method']!r}; use one of {', '.join(sorted(METHODS))}")
-    if cfg["likelihood"] not in ("standard", "pgd", "ibp"):
-        raise ValueError("likelihood must be standard, pgd or ibp")
+    if cfg["likelihood"] not in ("standard", "pgd", "ibp", "crown"):
+        raise ValueError("likelihood must be standard, pgd, ibp or crown")
     if cfg["mix"] not in ("prob", "log"):
         raise ValueError("mix must be prob or log")
     return cfg
