@@ -30,6 +30,20 @@ def test_objectives_train_and_checkpoint(tmp_path, objective):
     assert meta["config"]["objective"] == objective and meta["epoch"] == 2
 
 
+def test_a_model_without_normalisation_takes_raw_pixels_and_reloads(tmp_path):
+    from certkit.nn import Normalize
+
+    cfg = TrainConfig.from_dict({"name": "raw", "data": {"dataset": "digits", "train_n": 256},
+                                 "model": {"arch": "small-conv", "normalize": False},
+                                 "train": {"objective": "standard", "epochs": 1}, "eval": {"n": 50}})
+    model, _ = train(cfg, tmp_path, progress=False, log=False)
+    assert not any(isinstance(m, Normalize) for m in model.modules())
+    m2, meta = load_model(tmp_path / "model.safetensors")
+    assert meta["arch"]["mean"] is None and not any(isinstance(m, Normalize) for m in m2.modules())
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.allclose(model(x), m2(x))
+
+
 def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     import certkit.train.loop as loop
 

@@ -48,6 +48,7 @@ class TrainConfig:
     train_n: int | None = None  # use only the first n training images (quick runs)
     arch: str = "colt-mnist"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    normalize: bool = True  # a Normalize layer (the data set's mean and std) in front; false: raw pixels in [0, 1]
     objective: str = "ibp"  # standard | pgd | ibp | colt | gaussian | stability | smoothadv
     epochs: int = 20
     batch_size: int = 128
@@ -93,7 +94,7 @@ class TrainConfig:
 
     _SECTIONS = {
         "data": {"dataset": "data", "dir": "data_dir", "train_n": "train_n"},
-        "model": {"arch": "arch", "kwargs": "arch_kwargs"},
+        "model": {"arch": "arch", "kwargs": "arch_kwargs", "normalize": "normalize"},
         "eval": {"eps": "eval_eps", "n": "eval_n"},
         "smoothing": {"sigma": "sigma", "stability_gamma": "stability_gamma", "m": "smoothadv_m",
                       "steps": "smoothadv_steps", "no_grad": "smoothadv_no_grad"},
@@ -203,8 +204,9 @@ def evaluate(model: nn.Module, data: Dataset, eps: float, norm: str = "inf", bat
 
 
 def _arch_meta(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
+    mean, std = (list(data.mean), list(data.std)) if cfg.normalize else (None, None)
     return {"name": cfg.arch, "in_shape": list(data.shape), "num_classes": data.num_classes,
-            "mean": list(data.mean), "std": list(data.std), "kwargs": cfg.arch_kwargs}
+            "mean": mean, "std": std, "kwargs": cfg.arch_kwargs}
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
@@ -222,7 +224,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
     if cfg.train_n:
         train_set = train_set.subset(0, cfg.train_n)
     torch.manual_seed(cfg.seed)
-    model = build(cfg.arch, train_set.shape, train_set.num_classes, train_set.mean, train_set.std,
+    meta = _arch_meta(cfg, train_set)
+    model = build(cfg.arch, train_set.shape, train_set.num_classes, meta["mean"], meta["std"],
                   **cfg.arch_kwargs).to(device)
     if cfg.objective in ("gaussian", "stability", "smoothadv") and len(train_set.shape) == 3:
         model = model.to(memory_format=torch.channels_last)  # plain forward passes: ~1.6x faster convolutions on CPU
