@@ -81,14 +81,14 @@ def main(args: list[str]) -> None:
         kw = {k: (v if k == "worst" else float(v)) for k, v in (p.split("=") for p in parts[4:] if "=" in p)}
         lam = float(extra[0]) if extra else 0.25
         lr, batch = kw.get("lr", 1e-3), int(kw.get("batch", 128))
-        revive = {k: kw[k] for k in ("revive", "revive_epochs", "worst") if k in kw}
+        options = {k: kw[k] for k in ("revive", "revive_epochs", "worst") if k in kw}
         t = time.time()
-        model, params = fit(train, eps, epochs, ramp, finish, lam, lr, batch, **revive)
+        model, params = fit(train, eps, epochs, ramp, finish, lam, lr, batch, **options)
         secs = time.time() - t
         res = evaluate(model, inf.Posterior(model, [params], "map"), test.x[:1000], test.y[:1000], 0.1,
                        methods=("ibp", "crown"))
         print(json.dumps({"data": name, "eps_train": eps, "epochs": epochs, "ramp": ramp, "finish": finish,
-                          "lam": lam, "lr": lr, "batch": batch, **revive, "train_s": round(secs),
+                          "lam": lam, "lr": lr, "batch": batch, **options, "train_s": round(secs),
                           "dead": dead_fraction(model, params, test.x[:1000]), **res}), flush=True)
 
 

@@ -292,13 +292,13 @@ def test_log_mixture_lower_bounds_the_probability_mixture_and_subsampled_curvatu
 
 def test_robust_likelihood_worst_case_is_a_sound_lower_bound_and_lies_below_pgd():
     from certkit.bayes.inference import params_of
-    from certkit.bayes.likelihood import robust_loglik, standard_loglik, worst_softmax_ibp
+    from certkit.bayes.likelihood import robust_loglik, standard_loglik, worst_softmax_bound
 
     torch.manual_seed(3)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 5)).eval()
     p = params_of(model)
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 5, (8,))
-    log_lo = worst_softmax_ibp(model, p, x, y, 0.05, 5)
+    log_lo = worst_softmax_bound(model, p, x, y, 0.05, 5)
     for xs in LinfBall(x, 0.05).sample(128, torch.Generator().manual_seed(0)):
         assert (torch.log_softmax(model(xs), 1).gather(1, y[:, None]).squeeze(1) >= log_lo - 1e-5).all()
     ibp = robust_loglik(model, p, x, y, 0.05, lam=0.25, num_classes=5)
@@ -310,14 +310,14 @@ def test_robust_likelihood_worst_case_is_a_sound_lower_bound_and_lies_below_pgd(
 
 def test_crown_worst_case_is_sound_at_least_as_tight_as_ibp_and_has_the_objectives_gradient():
     from certkit.bayes.inference import params_of
-    from certkit.bayes.likelihood import robust_loglik, worst_softmax_ibp
+    from certkit.bayes.likelihood import robust_loglik, worst_softmax_bound
 
     torch.manual_seed(4)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 5)).eval()
     p = {k: v.clone().requires_grad_(True) for k, v in params_of(model).items()}
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 5, (8,))
-    crown = worst_softmax_ibp(model, p, x, y, 0.05, 5, method="crown")
-    ibp = worst_softmax_ibp(model, p, x, y, 0.05, 5)
+    crown = worst_softmax_bound(model, p, x, y, 0.05, 5, method="crown")
+    ibp = worst_softmax_bound(model, p, x, y, 0.05, 5)
     assert (crown >= ibp - 1e-5).all() and (crown > ibp + 1e-3).any()  # one hidden layer: CROWN is tighter
     with torch.no_grad():
         for xs in LinfBall(x, 0.05).sample(256, torch.Generator().manual_seed(1)):
@@ -338,6 +338,8 @@ def test_crown_worst_case_is_sound_at_least_as_tight_as_ibp_and_has_the_objectiv
     assert grads[list(p).index(k)][i].item() == pytest.approx(fd, rel=1e-3, abs=1e-4)
     with pytest.raises(ValueError, match="worst must be"):
         robust_loglik(model, p, x, y, 0.05, worst="milp")
+    with pytest.raises(ValueError, match="method must be"):
+        worst_softmax_bound(model, p, x, y, 0.05, 5, method="milp")
 
 
 def test_bayes_cli_train_and_eval(tmp_path, mnist_dir):

@@ -57,11 +57,13 @@ def standard_loglik(model: nn.Module, params: dict[str, torch.Tensor], x: torch.
     return -F.cross_entropy(functional_call(model, params, (x,)), y, reduction="sum")
 
 
-def worst_softmax_ibp(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+def worst_softmax_bound(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                       eps: float, num_classes: int, method: str = "ibp") -> torch.Tensor:
     """log of a lower bound on softmax_y over the ε-ball (B,): −log Σ_j exp(−L_yj), L_yy = 0, L the margin lower
     bounds by IBP (vmap-safe: no data-dependent shapes or checks, so per-example gradients work) or, with
     ``method='crown'``, by CROWN-IBP (Zhang et al. 2020: one backward pass on IBP's intermediate bounds)."""
+    if method not in ("ibp", "crown"):
+        raise ValueError(f"method must be 'ibp' or 'crown', got {method!r}")
     L = functional_call(_Bounded(model, method), _prefixed(params), (x, y, eps, num_classes))
     return -torch.logsumexp(-L, 1)
 
@@ -78,7 +80,7 @@ def robust_loglik(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Te
     if eps <= 0 or lam >= 1:
         return log_clean.sum()
     if worst in ("ibp", "crown"):
-        log_worst = worst_softmax_ibp(model, params, x, y, eps, num_classes, worst)
+        log_worst = worst_softmax_bound(model, params, x, y, eps, num_classes, worst)
     elif worst == "pgd":
         xa = pgd_inputs(model, params, x, y, eps, pgd_steps) if x_adv is None else x_adv
         log_worst = F.log_softmax(functional_call(model, params, (xa,)), 1).gather(1, y[:, None]).squeeze(1)
