@@ -110,6 +110,28 @@ def test_cauchy_bounds_are_exact_while_the_set_is_an_image_of_the_box():
     torch.testing.assert_close(est[relus[0] - 1].upper, first.upper)
 
 
+def test_cauchy_bounds_are_exact_for_every_term_group_mapped_at_most_once():
+    """Each group of error terms (the input box's, each ReLU's) adds its exact radius while it has passed at most
+    one non-diagonal map; here every estimate is of that kind, so one projection gives DeepZ's bounds exactly."""
+    torch.manual_seed(3)
+    model = nn.Sequential(Normalize([0.5], [0.25]), nn.ReLU(), nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(12, 4)).eval()
+    s = LinfBall(torch.rand(2, 1, 4, 4), 0.1)
+    _, zs = zonotope_bounds(model, s, return_all=True)
+    est = cauchy_bounds(model, s, projections=1, return_all=True, generator=torch.Generator().manual_seed(0))
+    relus = [i for i, n in enumerate(g.to_graph(model).nodes) if isinstance(n.op, g.ReLU)]
+    assert set(est) == {i - 1 for i in relus}
+    for i in relus:
+        b = zs[i - 1].bounds()
+        assert ((b.lower < 0) & (b.upper > 0)).any()  # both ReLUs have unstable neurons: new terms are made
+        torch.testing.assert_close(est[i - 1].lower, b.lower)
+        torch.testing.assert_close(est[i - 1].upper, b.upper)
+    out = cauchy_bounds(model, s, projections=4000, generator=torch.Generator().manual_seed(0))
+    exact = zs[-1].bounds()  # the output: both groups are mapped twice, so estimated
+    rel = ((out.upper - out.lower) - (exact.upper - exact.lower)).abs() / (exact.upper - exact.lower)
+    assert rel.max() < 0.1
+
+
 def test_cauchy_bounds_track_the_zonotope_on_a_relu_net():
     model = net(5)
     s = LinfBall(torch.rand(2, 2, 8, 8), 0.02)

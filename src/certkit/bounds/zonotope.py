@@ -178,13 +178,18 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
     (``estimator="median"``); the geometric mean ``exp(mean_k log|G·r_k|)`` (``"geometric"``) is exact in
     expectation in log space (E log|C| = log s for C ~ Cauchy(0, s)), has the same relative standard error
     π/(2√k) and needs no sort, but its gradient (1/P terms) is heavy-tailed; ``"auto"`` takes the median when
-    gradients are being recorded and the geometric mean otherwise. Where the set is still a linear image of the
-    input box (up to the first ReLU after an affine layer), the radius is computed exactly (|W|·r) instead, and
-    projections are only propagated as far as an estimate needs them. A ReLU's new error
-    term of size β on neuron j adds ``β_j·c`` with a fresh Cauchy c per projection. Only the ReLUs' inputs get
-    estimates. These are estimates, **not sound bounds**: for training only. Differentiable in the
-    weights (COLT's ReLU-stability regulariser uses them). With ``return_all``, a dict {node: Bounds} of the
-    estimates at every ReLU input up to ``stop`` (default: the output) is returned instead.
+    gradients are being recorded and the geometric mean otherwise. A row's ℓ1 norm is the sum of its norms over
+    disjoint groups of error terms (the input box's; each ReLU's new terms), so a group whose part of G is still
+    a diagonal matrix or one linear map of one (|W|·β, with ReLU slopes and per-channel scalings on either side)
+    adds its exact radius, and only the groups mapped further are estimated, together, from one set of
+    projections. A group's Cauchy draws (``β_j·c``, a fresh c per term and projection) are made only when some
+    estimate needs them, and then at once join the others' (one projection tensor per node, so no map is applied
+    twice; such a group is estimated from there on); projections are only propagated as far as the last estimate
+    that uses them. On COLT's MNIST net this makes the first latent stage's bounds exact but for the input box's
+    share and skips its largest draw. Only the ReLUs' inputs get estimates. These are estimates, **not sound
+    bounds**: for training only. Differentiable in the weights (COLT's ReLU-stability regulariser uses them).
+    With ``return_all``, a dict {node: Bounds} of the estimates at every ReLU input up to ``stop`` (default: the
+    output) is returned instead.
     """
     graph = g.to_graph(model)
     lo, up = input_set.lower, input_set.upper
@@ -196,99 +201,123 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
         raise ValueError(f"estimator must be 'median', 'geometric' or 'auto', got {estimator!r}")
     stop = graph.output if stop is None else stop
     nodes = graph.nodes[: stop + 1]
-    exact = _exact_radii(nodes)
-    # projections are only propagated when some estimate needs them
-    needs = [i for i, n in enumerate(nodes) if isinstance(n.op, g.ReLU) and not exact[n.inputs[0]]]
-    if not exact[stop] and not return_all:
-        needs.append(stop)
-    last = max(needs, default=-1)
+    phases = _term_phases(nodes)
+    targets = [n.inputs[0] for n in nodes if isinstance(n.op, g.ReLU)] + ([] if return_all else [stop])
+    for n in nodes:
+        if not isinstance(n.op, (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.ReLU, g.Add)):
+            raise g.UnsupportedOpError(f"Cauchy estimates have no rule for {n.op!r} (node '{n.name}')")
+    # term groups whose radius is no longer exact at some estimate need projections, drawn where they arise;
+    # projections are only propagated as far as the last estimate that uses them
+    drawn = {grp for t in targets for grp, ph in phases[t].items() if ph == _GONE}
+    last = max((t for t in targets if any(ph == _GONE for ph in phases[t].values())), default=-1)
 
-    def cauchy(shape):
-        u = rng.uniform(shape, generator, c.dtype, c.device)
-        return u.sub_(0.5).mul_(math.pi).tan_()
+    def cauchy(scale):
+        u = rng.uniform((B, k, *scale.shape[1:]), generator, c.dtype, c.device)
+        return u.sub_(0.5).mul_(math.pi).tan_().mul_(scale.unsqueeze(1))
 
-    def radius(P):
-        if estimator == "median":
-            return P.abs().median(1).values
-        return P.abs().clamp_min(1e-30).log().mean(1).exp()  # exp E log|Cauchy(0, s)| = s
+    def radius(st: _CauchyState) -> torch.Tensor:
+        rad = sum(st.exact.values(), torch.zeros_like(st.center))
+        if st.merged is not None:
+            P = st.merged.abs()
+            rad = rad + (P.median(1).values if estimator == "median" else P.clamp_min(1e-30).log().mean(1).exp())
+        return rad
 
-    # per node: (centre, projections G·R or None, exact radius or None); nodes after `last` need no projections
-    vals: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+    states: list[_CauchyState] = []
     est: dict[int, Bounds] = {}
     for i, node in enumerate(nodes):
         op, keep = node.op, i <= last
         if isinstance(op, g.Input):
-            vals.append((c, r.unsqueeze(1) * cauchy((B, k, *c.shape[1:])) if keep else None, r))
+            states.append(_CauchyState(c, {i: r}, {i: cauchy(r)} if keep and i in drawn else {}, None))
             continue
-        x, Px, rx = vals[node.inputs[0]]
-        Py = ry = None
-        if isinstance(op, (g.AffineOp, g.AvgPool2d)):
-            y = op.forward(x)
-            if exact[i]:  # the image of a box, or a per-channel scaling of an exact set: radius |W|·r
-                ry = op.apply(rx, op.weight.abs(), None) if isinstance(op, g.AffineOp) else op.forward(rx)
-            if keep:
-                Py = _linear_op(op, Px.reshape(B * k, *Px.shape[2:])).reshape(B, k, *y.shape[1:])
-        elif isinstance(op, (g.Flatten, g.Unflatten)):
-            y = op.forward(x)
-            ry = None if rx is None else op.forward(rx)
-            if keep:
-                Py = Px.reshape(B, k, *y.shape[1:])
-        elif isinstance(op, g.ReLU):
-            rad = rx if rx is not None else radius(Px)
-            l, u = x - rad, x + rad
+        if isinstance(op, g.Add):  # a sum of two sets: every group's radius is estimated from here on
+            parts = [states[j] for j in node.inputs]
+            P = [p for st in parts for p in [*st.proj.values(), st.merged] if p is not None] if keep else []
+            states.append(_CauchyState(parts[0].center + parts[1].center, {}, {}, sum(P) if P else None))
+            continue
+        x = states[node.inputs[0]]
+        if isinstance(op, g.ReLU):
+            rad = radius(x)
+            l, u = x.center - rad, x.center + rad
             est[node.inputs[0]] = Bounds(l, u)
             unstable, active = (l < 0) & (u > 0), l >= 0
             lam = torch.where(unstable, u / (u - l).clamp_min(1e-30), active.to(l.dtype))
             half = torch.where(unstable, -lam * l / 2, torch.zeros_like(l))
-            y = lam * x + half
-            if exact[i]:
-                ry = lam * rx + half
-            if keep:
-                Py = lam.unsqueeze(1) * Px + half.unsqueeze(1) * cauchy(Px.shape)
-        elif isinstance(op, g.Add):
-            (a, Pa, _), (b, Pb, _) = (vals[j] for j in node.inputs)
-            y = a + b
-            if keep:
-                Py = Pa + Pb
+            st = x.map(lambda t: lam * t, lambda t: lam.unsqueeze(1) * t, keep)
+            st.center = lam * x.center + half
+            st.exact[i] = half
+            if keep and i in drawn:
+                if st.merged is None and not st.proj:
+                    st.proj[i] = cauchy(half)
+                else:  # one projection tensor per node: drawn groups join the merged ones (no extra maps)
+                    st.merged = sum([cauchy(half), *st.proj.values(), *([st.merged] if st.merged is not None else [])])
+                    for grp in [i, *st.proj]:
+                        del st.exact[grp]
+                    st.proj = {}
         else:
-            raise g.UnsupportedOpError(f"Cauchy estimates have no rule for {op!r} (node '{node.name}')")
-        vals.append((y, Py, ry))
+            y = op.forward(x.center)
+
+            def lin(t, op=op, shape=y.shape[1:]):
+                return _linear_op(op, t.reshape(-1, *t.shape[2:])).reshape(*t.shape[:2], *shape)
+
+            if isinstance(op, (g.Flatten, g.Unflatten)):
+                st = x.map(op.forward, lin, keep)
+            else:
+                absw = (lambda t: op.apply(t, op.weight.abs(), None)) if isinstance(op, g.AffineOp) else op.forward
+                # groups that lose their exact radius here join the merged projections before the map
+                lost = [grp for grp, ph in phases[i].items() if ph == _GONE and grp in x.exact]
+                merged = [x.merged] if x.merged is not None else []
+                merged += [x.proj[grp] for grp in lost if grp in x.proj]
+                pre = _CauchyState(x.center, {grp: v for grp, v in x.exact.items() if grp not in lost},
+                                   {grp: v for grp, v in x.proj.items() if grp not in lost},
+                                   sum(merged) if merged else None)
+                st = pre.map(absw, lin, keep)
+            st.center = y
+        states.append(st)
     if return_all:
         return est
-    y, Py, ry = vals[stop]
-    rad = ry if ry is not None else radius(Py)
-    return Bounds(y - rad, y + rad)
+    out = states[stop]
+    rad = radius(out)
+    return Bounds(out.center - rad, out.center + rad)
 
 
-def _exact_radii(nodes) -> list[bool]:
-    """Which nodes' DeepZ sets have a radius computable exactly without projections:
-    a box, a linear image of a box (|W|·r), a per-channel scaling of such a set, or a ReLU of one (λ·r + β, its
-    relaxation's radius)."""
-    box: list[bool] = []
-    exact: list[bool] = []
-    for node in nodes:
+_DIAG, _LIN, _GONE = 0, 1, 2
+
+
+@dataclass
+class _CauchyState:
+    """A DeepZ set in :func:`cauchy_bounds`: its centre; the exact radius of every term group that has passed
+    at most one non-diagonal linear map (a ReLU's new terms or the input box, keyed by the node that made them);
+    the Cauchy projections of such groups that are estimated later; the merged projections of all the others."""
+
+    center: torch.Tensor
+    exact: dict[int, torch.Tensor]
+    proj: dict[int, torch.Tensor]
+    merged: torch.Tensor | None
+
+    def map(self, radius_map, proj_map, keep: bool) -> _CauchyState:
+        proj = {grp: proj_map(p) for grp, p in self.proj.items()} if keep else {}
+        merged = proj_map(self.merged) if keep and self.merged is not None else None
+        return _CauchyState(self.center, {grp: radius_map(v) for grp, v in self.exact.items()}, proj, merged)
+
+
+def _term_phases(nodes) -> list[dict[int, int]]:
+    """Per node, each error-term group's phase: diagonal (a box, scaled per coordinate: radius r), once mapped by
+    a non-diagonal linear op (radius |W|·r, still exact), or gone (only estimable). Diagonal ops (ReLU slopes,
+    per-channel scalings, reshapes) keep a phase; a residual sum makes every group gone."""
+    phases: list[dict[int, int]] = []
+    for i, node in enumerate(nodes):
         op = node.op
         if isinstance(op, g.Input):
-            box.append(True)
-            exact.append(True)
-            continue
-        j = node.inputs[0]
-        if isinstance(op, g.ChannelAffine):  # diagonal: keeps a box a box and an exact radius exact
-            box.append(box[j])
-            exact.append(exact[j])
-        elif isinstance(op, (g.AffineOp, g.AvgPool2d)):
-            box.append(False)
-            exact.append(box[j])
-        elif isinstance(op, (g.Flatten, g.Unflatten)):
-            box.append(box[j])
-            exact.append(exact[j])
+            phases.append({i: _DIAG})
+        elif isinstance(op, g.Add):
+            phases.append({grp: _GONE for j in node.inputs for grp in phases[j]})
+        elif isinstance(op, (g.ChannelAffine, g.Flatten, g.Unflatten)):
+            phases.append(dict(phases[node.inputs[0]]))
         elif isinstance(op, g.ReLU):
-            box.append(box[j])
-            exact.append(exact[j])
-        else:
-            box.append(False)
-            exact.append(False)
-    return exact
+            phases.append({**phases[node.inputs[0]], i: _DIAG})
+        else:  # a non-diagonal linear op
+            phases.append({grp: min(ph + 1, _GONE) for grp, ph in phases[node.inputs[0]].items()})
+    return phases
 
 
 def latent_point(model, input_set: InputSet, bounds: list[Bounds], e: list[torch.Tensor],
