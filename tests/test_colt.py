@@ -105,6 +105,12 @@ def test_colt_stages_train_and_freeze_layers(tmp_path):
     assert torch.equal(w[1][conv2], w[2][conv2])  # conv2 frozen after stage 1
     assert not torch.equal(w[1][-1], w[2][-1])  # the classifier still trains in the last stage
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
+    # a run split at a stage boundary: the latent stages start from the stage-0 model (stage 0 gets 0 epochs)
+    raw = tomllib.loads(COLT.replace("stage_epochs = [1, 1, 1]", "stage_epochs = [0, 1, 1]"))
+    raw["model"]["init"] = str(tmp_path / "run" / "stage0.safetensors")
+    later, hist2 = train(TrainConfig.from_dict(raw), tmp_path / "later", progress=False, log=False)
+    assert [int(r["train_stage"]) for r in hist2] == [1, 2]
+    assert torch.equal(list(later.parameters())[0], w[0][0])  # conv1 stays as stage 0 left it
     with pytest.raises(ValueError, match="stage_epochs"):
         TrainConfig.from_dict({"train": {"objective": "colt"}})
     data = load_dataset("digits", "test")

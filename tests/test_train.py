@@ -44,6 +44,24 @@ def test_a_model_without_normalisation_takes_raw_pixels_and_reloads(tmp_path):
     assert torch.allclose(model(x), m2(x))
 
 
+def test_init_starts_from_a_checkpoint_of_the_same_architecture_only(tmp_path):
+    from certkit.io import CheckpointError
+
+    first, _ = train(tiny_cfg(objective="standard", epochs=1), tmp_path / "a", progress=False, log=False)
+    ft = tiny_cfg(objective="standard", epochs=1, lr=0.0, optimizer="sgd", init=str(tmp_path / "a/model.safetensors"))
+    tuned, _ = train(ft, tmp_path / "b", progress=False, log=False)  # lr 0: the run keeps the initial weights
+    fresh, _ = train(tiny_cfg(objective="standard", epochs=1, lr=0.0, optimizer="sgd"), tmp_path / "c",
+                     progress=False, log=False)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(tuned(x), first(x)) and not torch.allclose(fresh(x), first(x))
+    with pytest.raises(CheckpointError, match="another architecture: mean"):
+        train(tiny_cfg(objective="standard", epochs=1, normalize=False, init=ft.init), tmp_path / "d",
+              progress=False, log=False)
+    with pytest.raises(CheckpointError, match="not found"):
+        train(tiny_cfg(objective="standard", epochs=1, init=str(tmp_path / "missing.safetensors")), tmp_path / "e",
+              progress=False, log=False)
+
+
 def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     import certkit.train.loop as loop
 
@@ -67,6 +85,17 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     for p, q in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
     assert [h["epoch"] for h in hist] == [1, 2, 3]  # no lost or duplicated rows
+
+
+def test_a_run_in_time_boxed_parts_equals_one_run(tmp_path):
+    cfg = tiny_cfg(objective="pgd", pgd_steps=2)
+    full, _ = train(cfg, tmp_path / "a", progress=False, log=False)
+    _, part = train(cfg, tmp_path / "b", progress=False, log=False, until=2)
+    assert [h["epoch"] for h in part] == [1, 2]
+    resumed, hist = train(cfg, tmp_path / "b", progress=False, log=False)
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    for p, q in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
 
 
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path):

@@ -319,7 +319,7 @@ def cmd_train(args) -> int:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     out = Path(args.out or Path("runs") / cfg.name)
-    _, history = train(cfg, out, resume=not args.fresh, progress=not args.quiet)
+    _, history = train(cfg, out, resume=not args.fresh, progress=not args.quiet, until=args.until)
     last = history[-1] if history else {}
     print(json.dumps(last, indent=1))
     print(f"checkpoint: {out / 'model.safetensors'}")
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run directory (default: runs/<name>)")
     t.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     t.add_argument("--fresh", action="store_true", help="discard an earlier run in the same directory")
+    t.add_argument("--until", type=int, default=None, metavar="EPOCH",
+                   help="stop after this epoch; the same command without it resumes the run later")
     t.add_argument("--quiet", action="store_true")
     _add_common(t)
     t.set_defaults(func=cmd_train)
