@@ -18,6 +18,7 @@ of the ℓ1 norms of the generator rows (Wong et al. 2018; COLT appendix B) for 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -216,7 +217,8 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
         return u.sub_(0.5).mul_(math.pi).tan_().mul_(scale.unsqueeze(1))
 
     def radius(st: _CauchyState) -> torch.Tensor:
-        rad = sum(st.exact.values(), torch.zeros_like(st.center))
+        rad = _total(list(st.exact.values()))
+        rad = torch.zeros_like(st.center) if rad is None else rad
         if st.merged is not None:
             P = st.merged.abs()
             rad = rad + (P.median(1).values if estimator == "median" else P.clamp_min(1e-30).log().mean(1).exp())
@@ -232,7 +234,7 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
         if isinstance(op, g.Add):  # a sum of two sets: every group's radius is estimated from here on
             parts = [states[j] for j in node.inputs]
             P = [p for st in parts for p in [*st.proj.values(), st.merged] if p is not None] if keep else []
-            states.append(_CauchyState(parts[0].center + parts[1].center, {}, {}, sum(P) if P else None))
+            states.append(_CauchyState(parts[0].center + parts[1].center, {}, {}, _total(P)))
             continue
         x = states[node.inputs[0]]
         if isinstance(op, g.ReLU):
@@ -249,7 +251,7 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
                 if st.merged is None and not st.proj:
                     st.proj[i] = cauchy(half)
                 else:  # one projection tensor per node: drawn groups join the merged ones (no extra maps)
-                    st.merged = sum([cauchy(half), *st.proj.values(), *([st.merged] if st.merged is not None else [])])
+                    st.merged = _total([cauchy(half), *st.proj.values(), st.merged])
                     for grp in [i, *st.proj]:
                         del st.exact[grp]
                     st.proj = {}
@@ -265,11 +267,9 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
                 absw = (lambda t: op.apply(t, op.weight.abs(), None)) if isinstance(op, g.AffineOp) else op.forward
                 # groups that lose their exact radius here join the merged projections before the map
                 lost = [grp for grp, ph in phases[i].items() if ph == _GONE and grp in x.exact]
-                merged = [x.merged] if x.merged is not None else []
-                merged += [x.proj[grp] for grp in lost if grp in x.proj]
                 pre = _CauchyState(x.center, {grp: v for grp, v in x.exact.items() if grp not in lost},
                                    {grp: v for grp, v in x.proj.items() if grp not in lost},
-                                   sum(merged) if merged else None)
+                                   _total([x.merged, *(x.proj[grp] for grp in lost if grp in x.proj)]))
                 st = pre.map(absw, lin, keep)
             st.center = y
         states.append(st)
@@ -281,6 +281,12 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
 
 
 _DIAG, _LIN, _GONE = 0, 1, 2
+
+
+def _total(ts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The sum of the tensors that are not None (None if there are none), without a copy for a single one."""
+    ts = [t for t in ts if t is not None]
+    return functools.reduce(torch.add, ts) if ts else None
 
 
 @dataclass
