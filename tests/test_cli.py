@@ -15,7 +15,7 @@ train_n = 256
 arch = "small-conv"
 [train]
 objective = "ibp"
-epochs = 2
+epochs = 1
 batch_size = 128
 eps = 0.05
 ramp_epochs = 1
@@ -29,7 +29,9 @@ n = 50
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     (d / "tiny.toml").write_text(CONFIG)
-    assert main(["train", "--config", str(d / "tiny.toml"), "--out", str(d / "run"), "--quiet"]) == 0
+    assert main(["train", "--config", str(d / "tiny.toml"), "--out", str(d / "run"), "--quiet",
+                 "--set", "train.epochs=2"]) == 0  # a command-line override of the config
+    assert len((d / "run" / "history.jsonl").read_text().splitlines()) == 2
     return d
 
 
@@ -66,6 +68,8 @@ def test_bad_input_gives_clear_errors(trained, tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("[train]\nepocs = 3\n")
     assert main(["train", "--config", str(tmp_path / "bad.toml")]) == 2
     assert "unknown config key" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "bad.toml"), "--set", "train.lr"]) == 2
+    assert "SECTION.KEY=VALUE" in capsys.readouterr().err
 
 
 def test_console_script_exists():

@@ -111,6 +111,17 @@ def test_colt_stages_train_and_freeze_layers(tmp_path):
     later, hist2 = train(TrainConfig.from_dict(raw), tmp_path / "later", progress=False, log=False)
     assert [int(r["train_stage"]) for r in hist2] == [1, 2]
     assert torch.equal(list(later.parameters())[0], w[0][0])  # conv1 stays as stage 0 left it
+    # split again after stage 1, with command-line style overrides: only the last stage runs, conv1-conv2 stay
+    from certkit.io import apply_overrides
+
+    raw = apply_overrides(tomllib.loads(COLT), ["colt.stage_epochs=[0, 0, 1]",
+                                               f"model.init={tmp_path / 'later' / 'stage1.safetensors'}"])
+    last, hist3 = train(TrainConfig.from_dict(raw), tmp_path / "last", progress=False, log=False)
+    assert [int(r["train_stage"]) for r in hist3] == [2]
+    start = list(load_model(tmp_path / "later" / "stage1.safetensors")[0].parameters())
+    p3 = list(last.parameters())
+    assert torch.equal(p3[0], start[0]) and torch.equal(p3[conv2], start[conv2])
+    assert hist3[0]["train_eps"] == pytest.approx(history[2]["train_eps"])  # stage 2's eps, as in the unsplit run
     with pytest.raises(ValueError, match="stage_epochs"):
         TrainConfig.from_dict({"train": {"objective": "colt"}})
     data = load_dataset("digits", "test")

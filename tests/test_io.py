@@ -56,3 +56,16 @@ def test_results_of_another_run_are_not_mixed(tmp_path):
     ResultsWriter(path, header={"method": "ibp"}).write([{"idx": 0}])
     with pytest.raises(ValueError, match="different run"):
         ResultsWriter(path, header={"method": "crown"})
+
+
+def test_config_overrides():
+    from certkit.io import apply_overrides
+
+    raw = {"name": "a", "train": {"lr": 0.1}}
+    apply_overrides(raw, ["train.lr=1e-3", "colt.stage_epochs=[0, 0, 2]", "model.init=runs/x/stage1.safetensors",
+                          "name=b", "train.quiet = true"])
+    assert raw == {"name": "b", "train": {"lr": 1e-3, "quiet": True}, "colt": {"stage_epochs": [0, 0, 2]},
+                   "model": {"init": "runs/x/stage1.safetensors"}}
+    for bad in ("train.lr", "=3", "train..lr=1", "name.x=1"):
+        with pytest.raises(ValueError, match="--set"):
+            apply_overrides(raw, [bad])

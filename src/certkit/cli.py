@@ -310,10 +310,10 @@ def cmd_attack(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from certkit.io import load_config
+    from certkit.io import apply_overrides, load_config
     from certkit.train import TrainConfig, train
 
-    raw = load_config(args.config)
+    raw = apply_overrides(load_config(args.config), args.set)
     cfg = TrainConfig.from_dict(raw)
     for key in ("device", "data_dir", "epochs"):  # command-line values override the config's
         if getattr(args, key) is not None:
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run directory (default: runs/<name>)")
     t.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     t.add_argument("--fresh", action="store_true", help="discard an earlier run in the same directory")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config entry (TOML value), e.g. --set colt.stage_epochs=[0,0,2,2]; repeatable")
     t.add_argument("--until", type=int, default=None, metavar="EPOCH",
                    help="stop after this epoch; the same command without it resumes the run later")
     t.add_argument("--quiet", action="store_true")

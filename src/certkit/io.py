@@ -101,6 +101,28 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: invalid TOML ({e})") from e
 
 
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``section.key=VALUE`` entries (``--set`` on the command line) in a config dict, in place. VALUE is read
+    as a TOML value (``2``, ``1e-3``, ``[0, 0, 2, 2]``, ``true``, ``"text"``); anything that is not one is kept as a
+    bare string (a path)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--set expects SECTION.KEY=VALUE or KEY=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
 class ResultsWriter:
     """Append-only JSON-lines results keyed by ``key`` (e.g. the test-set index).
 
