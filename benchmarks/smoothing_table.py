@@ -15,8 +15,9 @@ RADII = [0.25, 0.5, 0.75, 1.0]
 # Salman et al. 2019 (SmoothAdv), LeNet on MNIST, certified accuracy (%) at L2 radius 0.25 / 0.5 / 0.75 / 1.0
 PUBLISHED = {"gaussian": [98.5, 96.9, 94.3, 89.8], "stability": [98.6, 97.3, 94.9, 90.8],
              "smoothadv": [99.0, 98.2, 96.8, 92.9]}
-# the configs' recipes: as shipped first, then γ = 2 (stability), then the published MNIST commands ("-ref")
-VARIANTS = ("", "-g2", "-ref")
+# the configs' recipes: as shipped first, then γ = 2 (stability), the published MNIST commands ("-ref"), and
+# SmoothAdv fine-tuned from the Gaussian models ("-ft")
+VARIANTS = ("", "-g2", "-ref", "-ft")
 STN_RADIUS, STN_PUBLISHED = 1.58, 69.0  # Li et al. 2019: MNIST, Renyi certificate
 
 
