@@ -48,6 +48,13 @@ def test_train_then_certify_and_resume(trained, capsys):
     assert (trained / "p.png").stat().st_size > 1000
     assert main(args) == 0  # a rerun resumes: nothing is written twice
     assert len(out.read_text().splitlines()) == 81
+    from certkit.io import hold_lock
+
+    busy = hold_lock(out)  # a second certification of the same file, still running
+    capsys.readouterr()
+    assert main(args) == 2 and "in use by another run" in capsys.readouterr().err
+    busy.close()
+    assert len(out.read_text().splitlines()) == 81
     assert main(["attack", "--checkpoint", str(ckpt), "--data", "digits", "--eps", "0.05", "--n", "20",
                  "--steps", "5"]) == 0
 

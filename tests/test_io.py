@@ -43,6 +43,7 @@ def test_results_writer_resumes_without_duplicates(tmp_path):
     w.write([{"idx": 0, "v": 1}, {"idx": 1, "v": 2}])
     with open(path, "a") as f:
         f.write('{"idx": 2, "v"')  # killed in mid-write
+    w.close()  # a killed process releases its lock
     w2 = ResultsWriter(path, header={"run": 1})
     assert w2.done == {0, 1}
     w2.write([{"idx": 1, "v": 2}, {"idx": 2, "v": 3}])
@@ -56,6 +57,19 @@ def test_results_of_another_run_are_not_mixed(tmp_path):
     ResultsWriter(path, header={"method": "ibp"}).write([{"idx": 0}])
     with pytest.raises(ValueError, match="different run"):
         ResultsWriter(path, header={"method": "crown"})
+
+
+def test_a_second_writer_of_the_same_results_is_refused(tmp_path):
+    from certkit.io import InUseError
+
+    path = tmp_path / "r.jsonl"
+    with ResultsWriter(path, header={"run": 1}) as w:
+        w.write([{"idx": 0}])
+        with pytest.raises(InUseError, match="in use by another run"):
+            ResultsWriter(path, header={"run": 1})
+        w.write([{"idx": 1}])
+    w2 = ResultsWriter(path, header={"run": 1})  # free again once the first is closed
+    assert w2.done == {0, 1} and len(path.read_text().splitlines()) == 3
 
 
 def test_config_overrides():

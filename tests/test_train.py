@@ -106,6 +106,20 @@ def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
     assert [h["epoch"] for h in hist] == [1, 2]
 
 
+def test_a_second_run_in_a_busy_directory_is_refused_and_loses_nothing(tmp_path):
+    from certkit.io import InUseError, hold_lock
+
+    train(tiny_cfg(epochs=1), tmp_path, progress=False, log=False)
+    before = (tmp_path / "history.jsonl").read_text()
+    busy = hold_lock(tmp_path / "run.lock")  # as another process training in this directory would
+    with pytest.raises(InUseError, match="in use"):
+        train(tiny_cfg(epochs=2), tmp_path, progress=False, log=False)
+    assert (tmp_path / "history.jsonl").read_text() == before
+    busy.close()
+    _, hist = train(tiny_cfg(epochs=2), tmp_path, progress=False, log=False)
+    assert [h["epoch"] for h in hist] == [1, 2]
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown config key"):
         TrainConfig.from_dict({"train": {"epocs": 3}})

@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from certkit.data import DataError
     from certkit.graph import UnsupportedOpError
-    from certkit.io import CheckpointError
+    from certkit.io import CheckpointError, InUseError
     from certkit.specs import SpecError
 
     args = build_parser().parse_args(argv)
@@ -492,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (DataError, CheckpointError, SpecError, UnsupportedOpError, FileNotFoundError, ValueError) as e:
+    except (DataError, CheckpointError, SpecError, UnsupportedOpError, FileNotFoundError, ValueError,
+            InUseError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

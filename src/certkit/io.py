@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -123,16 +123,43 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class InUseError(RuntimeError):
+    """Another writer (another process, or another open in this one) holds the results file or run directory."""
+
+
+def hold_lock(path: str | os.PathLike) -> IO[str] | None:
+    """Take an exclusive advisory lock on ``path`` (created if missing) for as long as the returned file is open.
+
+    A second writer of the same results (two resumed runs started by mistake, say) fails at once with
+    :class:`InUseError` instead of duplicating or interleaving rows. The lock goes with the process, so a killed
+    run leaves nothing to clean up. Where ``fcntl`` is missing (Windows) nothing is locked and None is returned.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise InUseError(f"{path} is in use by another run (a second process writing the same results?); "
+                         "stop it first or choose another output") from None
+    return f
+
+
 class ResultsWriter:
     """Append-only JSON-lines results keyed by ``key`` (e.g. the test-set index).
 
     ``done`` holds the keys already written; rows with those keys are skipped on resume. A torn last line (a
-    kill in mid-write) is removed on open.
+    kill in mid-write) is removed on open. The file is locked while the writer is open (:func:`hold_lock`):
+    a second writer of it raises :class:`InUseError`. ``close()`` (or leaving a ``with`` block) releases it.
     """
 
     def __init__(self, path: str | os.PathLike, key: str = "idx", header: dict[str, Any] | None = None):
         self.path, self.key = Path(path), key
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_lock(self.path)
         self.rows: list[dict[str, Any]] = []
         if self.path.exists():
             good = []
@@ -177,5 +204,18 @@ class ResultsWriter:
     def results(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if not r.get("_header")]
 
+    def close(self) -> None:
+        """Release the file's lock (the rows are already on disk)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
-__all__ = ["CheckpointError", "ResultsWriter", "load_config", "load_model", "read_metadata", "save_model"]
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["CheckpointError", "InUseError", "ResultsWriter", "hold_lock", "load_config", "load_model", "read_metadata",
+           "save_model"]

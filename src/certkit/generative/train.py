@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from certkit.data import Dataset, load_dataset
 from certkit.generative.vae import VAE, elbo_attack
-from certkit.io import CheckpointError, ResultsWriter, read_metadata, save_model
+from certkit.io import CheckpointError, ResultsWriter, hold_lock, read_metadata, save_model
 from certkit.train import checkpoint
 
 
@@ -83,8 +83,20 @@ def _ramp(cfg: VAEConfig, t: float) -> float:
 
 def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
               train_set: Dataset | None = None, log: bool = True) -> tuple[VAE, list[dict]]:
+    """Run (or resume) the proVAE training of ``cfg`` in ``out_dir`` (locked for the call, as
+    :func:`certkit.train.loop.train`); returns (model, history rows)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = hold_lock(out / "run.lock")
+    try:
+        return _train_vae(cfg, out, resume, progress, train_set, log)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_set: Dataset | None,
+               log: bool) -> tuple[VAE, list[dict]]:
     device = torch.device(cfg.device)
     data = train_set or load_dataset(cfg.data, "train", cfg.data_dir)
     if cfg.train_n:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from certkit import graph as g
 from certkit.data import Dataset, load_dataset
-from certkit.io import ResultsWriter, save_model
+from certkit.io import ResultsWriter, hold_lock, save_model
 from certkit.models import build
 from certkit.train import checkpoint
 from certkit.train.objectives import (
@@ -240,9 +240,20 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
     """Run (or resume) the training described by ``cfg`` in ``out_dir``; returns (model, history rows).
 
     ``resume=False`` discards an earlier run in ``out_dir``; ``progress`` shows a bar per epoch; ``log`` prints
-    one line per epoch; ``until``: stop after that epoch (a time-boxed part of a run that resumes later)."""
+    one line per epoch; ``until``: stop after that epoch (a time-boxed part of a run that resumes later). The
+    directory is locked for the call (``run.lock``): a second run in it raises :class:`certkit.io.InUseError`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = hold_lock(out / "run.lock")
+    try:
+        return _train(cfg, out, resume, progress, train_set, test_set, log, until)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set: Dataset | None,
+           test_set: Dataset | None, log: bool, until: int | None) -> tuple[nn.Module, list[dict]]:
     device = torch.device(cfg.device)
     train_set = train_set or load_dataset(cfg.data, "train", cfg.data_dir)
     test_set = test_set or load_dataset(cfg.data, "test", cfg.data_dir)
