@@ -85,7 +85,8 @@ class Box(InputSet):
         self.x = (self.lower + self.upper) / 2
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        u = torch.rand((n, *self.lower.shape), generator=generator, dtype=self.lower.dtype)
+        where = generator.device if generator is not None else torch.device("cpu")
+        u = torch.rand((n, *self.lower.shape), generator=generator, dtype=self.lower.dtype, device=where)
         u = u.to(self.lower.device)
         corners = u[: n // 2].round()  # half of the samples are box corners
         u = torch.cat([corners, u[n // 2 :]])
@@ -146,18 +147,23 @@ class LpBall(InputSet):
         return out
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` points of the ball per centre (half on its corners / sphere); drawn where ``generator`` lives (the
+        CPU without one, so the global CPU seed decides) and moved to the centre's device."""
         shape = (n, *self.x.shape)
+        where = generator.device if generator is not None else torch.device("cpu")
+        dt, dev = self.x.dtype, self.x.device
         if self.p == math.inf:
-            u = torch.rand(shape, generator=generator, dtype=self.x.dtype).to(self.x.device)
+            u = torch.rand(shape, generator=generator, dtype=dt, device=where).to(dev)
             u[: n // 2] = u[: n // 2].round()  # corners of the ball
             pts = self.x + (2 * u - 1) * self.eps
         else:
-            g = torch.randn(shape, generator=generator, dtype=self.x.dtype).to(self.x.device)
+            g = torch.randn(shape, generator=generator, dtype=dt, device=where)
             if self.p == 1:
                 g = g.sign() * torch.empty_like(g).exponential_(generator=generator)
+            g = g.to(dev)
             norm = g.flatten(2).norm(p=self.p, dim=2).view(n, -1, *([1] * (self.x.dim() - 1)))
             d = g.flatten(2).shape[-1]
-            r = torch.rand((n, self.x.shape[0]), generator=generator, dtype=self.x.dtype).to(self.x.device)
+            r = torch.rand((n, self.x.shape[0]), generator=generator, dtype=dt, device=where).to(dev)
             r = r ** (1.0 / d)
             r[: n // 2] = 1.0  # half on the sphere
             pts = self.x + g / norm.clamp_min(1e-12) * r.view_as(norm) * self.eps
