@@ -1,11 +1,17 @@
 """Certified accuracy of the smoothed LeNets on MNIST (benchmarks/smoothing_mnist.sh) against the published
 numbers, and STN's sigma = 0.7 setting with the Renyi bound beside Cohen's bounds on the same counts.
 
-    python benchmarks/smoothing_table.py [benchmarks/results/smoothing-mnist]     # a markdown table
+    python benchmarks/smoothing_table.py [benchmarks/results/smoothing-mnist]     # markdown tables
+
+The first table is Cohen's protocol (every 20th test image, ``certify.jsonl``). The published rows were measured on
+all 10,000 test images, so a second table pools every certification of a model (``certify*.jsonl``, e.g. every 4th
+image on a GPU, or ``--start 10 --step 20``) by test index: a larger sample of the same protocol. Each input's noise
+comes from a generator seeded by (seed, index), so runs that share an index agree, which is checked.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -21,25 +27,60 @@ VARIANTS = ("", "-g2", "-ref", "-ft")
 STN_RADIUS, STN_PUBLISHED = 1.58, 69.0  # Li et al. 2019: MNIST, Renyi certificate
 
 
-def main(args: list[str]) -> None:
-    root = Path(args[0] if args else "benchmarks/results/smoothing-mnist")
+# header fields that must agree for certifications of one model to be pooled
+SAME = ("checkpoint", "data", "noise", "sigma", "certificate", "n0", "n", "alpha", "seed")
+
+
+def pooled_rows(model_dir: Path) -> list[dict]:
+    """Every certified row of one model, once per test index, from all its ``certify*.jsonl`` files."""
+    rows: dict[int, dict] = {}
+    header = None
+    for path in sorted(model_dir.glob("certify*.jsonl")):
+        head = json.loads(path.read_text().split("\n", 1)[0])
+        key = {k: head.get(k) for k in SAME}
+        if header is not None and key != header:
+            raise ValueError(f"{path}: certified with other settings than the other files of {model_dir}")
+        header = key
+        for r in load_rows(path):
+            if r["idx"] in rows and rows[r["idx"]]["counts"] != r["counts"]:
+                raise ValueError(f"{path}: index {r['idx']} has other counts than in another file")
+            rows[r["idx"]] = r
+    return [rows[i] for i in sorted(rows)]
+
+
+def table(root: Path, pooled: bool) -> list[str]:
     head = "| training | σ | images | " + " | ".join(f"r = {r}" for r in RADII) + " |"
     lines = [head, "|" + "---|" * (3 + len(RADII))]
     best: dict[str, list[float]] = {}
     for kind in PUBLISHED:
         for variant in VARIANTS:
+            group: dict[str, list[dict]] = {}
             for sigma in ("0.25", "0.5"):
-                path = root / f"mnist-lenet-{kind}{variant}-{sigma}" / "certify.jsonl"
-                if not path.exists():
+                model_dir = root / f"mnist-lenet-{kind}{variant}-{sigma}"
+                if not (model_dir / "certify.jsonl").exists():
                     continue
-                rows = load_rows(path)
+                group[sigma] = pooled_rows(model_dir) if pooled else load_rows(model_dir / "certify.jsonl")
+            if pooled and (len(group) < 2 or len({len(r) for r in group.values()}) > 1
+                           or all(len(r) <= 500 for r in group.values())):
+                continue  # only pairs of σ pooled over the same, larger sample
+            for sigma, rows in group.items():
                 acc = [100 * t["certified"] for t in report(rows, RADII, 0.001)]
-                best[kind] = [max(a, b) for a, b in zip(best.get(kind, acc), acc)]
+                name = f"{kind}{variant}" if pooled else kind
+                best[name] = [max(a, b) for a, b in zip(best.get(name, acc), acc)]
                 lines.append(f"| {kind}{variant} | {sigma} | {len(rows)} | " + " | ".join(f"{a:.1f}" for a in acc)
                              + " |")
-    for kind, acc in best.items():
-        lines.append(f"| {kind}: best row | | | " + " | ".join(f"{a:.1f}" for a in acc) + " |")
+    for name, acc in best.items():
+        kind = name.split("-")[0]
+        lines.append(f"| {name}: best row | | | " + " | ".join(f"{a:.1f}" for a in acc) + " |")
         lines.append(f"| {kind}: published | | | " + " | ".join(f"{a:.1f}" for a in PUBLISHED[kind]) + " |")
+    return lines
+
+
+def main(args: list[str]) -> None:
+    root = Path(args[0] if args else "benchmarks/results/smoothing-mnist")
+    lines = ["Every 20th test image (500):", *table(root, pooled=False), "",
+             "Pooled over every certification of a model (larger samples; both σ on the same images):",
+             *table(root, pooled=True)]
     stn = root / "mnist-lenet-stability-0.7" / "certify.jsonl"
     if stn.exists():
         rows = load_rows(stn)

@@ -105,7 +105,7 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_se
     vae = VAE(data.shape, cfg.latent, cfg.hidden, cfg.sigma0).to(device)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     config = asdict(cfg)
-    start = checkpoint.restore(out, config, vae, opt, device, resume)
+    start = checkpoint.restore(out, config, vae, opt, resume)
     history = ResultsWriter(out / "history.jsonl", key="epoch")
     steps = math.ceil(len(data) / cfg.batch_size)
     for epoch in range(start, cfg.epochs):

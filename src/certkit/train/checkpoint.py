@@ -26,8 +26,9 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore(out: Path, config: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
-            device: torch.device | str, resume: bool = True) -> int:
-    """Load the run in ``out`` into ``model``, ``opt`` and the global RNG; returns the number of finished epochs
+            resume: bool = True) -> int:
+    """Load the run in ``out`` into ``model``, ``opt`` and the global RNGs (CPU, and CUDA where the run had it);
+    returns the number of finished epochs
     (0 for a new run). ``resume=False`` discards an earlier run instead. A run made with another config (other
     than :data:`FREE_KEYS`) is refused: its epochs would not be this config's."""
     path = out / STATE
@@ -37,7 +38,9 @@ def restore(out: Path, config: dict[str, Any], model: nn.Module, opt: torch.opti
         return 0
     if not path.exists():
         return 0
-    state = torch.load(path, weights_only=True, map_location=device)
+    # on the CPU: RNG states must stay CPU byte tensors; load_state_dict moves weights and optimizer state to the
+    # model's device, so a run resumes on any device
+    state = torch.load(path, weights_only=True, map_location="cpu")
     old, new = _comparable(json.loads(state["config"])), _comparable(config)
     if old != new:
         diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
@@ -46,6 +49,9 @@ def restore(out: Path, config: dict[str, Any], model: nn.Module, opt: torch.opti
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
+    cuda_rng = state.get("cuda_rng", [])
+    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)
     return int(state["epoch"])
 
 
@@ -53,7 +59,9 @@ def save(out: Path, epoch: int, config: dict[str, Any], model: nn.Module, opt: t
     """Write the state after ``epoch`` finished epochs atomically (a kill mid-write keeps the previous one)."""
     tmp = out / (STATE + ".tmp")
     torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "rng": torch.get_rng_state(), "config": json.dumps(config)}, tmp)
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                "config": json.dumps(config)}, tmp)
     os.replace(tmp, out / STATE)
 
 

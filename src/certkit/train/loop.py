@@ -276,7 +276,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adam or sgd")
 
     config = cfg.to_dict()
-    start_epoch = checkpoint.restore(out, config, model, opt, device, resume)
+    start_epoch = checkpoint.restore(out, config, model, opt, resume)
     history = ResultsWriter(out / "history.jsonl", key="epoch")
 
     n = len(train_set)
