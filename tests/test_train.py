@@ -98,6 +98,23 @@ def test_a_run_in_time_boxed_parts_equals_one_run(tmp_path):
         assert torch.equal(p, q)
 
 
+def test_a_run_saved_on_a_gpu_machine_resumes_here(tmp_path):
+    """A state written with CUDA RNG states (a GPU machine) resumes on a machine with another device set."""
+    from certkit.train.checkpoint import STATE
+
+    cfg = tiny_cfg(objective="pgd", pgd_steps=2)
+    full, _ = train(cfg, tmp_path / "a", progress=False, log=False)
+    train(cfg, tmp_path / "b", progress=False, log=False, until=2)
+    state = torch.load(tmp_path / "b" / STATE, weights_only=True)
+    assert isinstance(state["cuda_rng"], list)
+    state["cuda_rng"] = [torch.get_rng_state()] * (torch.cuda.device_count() + 1)  # not this machine's GPUs
+    torch.save(state, tmp_path / "b" / STATE)
+    resumed, hist = train(cfg, tmp_path / "b", progress=False, log=False)
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    for p, q in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
     train(tiny_cfg(epochs=1), tmp_path, progress=False, log=False)
     with pytest.raises(ValueError, match=r"different config \(lr differ\)"):
