@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,12 +88,8 @@ def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, p
     :func:`certkit.train.loop.train`); returns (model, history rows)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lock = hold_lock(out / "run.lock")
-    try:
+    with hold_lock(out / "run.lock") or nullcontext():  # the lock file closes (unlocks) on leaving
         return _train_vae(cfg, out, resume, progress, train_set, log)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_set: Dataset | None,

@@ -28,9 +28,8 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 def restore(out: Path, config: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
             resume: bool = True) -> int:
     """Load the run in ``out`` into ``model``, ``opt`` and the global RNGs (CPU, and CUDA where the run had it);
-    returns the number of finished epochs
-    (0 for a new run). ``resume=False`` discards an earlier run instead. A run made with another config (other
-    than :data:`FREE_KEYS`) is refused: its epochs would not be this config's."""
+    returns the number of finished epochs (0 for a new run). ``resume=False`` discards an earlier run instead. A
+    run made with another config (other than :data:`FREE_KEYS`) is refused: its epochs would not be this config's."""
     path = out / STATE
     if not resume:
         for f in (path, out / "history.jsonl", out / "model.safetensors"):

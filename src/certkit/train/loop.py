@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,12 +245,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
     directory is locked for the call (``run.lock``): a second run in it raises :class:`certkit.io.InUseError`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lock = hold_lock(out / "run.lock")
-    try:
+    with hold_lock(out / "run.lock") or nullcontext():  # the lock file closes (unlocks) on leaving
         return _train(cfg, out, resume, progress, train_set, test_set, log, until)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set: Dataset | None,
