@@ -28,8 +28,8 @@ def _complete_lower(model: nn.Module, s: InputSet, spec: LinearSpec, solver: str
                     max_binaries: int | None = None, **_) -> torch.Tensor:
     """Lower bounds of the spec rows by a complete method, ``solver`` 'milp' (HiGHS with CROWN's intermediate
     bounds) or 'bab' (branch and bound with β-CROWN, α-CROWN's intermediate bounds), within ``timeout`` seconds
-    per input, stopping per row once its sign is decided (a verified row gets a bound above 0; a falsified one
-    a value at or below 0) and per input at the first row not proved."""
+    per input, stopping per row once its sign is decided (a verified row gets the solver's proven bound, above
+    0; a falsified or undecided one keeps CROWN's, at or below 0) and per input at the first row not proved."""
     from certkit.bounds.bab import bab
     from certkit.bounds.milp import MilpEncoding, _select
 
@@ -49,7 +49,10 @@ def _complete_lower(model: nn.Module, s: InputSet, spec: LinearSpec, solver: str
             else:
                 enc = enc or MilpEncoding(model, _select(s, b), pb, max_binaries)
                 r = enc.minimize(spec.C[b, k], d, time_limit=left)
-            lower[b, k] = r.value if r.verdict == "falsified" else max(r.bound, lower[b, k].item())
+            if r.verdict == "verified":
+                lower[b, k] = max(r.bound, lower[b, k].item())
+            # falsified or unknown: the row keeps its CROWN bound (≤ 0, a proven bound; an unknown's solver bound
+            # must never certify, and a counterexample's value is an upper bound on the minimum, not a lower one)
             if r.verdict != "verified":
                 break  # one row that is not proved decides the input
     return lower

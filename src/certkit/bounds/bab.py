@@ -33,7 +33,8 @@ import torch
 from certkit import graph as g
 from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.interval import Bounds
-from certkit.bounds.linear import _backward, _relu_relaxation, crown_bounds
+from certkit.bounds.linear import _backward, crown_bounds
+from certkit.bounds.relax import relu_relaxation
 from certkit.specs import Box, InputSet, LinearSpec, LpBall, SpecError
 
 # the ops of the networks that branch and bound (and the MILP encoding) handle: ReLU networks without MaxPool
@@ -119,7 +120,7 @@ class _Problem:
                 up[:, u] = torch.where(s_j < 0, up[:, u].clamp(max=0), up[:, u])
             pre[j] = Bounds(lo.view(D, *self.shapes[j]), up.view(D, *self.shapes[j]))
             if j in self.unstable:
-                base[j] = _relu_relaxation(pre[j])[0].flatten(1).unsqueeze(1).expand(D, K, -1)
+                base[j] = relu_relaxation(pre[j])[0].flatten(1).unsqueeze(1).expand(D, K, -1)
         rows, const = self.C.expand(D, -1, -1), self.d.expand(D, -1)
         a = {j: v.detach().clone().requires_grad_(True) for j, v in alpha.items()}
         bt = {j: v.detach().clone().requires_grad_(True) for j, v in beta.items()}
@@ -205,7 +206,7 @@ def bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | None = No
     js = [j for j in prob.relus if len(prob.unstable[j])]
     dev = prob.lo.device
     split = {j: torch.zeros(1, len(prob.unstable[j]), dtype=torch.int8, device=dev) for j in js}
-    alpha = {j: _relu_relaxation(prob.pre[j])[0].flatten()[prob.unstable[j]].expand(1, K, -1).clone() for j in js}
+    alpha = {j: relu_relaxation(prob.pre[j])[0].flatten()[prob.unstable[j]].expand(1, K, -1).clone() for j in js}
     beta = {j: torch.zeros(1, K, len(prob.unstable[j]), dtype=dtype, device=dev) for j in js}
     n_bounded = 0
     worst_done = math.inf  # the smallest bound among the domains proved (all positive)

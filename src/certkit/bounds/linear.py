@@ -26,42 +26,8 @@ import torch.nn.functional as F
 
 from certkit import graph as g
 from certkit.bounds.interval import Bounds, interval_bounds
-from certkit.specs import InputSet, LinearSpec, LpBall, SpecError
-
-
-def _relu_relaxation(b: Bounds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lower slope, upper slope, upper intercept) of ReLU over [l, u], elementwise."""
-    l, u = b.lower, b.upper
-    active, unstable = l >= 0, (l < 0) & (u > 0)
-    su = torch.where(unstable, u / (u - l).clamp_min(1e-30), active.to(l.dtype))
-    bu = torch.where(unstable, -su * l, torch.zeros_like(l))
-    sl = torch.where(unstable, (u > -l).to(l.dtype), active.to(l.dtype))
-    return sl, su, bu
-
-
-def _sshape_relaxation(op: g.Activation, b: Bounds) -> tuple[torch.Tensor, ...]:
-    """Parallel linear bounds ``λz + bl <= f(z) <= λz + bu`` of Sigmoid/Tanh over [l, u], elementwise.
-
-    λ is the chord's slope; ``f(z) − λz`` is extremal on [l, u] at an end point or where ``f'(z) = λ``
-    (closed form: σ(1 − σ) = λ, or 1 − tanh² = λ), so its exact range gives the intercepts: the chord on one side
-    and the parallel tangent on the other where f is convex or concave, and a sound band where l < 0 < u."""
-    l, u = b.lower, b.upper
-    sig = isinstance(op, g.Sigmoid)
-    f = torch.sigmoid if sig else torch.tanh
-    width = u - l
-    deriv_l = f(l) * (1 - f(l)) if sig else 1 - f(l) ** 2
-    lam = torch.where(width > 1e-12, (f(u) - f(l)) / width.clamp_min(1e-12), deriv_l)
-    if sig:
-        root = torch.sqrt((1 - 4 * lam).clamp(min=0))
-        s1, s2 = ((1 + root) / 2).clamp(1e-30, 1 - 1e-16), ((1 - root) / 2).clamp(1e-30, 1 - 1e-16)
-        z1, z2 = torch.log(s1 / (1 - s1)), torch.log(s2 / (1 - s2))
-    else:
-        t = torch.sqrt((1 - lam).clamp(min=0)).clamp(max=1 - 1e-16)
-        z1, z2 = torch.atanh(t), -torch.atanh(t)
-    cands = torch.stack([l, u, torch.minimum(torch.maximum(z1, l), u), torch.minimum(torch.maximum(z2, l), u)])
-    h = f(cands) - lam * cands
-    pad = 1e-7 * (1 + h.abs().amax(0))  # round-off margin
-    return lam, h.amin(0) - pad, lam, h.amax(0) + pad
+from certkit.bounds.relax import relu_relaxation, sshape_relaxation
+from certkit.specs import InputSet, LinearSpec, LpBall
 
 
 def _affine_backward(op: g.AffineOp, A: torch.Tensor, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,14 +150,14 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
         elif isinstance(op, g.ReLU):
             if record is not None:
                 record[j] = Ai
-            sl, su, bu = (t.unsqueeze(1) for t in _relu_relaxation(pre[j]))
+            sl, su, bu = (t.unsqueeze(1) for t in relu_relaxation(pre[j]))
             if alphas is not None and j in alphas:
                 b = pre[j]
                 sl = torch.where(((b.lower < 0) & (b.upper > 0)).unsqueeze(1), alphas[j], sl)
             Aj = Ai * torch.where(Ai >= 0, sl, su)
             const = const + torch.einsum("bkn,bn->bk", Ai.clamp(max=0).flatten(2), bu.flatten(2)[:, 0])
         elif isinstance(op, (g.Sigmoid, g.Tanh)):
-            sl, bl, su, bu = (t.unsqueeze(1) for t in _sshape_relaxation(op, pre[j]))
+            sl, bl, su, bu = (t.unsqueeze(1) for t in sshape_relaxation(isinstance(op, g.Tanh), pre[j]))
             pos = Ai >= 0
             Aj = Ai * torch.where(pos, sl, su)
             const = const + (Ai * torch.where(pos, bl, bu)).flatten(2).sum(2)
@@ -268,7 +234,7 @@ def _patch_bounds(graph: g.Graph, j: int, idx: torch.Tensor, pre: dict[int, Boun
     Hx, Wx = ((n + 2 * P - K) // S + 1 for n in lo.shape[-2:])
     if (Hx, Wx) != (H2, W2):
         return None
-    sl, su, bu = (F.unfold(t, k2, padding=p2, stride=s2).transpose(1, 2) for t in _relu_relaxation(pre[relu_in]))
+    sl, su, bu = (F.unfold(t, k2, padding=p2, stride=s2).transpose(1, 2) for t in relu_relaxation(pre[relu_in]))
     mid = F.unfold((lo + up) / 2, K, padding=P, stride=S).transpose(1, 2)  # (B, L, Cin·K·K)
     rad = F.unfold((up - lo) / 2, K, padding=P, stride=S).transpose(1, 2)
     W2f = conv2.weight.to(dtype).flatten(1)  # (out, Cin2·k2·k2)
@@ -368,7 +334,7 @@ def _optimized_rows(graph: g.Graph, j: int, idx: torch.Tensor, shapes: list[tupl
     for node in graph.nodes[:j]:
         if isinstance(node.op, g.ReLU):
             r = node.inputs[0]
-            sl = _relu_relaxation(pre[r])[0]
+            sl = relu_relaxation(pre[r])[0]
             alphas[r] = sl.unsqueeze(1).expand(B, 2 * U, *shapes[r]).clone().requires_grad_(True)
     best = torch.cat([lower, -upper], 1)
     if not alphas:
@@ -428,7 +394,7 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
     if intermediate not in ("crown", "ibp", "alpha"):
         raise ValueError(f"intermediate must be 'crown', 'ibp' or 'alpha', got {intermediate!r}")
     graph = g.to_graph(model)
-    ibp_out, ibp_all = interval_bounds(graph, input_set, return_all=True)
+    ibp_out, ibp_all = interval_bounds(graph, input_set, spec, return_all=True)  # checks that the spec fits
     dtype = ibp_out.lower.dtype
     with torch.no_grad():
         vals = graph.forward(input_set.x.to(ibp_out.lower.device, dtype), return_all=True)
@@ -483,14 +449,14 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
     out_shape = shapes[graph.output]
     if spec is None:
         lo, up = bound_node(graph.output, identity(out_shape))
-        result = Bounds(lo.view(B, *out_shape), up.view(B, *out_shape))
+        lo, up = lo.view(B, *out_shape), up.view(B, *out_shape)
     else:
-        if len(out_shape) != 1 or spec.C.shape[2] != out_shape[0]:
-            raise SpecError(f"spec C of shape {tuple(spec.C.shape)} does not fit outputs of shape {out_shape}")
         lo, up = bound_node(graph.output, spec.C.to(dtype))
         if spec.d is not None:
             lo, up = lo + spec.d.to(dtype), up + spec.d.to(dtype)
-        result = Bounds(lo, up)
+    if intersect_ibp:  # both hold; IBP also guards the output against round-off in a long backward pass
+        lo, up = torch.maximum(lo, ibp_out.lower), torch.minimum(up, ibp_out.upper)
+    result = Bounds(lo, up)
     return (result, pre) if return_all else result
 
 
@@ -527,7 +493,7 @@ def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = Non
     for node in graph.nodes:
         if isinstance(node.op, g.ReLU):
             j = node.inputs[0]
-            sl = _relu_relaxation(pre[j])[0]
+            sl = relu_relaxation(pre[j])[0]
             alphas[j] = sl.unsqueeze(1).expand(B, K, *shapes[j]).clone().requires_grad_(True)
     with torch.no_grad():
         best = _backward(graph, graph.output, rows, shapes, pre, input_set)

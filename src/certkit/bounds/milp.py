@@ -234,6 +234,7 @@ class MilpEncoding:
         self.var = var
         self.out = var[graph.output]
         self.out_bounds = bounds[graph.output]
+        self.centre_out = vals[graph.output].detach().reshape(-1).numpy()  # float64 output at the set's centre
 
     def minimize(self, c: torch.Tensor, d: float = 0.0, threshold: float = 0.0, time_limit: float = 60.0,
                  stop_at_sign: bool = True, tolerance: float = 1e-5) -> MilpResult:
@@ -252,18 +253,85 @@ class MilpEncoding:
         ``Σ s_q = 1`` with binaries s_q selects the smallest (big-M from the output bounds; ``row_lower``
         optionally gives tighter lower bounds per row). One solve decides a whole margin property, instead of
         one solve per row.
+
+        Soundness rules: ``row_lower`` (computed in the model's dtype, e.g. float32 CROWN) is widened and kept
+        below the rows' value at the set's centre; "infeasible" (nothing below the cut-off) is a proof only when
+        a second solve *without* ``row_lower`` agrees, so that no bound added here can cause it; with
+        ``stop_at_sign`` the reported bound is at most the cut-off (a dual bound after pruning at the cut-off
+        is not a bound on the minimum).
         """
         t0 = time.perf_counter()
         C64 = C.detach().double().reshape(C.shape[0], -1).numpy()
         d64 = d.detach().double().reshape(-1).numpy()
-        K = C64.shape[0]
-        cl = np.arange(K) if clauses is None else np.asarray(clauses).reshape(-1)
-        qs = np.unique(cl)
+        cl = np.arange(C64.shape[0]) if clauses is None else np.asarray(clauses).reshape(-1)
         lo_o, up_o = self.out_bounds
         row_lo = np.minimum(C64 * lo_o, C64 * up_o).sum(1) + d64
         row_up = np.maximum(C64 * lo_o, C64 * up_o).sum(1) + d64
-        if row_lower is not None:
-            row_lo = np.maximum(row_lo, row_lower.detach().double().reshape(-1).numpy())
+        row_lo_cut = None
+        if row_lower is not None:  # computed in the model's dtype: widened, and never above a value it bounds
+            rl = row_lower.detach().double().reshape(-1).numpy()
+            rl = rl - _PRE_SLACK[0] * (1 + np.abs(rl)) - _PRE_SLACK[1] * (row_up - row_lo)
+            row_lo_cut = np.minimum(np.maximum(row_lo, rl), C64 @ self.centre_out + d64)
+        deadline = t0 + time_limit + 1.0  # HiGHS can overrun its own limit inside presolve and sub-MIPs
+        cut = threshold + tolerance
+
+        def stop_when_late(event) -> None:
+            if time.perf_counter() > deadline:
+                event.interrupt()
+
+        def solve(lp: highspy.HighsLp, seed: int) -> highspy.Highs:
+            h = highspy.Highs()
+            h.setOptionValue("output_flag", False)
+            h.setOptionValue("time_limit", float(max(deadline - 1.0 - time.perf_counter(), 0.01)))
+            h.setOptionValue("mip_feasibility_tolerance", 1e-7)
+            h.setOptionValue("primal_feasibility_tolerance", 1e-8)
+            h.setOptionValue("small_matrix_value", _HIGHS_SMALL)
+            h.setOptionValue("random_seed", seed)
+            h.passModel(lp)
+            h.cbMipInterrupt.subscribe(stop_when_late)
+            h.cbSimplexInterrupt.subscribe(stop_when_late)
+            if stop_at_sign:
+                h.setOptionValue("objective_bound", cut)
+                h.setOptionValue("mip_max_improving_sols", 1)
+            h.run()
+            return h
+
+        lp, has_int = self._property_lp(C64, d64, cl, row_lo if row_lo_cut is None else row_lo_cut, row_up)
+        h = solve(lp, 0)
+        if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
+            # "Infeasible" is the proof, so it must not rest on one search nor on bounds added here: a second
+            # solve, on another random path and without ``row_lower``, has to agree (HiGHS was measured to call a
+            # feasible MILP infeasible, see _relax_tiny; float32 row bounds made an empty column, see above).
+            h = solve(self._property_lp(C64, d64, cl, row_lo, row_up)[0] if row_lo_cut is not None else lp, 1)
+        status = h.getModelStatus()
+        info = h.getInfo()
+        seconds = time.perf_counter() - t0
+        name = h.modelStatusToString(status)
+        if status == highspy.HighsModelStatus.kInfeasible:  # nothing below the cutoff
+            return MilpResult("verified", cut, math.inf, None, seconds, name)
+        optimal = status == highspy.HighsModelStatus.kOptimal
+        has_sol = info.primal_solution_status == 2
+        value = info.objective_function_value if has_sol else math.inf
+        dual = info.mip_dual_bound if has_int else (value if optimal else -math.inf)
+        dual = dual if math.isfinite(dual) else -math.inf
+        # what is proven: the dual bound, but after pruning at the cut-off only up to the cut-off
+        bound = min(dual, cut) if stop_at_sign else dual
+        if has_sol:
+            x = torch.tensor(np.asarray(h.getSolution().col_value)[self.var[0]]).view_as(self.input_set.x)
+            x = torch.minimum(torch.maximum(x, self.input_set.lower.double()), self.input_set.upper.double())
+            value = float(_exact_objective(self.graph, x, C64, d64, cl))
+            bound = min(bound, value)  # a point of the set attains value: the minimum is not above it
+            if value <= threshold:
+                return MilpResult("falsified", bound, value, x, seconds, name)
+        if dual > cut:
+            return MilpResult("verified", bound, value, None, seconds, name)
+        return MilpResult("unknown", bound, value, None, seconds, name)
+
+    def _property_lp(self, C64: np.ndarray, d64: np.ndarray, cl: np.ndarray, row_lo: np.ndarray,
+                     row_up: np.ndarray) -> tuple[highspy.HighsLp, bool]:
+        """The encoding plus the property's rows (see :meth:`minimize_property`); returns (lp, has integers)."""
+        K = C64.shape[0]
+        qs = np.unique(cl)
         col_lo, col_up, is_int = (list(x) for x in ([self._cols[0]], [self._cols[1]], [self._cols[2]]))
         r_idx, c_idx, vals = [self._entries[0]], [self._entries[1]], [self._entries[2]]
         rlo, rup = [self._rows[0]], [self._rows[1]]
@@ -307,7 +375,6 @@ class MilpEncoding:
         ri, ci, va, rlo_all, rup_all = _relax_tiny(np.concatenate(r_idx), np.concatenate(c_idx), np.concatenate(vals),
                                                    np.concatenate(rlo), np.concatenate(rup),
                                                    np.concatenate(col_lo), np.concatenate(col_up))
-        rlo, rup = [rlo_all], [rup_all]
         A = sp.csc_matrix((va, (ri, ci)), shape=(n_row, n_col))
         A.sum_duplicates()
         A.eliminate_zeros()
@@ -315,62 +382,14 @@ class MilpEncoding:
         lp.num_col_, lp.num_row_ = n_col, n_row
         lp.col_cost_ = cost
         lp.col_lower_, lp.col_upper_ = np.concatenate(col_lo), np.concatenate(col_up)
-        lp.row_lower_, lp.row_upper_ = np.concatenate(rlo), np.concatenate(rup)
+        lp.row_lower_, lp.row_upper_ = rlo_all, rup_all
         lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
         integer = np.concatenate(is_int)
         if integer.any():
             lp.integrality_ = [highspy.HighsVarType.kInteger if t else highspy.HighsVarType.kContinuous
                                for t in integer]
-        deadline = t0 + time_limit + 1.0  # HiGHS can overrun its own limit inside presolve and sub-MIPs
-        cut = threshold + tolerance
-
-        def stop_when_late(event) -> None:
-            if time.perf_counter() > deadline:
-                event.interrupt()
-
-        def solve(seed: int) -> highspy.Highs:
-            h = highspy.Highs()
-            h.setOptionValue("output_flag", False)
-            h.setOptionValue("time_limit", float(max(deadline - 1.0 - time.perf_counter(), 0.01)))
-            h.setOptionValue("mip_feasibility_tolerance", 1e-7)
-            h.setOptionValue("primal_feasibility_tolerance", 1e-8)
-            h.setOptionValue("small_matrix_value", _HIGHS_SMALL)
-            h.setOptionValue("random_seed", seed)
-            h.passModel(lp)
-            h.cbMipInterrupt.subscribe(stop_when_late)
-            h.cbSimplexInterrupt.subscribe(stop_when_late)
-            if stop_at_sign:
-                h.setOptionValue("objective_bound", cut)
-                h.setOptionValue("mip_max_improving_sols", 1)
-            h.run()
-            return h
-
-        h = solve(0)
-        if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
-            # "Infeasible" is the proof, so it must not rest on one search: a second solve on a different random
-            # path has to agree (HiGHS was measured to call a feasible MILP infeasible, see _relax_tiny).
-            h = solve(1)
-        status = h.getModelStatus()
-        info = h.getInfo()
-        seconds = time.perf_counter() - t0
-        name = h.modelStatusToString(status)
-        if status == highspy.HighsModelStatus.kInfeasible:  # nothing below the cutoff
-            return MilpResult("verified", cut, math.inf, None, seconds, name)
-        optimal = status == highspy.HighsModelStatus.kOptimal
-        has_sol = info.primal_solution_status == 2
-        value = info.objective_function_value if has_sol else math.inf
-        bound = info.mip_dual_bound if integer.any() else (value if optimal else -math.inf)
-        bound = bound if math.isfinite(bound) else -math.inf
-        if has_sol:
-            x = torch.tensor(np.asarray(h.getSolution().col_value)[self.var[0]]).view_as(self.input_set.x)
-            x = torch.minimum(torch.maximum(x, self.input_set.lower.double()), self.input_set.upper.double())
-            value = float(_exact_objective(self.graph, x, C64, d64, cl))
-            if value <= threshold:
-                return MilpResult("falsified", bound, value, x, seconds, name)
-        if bound > cut:
-            return MilpResult("verified", bound, value, None, seconds, name)
-        return MilpResult("unknown", bound, value, None, seconds, name)
+        return lp, bool(integer.any())
 
 
 def _exact_objective(graph: g.Graph, x: torch.Tensor, C: np.ndarray, d: np.ndarray, clauses: np.ndarray) -> float:
