@@ -34,10 +34,11 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from certkit.errors import CertkitError
 from certkit.nn import Normalize
 
 
-class UnsupportedOpError(TypeError):
+class UnsupportedOpError(CertkitError, TypeError):
     """A module or function that certkit cannot bound."""
 
 

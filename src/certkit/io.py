@@ -14,6 +14,8 @@ import json
 import os
 import sys
 import tempfile
+import types
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import certkit
+from certkit.errors import CertkitError, ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +34,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CertkitError, RuntimeError):
     """A checkpoint is missing, corrupt, or not a certkit model."""
 
 
@@ -77,7 +80,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     try:
         model = build(arch["name"], arch["in_shape"], arch["num_classes"], arch.get("mean"), arch.get("std"),
                       **arch.get("kwargs", {}))
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:  # ValueError: e.g. a std of 0 or a mean that is not a number
         raise CheckpointError(f"{path}: cannot rebuild the architecture from its metadata ({e})") from e
     try:
         state = load_file(str(path))
@@ -99,6 +102,44 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: invalid TOML ({e})") from e
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a TOML value has the type ``tp`` of a config field (int for float is fine, bool for int is not)."""
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list or tp is list:
+        args = typing.get_args(tp)
+        return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_config_types(values: dict[str, Any], field_types: dict[str, Any], names: dict[str, str] | None = None,
+                       where: str = "config") -> None:
+    """Raise :class:`~certkit.errors.ConfigError` naming the key (``names`` maps a field to its TOML key) of the
+    first value whose type is not its field's."""
+    for key, value in values.items():
+        tp = field_types.get(key, Any)
+        if not _fits(value, tp):
+            shown = (names or {}).get(key, key)
+            raise ConfigError(f"{where}: '{shown}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -123,7 +164,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-class InUseError(RuntimeError):
+class InUseError(CertkitError, RuntimeError):
     """Another writer (another process, or another open in this one) holds the results file or run directory."""
 
 

@@ -17,8 +17,9 @@ class Normalize(nn.Module):
         std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
         if mean_t.shape != std_t.shape:
             raise ValueError(f"mean and std differ in length: {mean_t.numel()} vs {std_t.numel()}")
-        if (std_t <= 0).any():
-            raise ValueError("std must be positive")
+        if not (torch.isfinite(std_t).all() and torch.isfinite(mean_t).all()) or (std_t <= 0).any():
+            raise ValueError(f"Normalize needs finite mean and positive finite std, got mean={mean_t.tolist()}, "
+                             f"std={std_t.tolist()}")
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 

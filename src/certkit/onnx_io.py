@@ -11,12 +11,14 @@ the input shape declared in the file. Any other op raises :class:`~certkit.graph
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from certkit.errors import OnnxError
 from certkit.graph import UnsupportedOpError
 from certkit.nn import Normalize
 
@@ -108,16 +110,22 @@ def load_onnx(path: str | Path) -> OnnxModel:
         raise FileNotFoundError(f"no ONNX file at {path}")
     data = path.read_bytes()
     if path.suffix == ".gz":
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise OnnxError(f"{path} is not a complete gzip file ({e}): truncated or not gzip-compressed") from e
     try:
         proto = onnx.load_from_string(data)
     except Exception as e:  # noqa: BLE001 - protobuf raises various errors on corrupt files
-        raise ValueError(f"{path} is not a readable ONNX file: {e}") from e
+        raise OnnxError(f"{path} is not a readable ONNX file: {e}") from e
     g = proto.graph
+    if not g.node:
+        raise OnnxError(f"{path} holds no ONNX graph (an empty or non-ONNX file)")
     const: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     inputs = [i for i in g.input if i.name not in const]
     if len(inputs) != 1 or len(g.output) != 1:
-        raise UnsupportedOpError(f"{path}: certkit takes networks with one input and one output")
+        raise UnsupportedOpError(f"{path}: certkit takes networks with one input and one output, this one has "
+                                 f"{len(inputs)} and {len(g.output)}")
     dims = [d.dim_value if d.dim_value > 0 else 1 for d in inputs[0].type.tensor_type.shape.dim]
     in_name = inputs[0].name
     steps: list[tuple[nn.Module, list[str], str]] = []
@@ -129,8 +137,13 @@ def load_onnx(path: str | Path) -> OnnxModel:
 
     def add(module: nn.Module, ins: list[str], out: str) -> None:
         module.eval()
-        with torch.no_grad():
-            values[out] = module(*[values[i] for i in ins])
+        try:
+            with torch.no_grad():
+                values[out] = module(*[values[i] for i in ins])
+        except RuntimeError as e:  # e.g. a weight matrix that does not fit its input
+            shapes = ", ".join(str(tuple(values[i].shape)) for i in ins)
+            raise OnnxError(f"{path}: {where}: the node's constants do not fit its input of shape {shapes} ({e})") \
+                from e
         steps.append((module, ins, out))
 
     def t(a) -> torch.Tensor:
@@ -142,9 +155,17 @@ def load_onnx(path: str | Path) -> OnnxModel:
         out = node.output[0]
         dyn = [i for i in ins if i in values]
         where = f"ONNX node {node.name or out} ({op})"
+        missing = [i for i in ins if i not in values and i not in const]
+        if missing:
+            raise OnnxError(f"{path}: {where} reads {', '.join(missing)}, which no earlier node or constant defines")
         if not dyn:  # shape arithmetic and constants
             shapes = [tuple(values[i].shape) if i in values else None for i in ins]
-            const[out] = _fold(op, [const.get(i) for i in ins], at, shapes)
+            try:
+                const[out] = _fold(op, [const.get(i) for i in ins], at, shapes)
+            except UnsupportedOpError:
+                raise
+            except (ValueError, IndexError, KeyError, TypeError) as e:
+                raise OnnxError(f"{path}: {where}: cannot evaluate it on constants ({e})") from e
             continue
         if op == "Shape":
             const[out] = np.array(values[ins[0]].shape, dtype=np.int64)

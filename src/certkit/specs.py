@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
+from certkit.errors import CertkitError
+
 Domain = tuple[float, float] | None
 
 
-class SpecError(ValueError):
+class SpecError(CertkitError, ValueError):
     """Raised for malformed input sets or output specs."""
 
 
@@ -210,6 +212,9 @@ class LinearSpec:
             raise SpecError(f"C must have shape (batch, rows, outputs), got {tuple(self.C.shape)}")
         if self.d is not None and self.d.shape != self.C.shape[:2]:
             raise SpecError(f"d must have shape {tuple(self.C.shape[:2])}, got {tuple(self.d.shape)}")
+        check_finite(self.C, "spec matrix C")
+        if self.d is not None:
+            check_finite(self.d, "spec offset d")
 
     def apply(self, out: torch.Tensor) -> torch.Tensor:
         """Evaluate ``C·out + d`` on concrete outputs (B, n_out) -> (B, K)."""
@@ -231,6 +236,8 @@ def margin_spec(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.fl
     """Rows ``e_y − e_j`` for every ``j ≠ y``: shape (B, num_classes − 1, num_classes)."""
     if y.dim() != 1:
         raise SpecError(f"labels must have shape (B,), got {tuple(y.shape)}")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise SpecError(f"labels must be an integer tensor (class indices), got dtype {y.dtype}")
     if ((y < 0) | (y >= num_classes)).any():
         raise SpecError(f"labels must lie in [0, {num_classes})")
     eye = torch.eye(num_classes, dtype=dtype, device=y.device)

@@ -103,6 +103,8 @@ def certify(
     check_finite(x)
     if y.shape != (x.shape[0],):
         raise SpecError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if torch.is_floating_point(y) or y.dtype == torch.bool:
+        raise SpecError(f"labels must be an integer tensor (class indices), got dtype {y.dtype}")
     try:
         logits = model(x)
     except RuntimeError as e:
@@ -224,7 +226,8 @@ STAGES = ("attack", "ibp", "crown", "alpha", "bab", "milp")
 class Verdict:
     """One input's answer: ``verdict`` is 'verified', 'falsified' (``counterexample`` violates the property,
     re-checked in float64) or 'unknown'; ``stage`` decided it; ``seconds`` per stage (batched stages split
-    their time evenly over the inputs they ran on); ``lower``: the best proven lower bound per row."""
+    their time evenly over the inputs they ran on); ``lower``: the best proven lower bound per row. The
+    counterexample is in float64: the very point whose violation was checked by a float64 forward pass."""
 
     verdict: str
     stage: str
@@ -319,7 +322,7 @@ def verify_property(
             for k, b in enumerate(idx.tolist()):
                 verdicts[b].seconds[stage] = dt
                 if v64[k] <= 0 and inside[k]:
-                    verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, x_adv[k:k + 1].detach())
+                    verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, x_adv[k:k + 1].detach().double())
                     open_[b] = False
             continue
         method = {"ibp": "ibp", "crown": "crown", "alpha": "alpha"}[stage]
@@ -391,7 +394,7 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
             r = enc.minimize_property(spec.C[b, rq], d[b, rq], None if len(rq) == 1 else torch.zeros(len(rq)),
                                       time_limit=budget, row_lower=lower[b, rq])
         if r.verdict == "falsified":
-            verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, r.x.float()
+            verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, r.x.double()
             break
         if r.verdict != "verified":
             break

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from certkit.errors import CertkitError
 
-class VnnlibError(ValueError):
+
+class VnnlibError(CertkitError, ValueError):
     """A VNN-LIB file certkit cannot read."""
 
 
@@ -179,6 +181,15 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
     from certkit.specs import Box, LinearSpec
     from certkit.verify import verify_property
 
+    n_in = int(np.prod(input_shape[1:]))
+    with torch.no_grad():
+        n_out = model(torch.zeros(1, *input_shape[1:])).numel()
+    for p in props:
+        if p.lower.size != n_in:
+            raise VnnlibError(f"the property declares {p.lower.size} inputs X_i, the network takes {n_in} "
+                              f"(input shape {tuple(input_shape[1:])})")
+        if p.C.shape[1] != n_out:
+            raise VnnlibError(f"the property declares {p.C.shape[1]} outputs Y_j, the network has {n_out}")
     t0 = time.perf_counter()
     answer = "unsat"
     for p in props:

@@ -26,6 +26,8 @@ from certkit.bayes import inference as inf
 from certkit.bayes.certify import certify_posterior
 from certkit.bayes.likelihood import ScheduledLoglik, robust_loglik, standard_loglik
 from certkit.data import load_dataset
+from certkit.errors import ConfigError
+from certkit.io import check_config_types
 from certkit.models import build
 
 METHODS = {"map", "bbb", "noisy-adam", "vogn", "swag", "hmc"}
@@ -42,7 +44,9 @@ def read_config(raw: dict) -> dict:
            "kwargs": raw.get("model", {}).get("kwargs", {}), **DEFAULTS}
     unknown = set(raw.get("bayes", {})) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown [bayes] key(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown [bayes] key(s): {', '.join(sorted(unknown))}")
+    types = {k: type(v) for k, v in DEFAULTS.items() if v is not None}  # keys defaulting to None take any type
+    check_config_types(raw.get("bayes", {}), types, {k: f"bayes.{k}" for k in DEFAULTS})
     cfg.update(raw.get("bayes", {}))
     if cfg["method"] not in METHODS:
         raise ValueError(f"unknown method {cfg['method']!r}; use one of {', '.join(sorted(METHODS))}")

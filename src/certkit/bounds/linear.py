@@ -364,6 +364,14 @@ def _optimize_slopes(graph, target, rows, shapes, pre, input_set, alphas: dict[i
         return torch.maximum(best, _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas))
 
 
+def _intersect(lo: torch.Tensor, up: torch.Tensor, lo2: torch.Tensor, up2: torch.Tensor):
+    """[lo, up] ∩ [lo2, up2]. Both contain the value, so they overlap in exact arithmetic; where round-off makes
+    the intersection empty (a point set: one bound a few ulps past the other), the span of the two crossing
+    numbers is returned instead, so that lower ≤ upper always holds."""
+    a, b = torch.maximum(lo, lo2), torch.minimum(up, up2)
+    return torch.minimum(a, b), torch.maximum(a, b)
+
+
 def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
     """True if node j is the first Linear/Conv after the input, reached through per-element affine ops only:
     there IBP's bound (box: interval arithmetic; L2/L1: dual norm) is already the exact one."""
@@ -441,7 +449,7 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
                                              alpha_iterations, 0.1)
             lower, upper = ibp.lower.flatten(1).clone(), ibp.upper.flatten(1).clone()
             if intersect_ibp:
-                lo, up = torch.maximum(lo, lower.gather(1, idx)), torch.minimum(up, upper.gather(1, idx))
+                lo, up = _intersect(lo, up, lower.gather(1, idx), upper.gather(1, idx))
             rows = torch.arange(B, device=idx.device).unsqueeze(1).expand_as(idx)
             lower[rows[valid], idx[valid]] = lo[valid]
             upper[rows[valid], idx[valid]] = up[valid]
@@ -455,7 +463,7 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
         if spec.d is not None:
             lo, up = lo + spec.d.to(dtype), up + spec.d.to(dtype)
     if intersect_ibp:  # both hold; IBP also guards the output against round-off in a long backward pass
-        lo, up = torch.maximum(lo, ibp_out.lower), torch.minimum(up, ibp_out.upper)
+        lo, up = _intersect(lo, up, ibp_out.lower, ibp_out.upper)
     result = Bounds(lo, up)
     return (result, pre) if return_all else result
 

@@ -70,7 +70,9 @@ def _op_matrix(op: g.Op, in_shape: tuple[int, ...], dtype=torch.float64, chunk: 
 
 _SMALL = 1e-8  # matrix entries below this are not passed to HiGHS (its own cut-off, small_matrix_value, is 1e-9)
 _HIGHS_SMALL = 1e-9  # HiGHS's small_matrix_value, set explicitly so that _SMALL stays above it
-_PRE_SLACK = (1e-6, 1e-5)  # float32 ``pre`` bounds are widened by abs·(1 + |bound|) + rel·(IBP width)
+_PRE_SLACK = (1e-6, 1e-5)
+  # float32 ``pre`` bounds are widened by abs·(1 + |bound|) + rel·(IBP width)
+_MAX_MAGNITUDE = 1e6  # beyond this (variable bounds, coefficients), the MILP verifies nothing (see MilpEncoding)
 
 
 def _relax_tiny(rows, cols, vals, row_lo, row_up, col_lo, col_up):
@@ -234,7 +236,17 @@ class MilpEncoding:
         self.var = var
         self.out = var[graph.output]
         self.out_bounds = bounds[graph.output]
-        self.centre_out = vals[graph.output].detach().reshape(-1).numpy()  # float64 output at the set's centre
+        # a point of the set (the centre, clamped into the box) and its float64 output: a property it violates is
+        # falsified without a solve, and no answer of the solver can contradict it
+        self.centre = torch.minimum(torch.maximum(input_set.x.detach().double(), box.lower), box.upper)
+        with torch.no_grad():
+            self.centre_out = graph.forward(self.centre).reshape(-1).numpy()
+        # HiGHS's tolerances are absolute (1e-7 here): with numbers beyond _MAX_MAGNITUDE they no longer separate
+        # feasible from infeasible (measured: weights of 1e9 made satisfiable properties "infeasible")
+        col_lo, col_up = self._cols[0], self._cols[1]
+        finite = np.concatenate([col_lo[np.isfinite(col_lo)], col_up[np.isfinite(col_up)], self._entries[2],
+                                 r_lo[np.isfinite(r_lo)], r_up[np.isfinite(r_up)]])
+        self.magnitude = float(np.abs(finite).max()) if finite.size else 0.0
 
     def minimize(self, c: torch.Tensor, d: float = 0.0, threshold: float = 0.0, time_limit: float = 60.0,
                  stop_at_sign: bool = True, tolerance: float = 1e-5) -> MilpResult:
@@ -258,12 +270,17 @@ class MilpEncoding:
         below the rows' value at the set's centre; "infeasible" (nothing below the cut-off) is a proof only when
         a second solve *without* ``row_lower`` agrees, so that no bound added here can cause it; with
         ``stop_at_sign`` the reported bound is at most the cut-off (a dual bound after pruning at the cut-off
-        is not a bound on the minimum).
+        is not a bound on the minimum); the set's centre is tried first (a violation there needs no solve);
+        an encoding with numbers beyond ``_MAX_MAGNITUDE`` answers 'unknown' rather than 'verified'.
         """
         t0 = time.perf_counter()
         C64 = C.detach().double().reshape(C.shape[0], -1).numpy()
         d64 = d.detach().double().reshape(-1).numpy()
         cl = np.arange(C64.shape[0]) if clauses is None else np.asarray(clauses).reshape(-1)
+        at_centre = float(_exact_objective(self.graph, self.centre, C64, d64, cl))
+        if at_centre <= threshold:
+            return MilpResult("falsified", -math.inf, at_centre, self.centre.clone(), time.perf_counter() - t0,
+                              "centre")
         lo_o, up_o = self.out_bounds
         row_lo = np.minimum(C64 * lo_o, C64 * up_o).sum(1) + d64
         row_up = np.maximum(C64 * lo_o, C64 * up_o).sum(1) + d64
@@ -307,23 +324,29 @@ class MilpEncoding:
         info = h.getInfo()
         seconds = time.perf_counter() - t0
         name = h.modelStatusToString(status)
+        # HiGHS's answers hold up to its feasibility tolerances (1e-7 here): a reported bound keeps half of
+        # ``tolerance`` in reserve, so that a verified minimum is still reported above ``threshold``
+        reserve = tolerance / 2
+        trusted = self.magnitude <= _MAX_MAGNITUDE
         if status == highspy.HighsModelStatus.kInfeasible:  # nothing below the cutoff
-            return MilpResult("verified", cut, math.inf, None, seconds, name)
+            if not trusted:
+                return MilpResult("unknown", -math.inf, at_centre, None, seconds, f"{name} (badly scaled)")
+            return MilpResult("verified", cut - reserve, math.inf, None, seconds, name)
         optimal = status == highspy.HighsModelStatus.kOptimal
         has_sol = info.primal_solution_status == 2
         value = info.objective_function_value if has_sol else math.inf
         dual = info.mip_dual_bound if has_int else (value if optimal else -math.inf)
         dual = dual if math.isfinite(dual) else -math.inf
         # what is proven: the dual bound, but after pruning at the cut-off only up to the cut-off
-        bound = min(dual, cut) if stop_at_sign else dual
+        bound = min((min(dual, cut) if stop_at_sign else dual) - reserve if trusted else -math.inf, at_centre)
         if has_sol:
             x = torch.tensor(np.asarray(h.getSolution().col_value)[self.var[0]]).view_as(self.input_set.x)
             x = torch.minimum(torch.maximum(x, self.input_set.lower.double()), self.input_set.upper.double())
             value = float(_exact_objective(self.graph, x, C64, d64, cl))
-            bound = min(bound, value)  # a point of the set attains value: the minimum is not above it
+            bound = min(bound, value)  # a point of the set attains ``value``: the minimum is not above it
             if value <= threshold:
                 return MilpResult("falsified", bound, value, x, seconds, name)
-        if dual > cut:
+        if dual > cut and trusted:
             return MilpResult("verified", bound, value, None, seconds, name)
         return MilpResult("unknown", bound, value, None, seconds, name)
 

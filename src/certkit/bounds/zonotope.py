@@ -156,7 +156,7 @@ def zonotope_bounds(model, input_set: InputSet | Zonotope, spec: LinearSpec | No
                                        f"(node '{node.name}')")
     out = zs[graph.output]
     if spec is not None:
-        if out.center.dim() != 2 or spec.C.shape[2] != out.center.shape[1]:
+        if out.center.dim() != 2 or spec.C.shape[2] != out.center.shape[1] or spec.C.shape[0] != out.center.shape[0]:
             raise SpecError(f"spec C of shape {tuple(spec.C.shape)} does not fit outputs of shape "
                             f"{tuple(out.center.shape[1:])}")
         C = spec.C.to(out.center)

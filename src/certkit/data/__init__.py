@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from certkit.errors import CertkitError
 
-class DataError(RuntimeError):
+
+class DataError(CertkitError, RuntimeError):
     """A data file is missing, corrupt or truncated."""
 
 

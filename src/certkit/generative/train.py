@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import typing
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +19,9 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from certkit.data import Dataset, load_dataset
+from certkit.errors import ConfigError
 from certkit.generative.vae import VAE, elbo_attack
-from certkit.io import CheckpointError, ResultsWriter, hold_lock, read_metadata, save_model
+from certkit.io import CheckpointError, ResultsWriter, check_config_types, hold_lock, read_metadata, save_model
 from certkit.train import checkpoint
 
 
@@ -43,19 +45,23 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VAEConfig:
-        flat = {}
+        flat, names = {}, {}
         for k, v in d.items():
             if isinstance(v, dict):
                 flat.update(v)
+                names.update({kk: f"{k}.{kk}" for kk in v})
             else:
                 flat[k] = v
-        flat = {("data" if k == "dataset" else "data_dir" if k == "dir" else k): v for k, v in flat.items()}
+        rename = {"dataset": "data", "dir": "data_dir"}
+        names = {rename.get(k, k): v for k, v in names.items()}
+        flat = {rename.get(k, k): v for k, v in flat.items()}
         unknown = set(flat) - {f for f in cls.__dataclass_fields__}
         if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        check_config_types(flat, typing.get_type_hints(cls), names)
         cfg = cls(**flat)
         if cfg.eps < 0 or cfg.sigma0 <= 0 or cfg.epochs <= 0:
-            raise ValueError("eps must be non-negative, sigma0 and epochs positive")
+            raise ConfigError("eps must be non-negative, sigma0 and epochs positive")
         return cfg
 
 

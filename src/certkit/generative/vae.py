@@ -30,7 +30,7 @@ from torch import nn
 
 from certkit.bounds.interval import interval_bounds
 from certkit.models import build
-from certkit.specs import Box, LinfBall
+from certkit.specs import Box, LinfBall, SpecError
 
 
 class VAE(nn.Module):
@@ -39,6 +39,9 @@ class VAE(nn.Module):
 
     def __init__(self, in_shape=(1, 28, 28), latent: int = 50, hidden: int = 256, sigma0: float = 1.0):
         super().__init__()
+        if len(in_shape) != 3 or in_shape[1] % 4 or in_shape[2] % 4 or min(in_shape[1:]) < 4:
+            raise SpecError(f"proVAE's decoder upsamples 4× (two stride-2 transposed convolutions): in_shape must "
+                            f"be (C, H, W) with H and W multiples of 4, got {tuple(in_shape)}")
         self.in_shape, self.latent, self.sigma0 = tuple(in_shape), latent, sigma0
         self.encoder = build("provae-encoder", in_shape, 0, latent=latent, hidden=hidden)
         self.decoder = build("provae-decoder", (latent,), 0, out_shape=in_shape)

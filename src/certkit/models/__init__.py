@@ -159,6 +159,9 @@ def provae_encoder(in_shape, num_classes, latent: int = 50, hidden: int = 256):
 def provae_decoder(in_shape, num_classes, out_shape: Sequence[int] = (1, 28, 28)):
     """proVAE decoder: fc to 64×(H/4)×(W/4), transposed convs 64→32→C (k4 s2), sigmoid. ``in_shape`` = (latent,)."""
     c, h, w = out_shape
+    if h % 4 or w % 4 or min(h, w) < 4:
+        raise ValueError(f"provae-decoder upsamples 4×: out_shape (C, H, W) needs H and W multiples of 4, got "
+                         f"{tuple(out_shape)}")
     return [nn.Linear(in_shape[0], 64 * (h // 4) * (w // 4)), nn.ReLU(), nn.Unflatten(1, (64, h // 4, w // 4)),
             nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, c, 4, 2, 1), nn.Sigmoid()]
 

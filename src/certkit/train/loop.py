@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ from tqdm.auto import tqdm
 
 from certkit import graph as g
 from certkit.data import Dataset, load_dataset
-from certkit.io import ResultsWriter, hold_lock, save_model
+from certkit.errors import ConfigError
+from certkit.io import ResultsWriter, check_config_types, hold_lock, save_model
 from certkit.models import build
 from certkit.train import checkpoint
 from certkit.train.objectives import (
@@ -110,19 +112,23 @@ class TrainConfig:
         """Read a TOML-style dict with optional [data], [model], [train] and [eval] sections."""
         known = {f.name for f in dataclasses.fields(cls)}
         flat: dict[str, Any] = {}
+        names: dict[str, str] = {}  # field -> the key as written in the TOML file
         for key, value in d.items():
             if key in cls._SECTIONS and isinstance(value, dict):
                 for k, v in value.items():
                     if k not in cls._SECTIONS[key]:
-                        raise ValueError(f"unknown key '{key}.{k}' in config")
+                        raise ConfigError(f"unknown key '{key}.{k}' in config")
                     flat[cls._SECTIONS[key][k]] = v
+                    names[cls._SECTIONS[key][k]] = f"{key}.{k}"
             elif key == "train" and isinstance(value, dict):
                 flat.update(value)
+                names.update({k: f"train.{k}" for k in value})
             else:
                 flat[key] = value
         unknown = set(flat) - known
         if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        check_config_types(flat, typing.get_type_hints(cls), names)
         cfg = cls(**flat)
         objectives = ("standard", "pgd", "ibp", "colt", "gaussian", "stability", "smoothadv")
         if cfg.objective not in objectives:
