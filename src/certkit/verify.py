@@ -227,7 +227,8 @@ class Verdict:
     """One input's answer: ``verdict`` is 'verified', 'falsified' (``counterexample`` violates the property,
     re-checked in float64) or 'unknown'; ``stage`` decided it; ``seconds`` per stage (batched stages split
     their time evenly over the inputs they ran on); ``lower``: the best proven lower bound per row. The
-    counterexample is in float64: the very point whose violation was checked by a float64 forward pass."""
+    counterexample is a point of the set in the input's dtype whose violation was checked by a float64 forward
+    pass (in float64 only when rounding the solver's float64 point to the input's dtype loses the violation)."""
 
     verdict: str
     stage: str
@@ -322,7 +323,7 @@ def verify_property(
             for k, b in enumerate(idx.tolist()):
                 verdicts[b].seconds[stage] = dt
                 if v64[k] <= 0 and inside[k]:
-                    verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, x_adv[k:k + 1].detach().double())
+                    verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, x_adv[k:k + 1].detach())
                     open_[b] = False
             continue
         method = {"ibp": "ibp", "crown": "crown", "alpha": "alpha"}[stage]
@@ -394,7 +395,8 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
             r = enc.minimize_property(spec.C[b, rq], d[b, rq], None if len(rq) == 1 else torch.zeros(len(rq)),
                                       time_limit=budget, row_lower=lower[b, rq])
         if r.verdict == "falsified":
-            verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, r.x.double()
+            x = _in_input_dtype(model, one, spec.C[b, rq], d[b, rq], r.x)
+            verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, x
             break
         if r.verdict != "verified":
             break
@@ -403,6 +405,18 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
     else:
         verdict.verdict, verdict.stage = "verified", stage
     verdict.seconds[stage] = time.perf_counter() - t0
+
+
+def _in_input_dtype(model, one: InputSet, C: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A counterexample ``x`` (checked in float64: every row of ``C·f(x) + d`` is ≤ 0) in the input's dtype,
+    clamped into the set, if the rounded point still violates the clause in float64; else ``x`` itself."""
+    dtype = one.lower.dtype
+    if x.dtype == dtype:
+        return x
+    xr = torch.minimum(torch.maximum(x.detach().to(dtype), one.lower), one.upper)
+    with torch.no_grad():
+        rows = C.double() @ copy.deepcopy(model).double()(xr.double()).reshape(-1) + d.double()
+    return xr if bool((rows <= 0).all()) else x
 
 
 def max_radius(
