@@ -179,7 +179,7 @@ def random_spec(rng: np.random.Generator, gen: torch.Generator, model64: nn.Modu
 def _project(s: InputSet, pts: torch.Tensor) -> torch.Tensor:
     """Points (B, J, ...) moved into the set of centre b (radial scaling for L2/L1 balls, then the box)."""
     lo, up = s.lower.unsqueeze(1), s.upper.unsqueeze(1)
-    if isinstance(s, LpBall) and s.p != math.inf:
+    if not s.is_box:
         x = s.x.unsqueeze(1)
         delta = pts - x
         norm = delta.flatten(2).norm(p=s.p, dim=2).view(*delta.shape[:2], *([1] * (x.dim() - 2)))
@@ -432,7 +432,7 @@ def run_case(seed: int, checks: tuple[str, ...] = CHECKS, timeout: float = 2.0, 
         check_bounds(model, s, spec, model64, vals, roundoff, st, tag)
     if "verify" in checks:
         check_verify(model, s, spec, clauses, model64, pts, vals, roundoff, st, tag, rng, timeout)
-    if "milp" in checks and relu_only and (not isinstance(s, LpBall) or s.p == math.inf):
+    if "milp" in checks and relu_only and s.is_box:
         check_milp(model, s, spec, vals, roundoff, st, tag, timeout)
     if "certify" in checks:
         check_certify(model, s, model64, st, tag, rng, timeout, relu_only)

@@ -57,6 +57,11 @@ class InputSet:
     def batch_size(self) -> int:
         return self.x.shape[0]
 
+    @property
+    def is_box(self) -> bool:
+        """The set is its enclosing box (a box, an L∞ ball): what interval splitting and the MILP encode."""
+        return True
+
     def contains(self, points: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
         """Which of ``points`` (same shape as x) lie in the set, up to ``tol`` (for tests)."""
         inside = (points >= self.lower - tol) & (points <= self.upper + tol)
@@ -128,6 +133,10 @@ class LpBall(InputSet):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(batch={self.batch_size}, eps={self.eps.flatten().tolist()[:4]}...)"
+
+    @property
+    def is_box(self) -> bool:
+        return self.p == math.inf
 
     def contains(self, points: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
         d = (points - self.x).flatten(1).norm(p=self.p, dim=1)

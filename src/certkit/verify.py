@@ -300,7 +300,7 @@ def verify_property(
         if len(idx) == 0:
             break
         if stage in ("bab", "milp"):
-            if isinstance(input_set, LpBall) and input_set.p != math.inf:
+            if not input_set.is_box:
                 continue  # both split boxes only
             if not _relu_only(model):
                 continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'

@@ -35,7 +35,7 @@ from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.interval import Bounds
 from certkit.bounds.linear import _backward, crown_bounds
 from certkit.bounds.relax import relu_relaxation
-from certkit.specs import Box, InputSet, LinearSpec, LpBall, SpecError
+from certkit.specs import Box, InputSet, LinearSpec, SpecError
 
 # the ops of the networks that branch and bound (and the MILP encoding) handle: ReLU networks without MaxPool
 SUPPORTED_OPS = (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.Add, g.ReLU)
@@ -60,7 +60,7 @@ class _Problem:
     """One input set and one clause, with the root's intermediate bounds and the unstable neurons."""
 
     def __init__(self, model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor, pre: dict[int, Bounds] | None):
-        if isinstance(input_set, LpBall) and input_set.p != math.inf:
+        if not input_set.is_box:
             raise SpecError("branch and bound splits box-shaped input sets (L∞ balls, boxes) only")
         if input_set.batch_size != 1:
             raise SpecError(f"branch and bound takes one input at a time, got a batch of {input_set.batch_size}")
@@ -177,7 +177,7 @@ class _Problem:
             lam = record[j].flatten(2)[:, :, u]
             lo, up = pre[j].lower.flatten(1)[:, u], pre[j].upper.flatten(1)[:, u]
             live = (lo < 0) & (up > 0) & (split[j] == 0)
-            intercept = (-up * lo / (up - lo).clamp_min(1e-30)).unsqueeze(1)
+            intercept = relu_relaxation(Bounds(lo, up))[2].unsqueeze(1)  # the chord's intercept
             sc = (lam.clamp(max=0).neg() * intercept).sum(1)
             sc = sc + 1e-3 * (lam.abs() * torch.minimum(up, -lo).clamp(min=0).unsqueeze(1)).sum(1) + 1e-12
             out.append(torch.where(live, sc, torch.full_like(sc, -1.0)))

@@ -16,13 +16,12 @@ Every bound is a pure function of its own input: nothing is cached across inputs
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from certkit import graph as g
-from certkit.specs import InputSet, LinearSpec, LpBall, SpecError
+from certkit.specs import InputSet, LinearSpec, SpecError
 
 
 @dataclass
@@ -102,7 +101,7 @@ def _transfer(op: g.Op, args: list[Bounds | _Ball], whole_kernel: bool = False) 
 
 def _initial(input_set: InputSet, dtype: torch.dtype, device) -> Bounds | _Ball:
     box = Bounds(input_set.lower.to(device, dtype), input_set.upper.to(device, dtype))
-    if isinstance(input_set, LpBall) and input_set.p != math.inf:
+    if not input_set.is_box:
         x = input_set.x.to(device, dtype)
         return _Ball(x, torch.ones_like(x[:1]), input_set.eps.to(device, dtype), input_set.p, box)
     return box

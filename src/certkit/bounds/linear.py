@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from certkit import graph as g
 from certkit.bounds.interval import Bounds, interval_bounds
 from certkit.bounds.relax import relu_relaxation, sshape_relaxation
-from certkit.specs import InputSet, LinearSpec, LpBall
+from certkit.specs import InputSet, LinearSpec
 
 
 def _affine_backward(op: g.AffineOp, A: torch.Tensor, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +108,7 @@ def _concretize(A: torch.Tensor, c: torch.Tensor, input_set: InputSet) -> torch.
     Af = A.flatten(2)
     mid, rad = ((hi + lo) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
     box = torch.einsum("bkn,bn->bk", Af, mid) - torch.einsum("bkn,bn->bk", Af.abs(), rad) + c
-    if isinstance(input_set, LpBall) and input_set.p != math.inf:
+    if not input_set.is_box:
         q = {2.0: 2.0, 1.0: math.inf}[input_set.p]
         x0 = input_set.x.to(A.dtype).flatten(1)
         ball = torch.einsum("bkn,bn->bk", Af, x0) - input_set.eps.flatten(1)[:, :1] * Af.norm(p=q, dim=2) + c
@@ -212,7 +212,7 @@ def _patch_bounds(graph: g.Graph, j: int, idx: torch.Tensor, pre: dict[int, Boun
     (the same bound as the dense pass; the input box is mapped through the leading Normalize/BN layers
     exactly). Returns (lower, upper), each (B, U), or None when the pattern or the input set does not fit."""
     chain = _conv_relu_conv_chain(graph, j)
-    if chain is None or (isinstance(input_set, LpBall) and input_set.p != math.inf):
+    if chain is None or not input_set.is_box:
         return None
     conv2, relu_in, conv1, affines = chain
     m1, m2 = conv1.module, conv2.module

@@ -29,7 +29,8 @@ import torch
 
 from certkit import graph as g
 from certkit.bounds.interval import Bounds, interval_bounds
-from certkit.specs import Box, InputSet, LpBall, SpecError
+from certkit.bounds.relax import relu_relaxation
+from certkit.specs import Box, InputSet, SpecError
 
 try:  # pragma: no cover - import guard
     import highspy
@@ -102,7 +103,7 @@ class MilpEncoding:
             raise ImportError("MILP verification needs highspy: pip install highspy")
         if input_set.batch_size != 1:
             raise ValueError(f"MilpEncoding takes one input, got a batch of {input_set.batch_size}")
-        if isinstance(input_set, LpBall) and input_set.p != math.inf:
+        if not input_set.is_box:
             raise SpecError("the MILP encodes box-shaped input sets (L∞ balls, boxes); an L2/L1 ball is not one")
         self.model = model
         # The MILP is solved in float64: its variable bounds must hold in float64 too. Bounds computed in float32
@@ -222,9 +223,9 @@ class MilpEncoding:
                         add_rows(np.concatenate([r, r, r]), np.concatenate([ys, zs, a]),
                                  np.concatenate([np.ones(k), -np.ones(k), -l]), np.full(k, -np.inf), -l)
                     else:
-                        s = u / (u - l)  # y − s·z ≤ −s·l
+                        _, s, c = (t.numpy() for t in relu_relaxation(Bounds(torch.from_numpy(l), torch.from_numpy(u))))
                         add_rows(np.concatenate([r, r]), np.concatenate([ys, zs]), np.concatenate([np.ones(k), -s]),
-                                 np.full(k, -np.inf), -s * l)
+                                 np.full(k, -np.inf), c)  # y − s·z ≤ c, the chord
                 var.append(y)
             else:
                 raise g.UnsupportedOpError(f"the MILP encoding has no rule for {op!r} (node '{node.name}')")
@@ -438,7 +439,7 @@ def milp_bounds(model, input_set: InputSet, C: torch.Tensor, pre: dict[int, Boun
 
 def _select(input_set: InputSet, b: int) -> InputSet:
     """The b-th input of a batched box-shaped set, as a batch of one."""
-    if isinstance(input_set, LpBall) and input_set.p != math.inf:
+    if not input_set.is_box:
         raise SpecError("the MILP encodes box-shaped input sets (L∞ balls, boxes); an L2/L1 ball is not one")
     return Box(input_set.lower[b:b + 1], input_set.upper[b:b + 1])
 

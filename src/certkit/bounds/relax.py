@@ -1,6 +1,9 @@
 """Linear relaxations of activations, shared by the bound domains.
 
-* :func:`relu_relaxation`: CROWN's ReLU bounds ``sl·z ≤ relu(z) ≤ su·z + bu`` over ``[l, u]``.
+* :func:`relu_relaxation`: CROWN's ReLU bounds ``sl·z ≤ relu(z) ≤ su·z + bu`` over ``[l, u]`` (also the MILP's
+  triangle and branch and bound's split scores).
+* :func:`relu_band`: ``relu(z) − λz ∈ [0, β]`` for a slope λ (DeepZ, COLT's learned slopes, Cauchy estimates,
+  latent points).
 * :func:`sshape_relaxation`: parallel bounds ``λz + bl ≤ f(z) ≤ λz + bu`` for Sigmoid and Tanh.
 
 Float policy (see docs/soundness.md): the S-shaped relaxation is derived in float64 from closed forms that do
@@ -16,15 +19,32 @@ import torch
 from certkit.bounds.interval import Bounds
 
 
+def _chord(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(unstable mask, active mask, chord slope u/(u − l) on unstable neurons and the exact slope elsewhere)."""
+    active, unstable = l >= 0, (l < 0) & (u > 0)
+    return unstable, active, torch.where(unstable, u / (u - l).clamp_min(1e-30), active.to(l.dtype))
+
+
 def relu_relaxation(b: Bounds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(lower slope, upper slope, upper intercept) of ReLU over [l, u], elementwise: the chord above unstable
     neurons, the adaptive lower slope (1 if ``u > −l`` else 0) below, exact on stable ones."""
     l, u = b.lower, b.upper
-    active, unstable = l >= 0, (l < 0) & (u > 0)
-    su = torch.where(unstable, u / (u - l).clamp_min(1e-30), active.to(l.dtype))
+    unstable, active, su = _chord(l, u)
     bu = torch.where(unstable, -su * l, torch.zeros_like(l))
     sl = torch.where(unstable, (u > -l).to(l.dtype), active.to(l.dtype))
     return sl, su, bu
+
+
+def relu_band(b: Bounds, slope: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(λ, β, unstable) with ``0 ≤ relu(z) − λz ≤ β`` on [l, u]: on unstable neurons λ is ``slope`` (clamped to
+    [0, 1]; default the chord, DeepZ's minimal-area choice) and β = max(−λl, (1 − λ)u); stable neurons are exact
+    (λ = 1 or 0, β = 0)."""
+    l, u = b.lower, b.upper
+    unstable, active, lam = _chord(l, u)
+    if slope is not None:
+        lam = torch.where(unstable, slope.to(l).clamp(0, 1).expand_as(l), lam)
+    beta = torch.where(unstable, torch.maximum(-lam * l, (1 - lam) * u), torch.zeros_like(l))
+    return lam, beta, unstable
 
 
 def _sigmoid_band(l: torch.Tensor, u: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

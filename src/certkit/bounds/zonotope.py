@@ -27,6 +27,7 @@ import torch
 from certkit import graph as g
 from certkit import rng
 from certkit.bounds.interval import Bounds
+from certkit.bounds.relax import relu_band
 from certkit.specs import InputSet, LinearSpec, SpecError
 
 
@@ -82,11 +83,8 @@ def _activation(op: g.Activation, z: Zonotope, m: int, slope: torch.Tensor | Non
     b = z.bounds()
     l, u = b.lower, b.upper
     if isinstance(op, g.ReLU):
-        active, unstable = l >= 0, (l < 0) & (u > 0)
-        lam = u / (u - l).clamp_min(1e-30) if slope is None else slope.to(l).clamp(0, 1).expand_as(l)
-        lam = torch.where(unstable, lam, active.to(l.dtype))
-        half = torch.where(unstable, torch.maximum(-lam * l, (1 - lam) * u) / 2, torch.zeros_like(l))
-        mu, beta, new = half, half, unstable
+        lam, band, new = relu_band(b, slope)
+        mu = beta = band / 2
     else:
         f = torch.sigmoid if isinstance(op, g.Sigmoid) else torch.tanh
 
@@ -239,11 +237,9 @@ def cauchy_bounds(model, input_set: InputSet, projections: int = 200,
         x = states[node.inputs[0]]
         if isinstance(op, g.ReLU):
             rad = radius(x)
-            l, u = x.center - rad, x.center + rad
-            est[node.inputs[0]] = Bounds(l, u)
-            unstable, active = (l < 0) & (u > 0), l >= 0
-            lam = torch.where(unstable, u / (u - l).clamp_min(1e-30), active.to(l.dtype))
-            half = torch.where(unstable, -lam * l / 2, torch.zeros_like(l))
+            est[node.inputs[0]] = Bounds(x.center - rad, x.center + rad)
+            lam, band, _ = relu_band(est[node.inputs[0]])
+            half = band / 2
             st = x.map(lambda t: lam * t, lambda t: lam.unsqueeze(1) * t, keep)
             st.center = lam * x.center + half
             st.exact[i] = half
@@ -349,10 +345,8 @@ def latent_point(model, input_set: InputSet, bounds: list[Bounds], e: list[torch
         ins = [vals[j] for j in node.inputs]
         if isinstance(op, g.ReLU):
             b = bounds[node.inputs[0]]
-            l, u = b.lower.detach(), b.upper.detach()
-            cross = (l < 0) & (u > 0)
-            lam = torch.where(cross, u / (u - l).clamp_min(1e-12), (l >= 0).to(l.dtype))
-            mu = torch.where(cross, -u * l / (u - l).clamp_min(1e-12) / 2, torch.zeros_like(l))
+            lam, band, _ = relu_band(Bounds(b.lower.detach(), b.upper.detach()))
+            mu = band / 2
             vals.append(lam * ins[0] + mu + mu * e[k])
             k += 1
         elif isinstance(op, g.Activation):
