@@ -18,7 +18,7 @@ import torch
 from certkit import __version__
 from certkit.io import ResultsWriter
 from certkit.onnx_io import load_onnx
-from certkit.vnnlib import read_vnnlib, verify_vnnlib
+from certkit.verify.vnnlib import read_vnnlib, verify_vnnlib
 
 TOOLS = ["alpha_beta_crown", "mn_bab", "nnenum", "verinet", "peregrinn", "marabou", "debona", "cgdtest",
          "averinn", "verapak"]

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from certkit import graph as g
-from certkit.bounds.bab import _Problem, bab
-from certkit.bounds.milp import milp_bounds
 from certkit.specs import Box, L2Ball, LinfBall, SpecError
+from certkit.verify.bab import _Problem, bab
+from certkit.verify.milp import milp_bounds
 
 
 def mlp(seed: int) -> nn.Module:

@@ -10,7 +10,7 @@ from torch import nn
 from certkit.errors import CertkitError, ConfigError, OnnxError
 from certkit.io import CheckpointError, load_model, save_model
 from certkit.specs import LinearSpec, LinfBall, SpecError, margin_spec
-from certkit.vnnlib import VnnlibError, read_vnnlib, verify_vnnlib
+from certkit.verify.vnnlib import VnnlibError, read_vnnlib, verify_vnnlib
 
 
 def _mlp() -> nn.Module:

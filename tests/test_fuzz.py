@@ -33,7 +33,7 @@ def test_fuzz_catches_an_unsound_bound(monkeypatch):
 
 def test_fuzz_catches_a_wrong_verdict(monkeypatch):
     """A MILP that answers 'verified' to everything is caught by a witness."""
-    from certkit.bounds.milp import MilpEncoding, MilpResult
+    from certkit.verify.milp import MilpEncoding, MilpResult
 
     def always(self, C, d, clauses=None, threshold=0.0, time_limit=60.0, stop_at_sign=True, tolerance=1e-5,
                row_lower=None):

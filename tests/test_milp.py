@@ -9,8 +9,8 @@ from torch import nn
 
 from certkit import LinfBall, Normalize, Residual
 from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
-from certkit.bounds.milp import MilpEncoding, milp_bounds
 from certkit.specs import Box, L2Ball, SpecError
+from certkit.verify.milp import MilpEncoding, milp_bounds
 
 
 def tiny_mlp(seed: int) -> nn.Module:
@@ -161,7 +161,7 @@ def test_tiny_weights_do_not_make_the_encoding_infeasible(monkeypatch):
     import highspy
     from safetensors.torch import load_file
 
-    from certkit.bounds.milp import MilpEncoding
+    from certkit.verify.milp import MilpEncoding
 
     pass_model = highspy.Highs.passModel
 

@@ -12,7 +12,7 @@ from torch import nn
 from certkit.graph import UnsupportedOpError, to_graph
 from certkit.models import load_colt_mnist
 from certkit.onnx_io import load_onnx
-from certkit.vnnlib import VnnlibError, format_result, read_vnnlib, verify_vnnlib
+from certkit.verify.vnnlib import VnnlibError, format_result, read_vnnlib, verify_vnnlib
 
 
 def export(model: nn.Module, shape, path):

@@ -129,7 +129,7 @@ def cmd_radius(args) -> int:
 
 def cmd_verify(args) -> int:
     from certkit.onnx_io import load_onnx
-    from certkit.vnnlib import format_result, read_vnnlib, verify_vnnlib
+    from certkit.verify.vnnlib import format_result, read_vnnlib, verify_vnnlib
 
     t0 = time.time()
     net = load_onnx(args.onnx)

@@ -347,7 +347,7 @@ def check_verify(model, s, spec, clauses, model64, pts, vals, roundoff, st: Stat
 
 def check_milp(model, s, spec, vals, roundoff, st: Stats, tag: str, timeout: float) -> None:
     """The MILP's reported bound is a lower bound, with and without the early stop at the sign."""
-    from certkit.bounds.milp import MilpEncoding
+    from certkit.verify.milp import MilpEncoding
 
     dtype = s.x.dtype
     for b in range(s.batch_size):

@@ -62,6 +62,14 @@ class InputSet:
         """The set is its enclosing box (a box, an L∞ ball): what interval splitting and the MILP encode."""
         return True
 
+    def concretize(self, A: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The minimum over the set of ``A·x' + c`` per row (B, K), for ``A`` (B, K, ...) and ``c`` (B, K): over
+        the enclosing box, exact for a box (centre·A − radius·|A|)."""
+        lo, hi = self.lower.to(A.dtype), self.upper.to(A.dtype)
+        Af = A.flatten(2)
+        mid, rad = ((hi + lo) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
+        return torch.einsum("bkn,bn->bk", Af, mid) - torch.einsum("bkn,bn->bk", Af.abs(), rad) + c
+
     def contains(self, points: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
         """Which of ``points`` (same shape as x) lie in the set, up to ``tol`` (for tests)."""
         inside = (points >= self.lower - tol) & (points <= self.upper + tol)
@@ -137,6 +145,18 @@ class LpBall(InputSet):
     @property
     def is_box(self) -> bool:
         return self.p == math.inf
+
+    def concretize(self, A: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Also the dual-norm bound ``A·x − eps·‖A‖_q + c`` (1/p + 1/q = 1) for L2/L1 balls, and the better of
+        the two (both hold on the ball clipped to the domain)."""
+        box = super().concretize(A, c)
+        if self.is_box:
+            return box
+        q = {2.0: 2.0, 1.0: math.inf}[self.p]
+        Af = A.flatten(2)
+        ball = torch.einsum("bkn,bn->bk", Af, self.x.to(A.dtype).flatten(1)) \
+            - self.eps.flatten(1)[:, :1].to(A.dtype) * Af.norm(p=q, dim=2) + c
+        return torch.maximum(box, ball)
 
     def contains(self, points: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
         d = (points - self.x).flatten(1).norm(p=self.p, dim=1)

@@ -102,20 +102,6 @@ def _maxpool_backward(op: g.MaxPool2d, A: torch.Tensor, b: Bounds, in_shape: tup
     return out.view(B, K, *in_shape), c
 
 
-def _concretize(A: torch.Tensor, c: torch.Tensor, input_set: InputSet) -> torch.Tensor:
-    """min over the input set of ``A·x + c``, per row: (B, K)."""
-    lo, hi = input_set.lower.to(A.dtype), input_set.upper.to(A.dtype)
-    Af = A.flatten(2)
-    mid, rad = ((hi + lo) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
-    box = torch.einsum("bkn,bn->bk", Af, mid) - torch.einsum("bkn,bn->bk", Af.abs(), rad) + c
-    if not input_set.is_box:
-        q = {2.0: 2.0, 1.0: math.inf}[input_set.p]
-        x0 = input_set.x.to(A.dtype).flatten(1)
-        ball = torch.einsum("bkn,bn->bk", Af, x0) - input_set.eps.flatten(1)[:, :1] * Af.norm(p=q, dim=2) + c
-        box = torch.maximum(box, ball)  # both hold on the clipped ball
-    return box
-
-
 def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[int, ...]],
               pre: dict[int, Bounds], input_set: InputSet, const: torch.Tensor | None = None,
               alphas: dict[int, torch.Tensor] | None = None, betas: dict[int, torch.Tensor] | None = None,
@@ -125,7 +111,7 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
     ``alphas`` optionally gives, per ReLU input node, lower slopes in [0, 1] of shape (B, K, *shape) for the
     unstable neurons (α-CROWN); the default is CROWN's adaptive slope. ``betas`` adds, per node, a term
     ``betas[i]·x_i`` to the bounded function (β-CROWN's Lagrangian for split constraints; see
-    :mod:`certkit.bounds.bab`). ``record``, if given, receives the coefficients on every ReLU's output (keyed by
+    :mod:`certkit.verify.bab`). ``record``, if given, receives the coefficients on every ReLU's output (keyed by
     the ReLU's input node) and on the input (key -1)."""
     B, K = A.shape[:2]
     coeff: dict[int, torch.Tensor] = {target: A}
@@ -142,7 +128,7 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
         if isinstance(op, g.Input):
             if record is not None:
                 record[-1] = Ai
-            return _concretize(Ai, const, input_set)
+            return input_set.concretize(Ai, const)
         j = node.inputs[0]
         if isinstance(op, g.AffineOp):
             Aj, c = _affine_backward(op, Ai, shapes[j])

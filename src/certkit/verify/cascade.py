@@ -1,0 +1,228 @@
+"""The verification cascade: per input, PGD falsification, then IBP → CROWN → α-CROWN → branch and bound → MILP,
+stopping at the first verdict (:func:`verify_property`).
+
+A property is ``min_q max_{k∈q} (C·f(x') + d)_k > 0`` for every x' of the set: each clause q (a group of spec
+rows) must have a positive row. Incomplete stages prove rows positive; the complete stages (branch and bound
+with β-CROWN, the MILP) decide what is left per open clause; a counterexample is a point of the set checked by a
+float64 forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from certkit import graph as g
+from certkit.attacks.pgd import pgd_minimize
+from certkit.bounds.interval import interval_bounds
+from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
+from certkit.specs import Box, InputSet, LinearSpec, LpBall, SpecError
+from certkit.verify.bab import SUPPORTED_OPS, bab
+from certkit.verify.milp import MilpEncoding, _select
+
+# bound method name -> function(model, input_set, spec, **options) -> lower bounds on the spec rows (B, K)
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "ibp": lambda model, s, spec, **_: interval_bounds(model, s, spec).lower,
+    "crown": lambda model, s, spec, **_: crown_bounds(model, s, spec).lower,
+    "crown-ibp": lambda model, s, spec, **_: crown_bounds(model, s, spec, intermediate="ibp").lower,
+    "alpha": lambda model, s, spec, iterations=20, **_: alpha_crown_bounds(
+        model, s, spec, iterations=iterations, bound_upper=False).lower,
+}
+
+
+STAGES = ("attack", "ibp", "crown", "alpha", "bab", "milp")
+
+
+@dataclass
+class Verdict:
+    """One input's answer: ``verdict`` is 'verified', 'falsified' (``counterexample`` violates the property,
+    re-checked in float64) or 'unknown'; ``stage`` decided it; ``seconds`` per stage (batched stages split
+    their time evenly over the inputs they ran on); ``lower``: the best proven lower bound per row. The
+    counterexample is a point of the set in the input's dtype whose violation was checked by a float64 forward
+    pass (in float64 only when rounding the solver's float64 point to the input's dtype loses the violation)."""
+
+    verdict: str
+    stage: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    counterexample: torch.Tensor | None = None
+    lower: torch.Tensor | None = None
+
+
+def _clause_min(values: torch.Tensor, clauses: torch.Tensor) -> torch.Tensor:
+    """min over clauses of (max over the clause's rows): ≤ 0 iff some clause has all its rows ≤ 0, i.e. the
+    point violates the property. values: (B, K)."""
+    n = int(clauses.max()) + 1
+    per = torch.full((values.shape[0], n), -math.inf, dtype=values.dtype, device=values.device)
+    per = per.scatter_reduce(1, clauses.expand_as(values), values, reduce="amax")
+    return per.min(1).values
+
+
+def _proved(lower: torch.Tensor, clauses: torch.Tensor) -> torch.Tensor:
+    """Every clause has a row whose lower bound is positive. (B,) bool."""
+    return _clause_min(lower, clauses) > 0
+
+
+def verify_property(
+    model: nn.Module,
+    input_set: InputSet,
+    spec: LinearSpec,
+    clauses: torch.Tensor | None = None,
+    stages: tuple[str, ...] = STAGES,
+    timeout: float = 60.0,
+    pgd_steps: int = 50,
+    pgd_restarts: int = 3,
+    alpha_iterations: int = 20,
+    max_binaries: int | None = None,
+) -> list[Verdict]:
+    """Decide, per input, the property "for every x' in the set, some row of every clause is positive", i.e.
+    ``min_q max_{k∈q} (C·f(x') + d)_k > 0``; ``clauses`` (K,) gives each spec row's clause (default: each row
+    its own clause, so every row must be positive — the classification margin). VNN-LIB's unsafe sets are
+    disjunctions of conjunctions: a clause is one conjunction, negated.
+
+    Stages run in order on the inputs still undecided: ``attack`` (PGD on the violation, re-checked in float64),
+    ``ibp``, ``crown``, ``alpha`` (bounds; a clause is refuted when one of its rows is proved positive) and
+    ``bab`` (branch and bound with β-CROWN, per open clause) and ``milp`` (HiGHS), both with α-CROWN-optimised
+    intermediate bounds and within what is left of ``timeout`` per input: the MILP runs only where branch and
+    bound stopped early without a verdict (domain budget, a fully split domain) or is left out of ``stages``.
+    """
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; available: {', '.join(STAGES)}")
+    B, K = spec.C.shape[:2]
+    clauses = torch.arange(K) if clauses is None else torch.as_tensor(clauses)
+    if clauses.shape != (K,):
+        raise SpecError(f"clauses must give one clause index per spec row ({K}), got shape {tuple(clauses.shape)}")
+    clauses = clauses.to(spec.C.device)
+    d = spec.d if spec.d is not None else torch.zeros(B, K, dtype=spec.C.dtype, device=spec.C.device)
+    lower = torch.full((B, K), -math.inf, dtype=spec.C.dtype, device=spec.C.device)
+    verdicts = [Verdict("unknown", "", {}) for _ in range(B)]
+    open_ = torch.ones(B, dtype=torch.bool)
+    refined: dict[int, dict] = {}  # per input: α-CROWN-optimised intermediate bounds, shared by bab and milp
+
+    def sub(idx: torch.Tensor) -> tuple[InputSet, LinearSpec]:
+        s = _subset(input_set, idx)
+        return s, LinearSpec(spec.C[idx], d[idx])
+
+    def objective(m, C, dd):
+        return lambda x: _clause_min(torch.einsum("bkn,bn->bk", C, m(x)) + dd, clauses)
+
+    for stage in stages:
+        idx = open_.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        if stage in ("bab", "milp"):
+            if not input_set.is_box:
+                continue  # both split boxes only
+            if not relu_only(model):
+                continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'
+            for b in idx.tolist():
+                _complete_stage(stage, model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout,
+                                max_binaries, refined)
+                open_[b] = verdicts[b].verdict == "unknown"
+            continue
+        t0 = time.perf_counter()
+        s, sp = sub(idx)
+        if stage == "attack":
+            x_adv, _ = pgd_minimize(objective(model, sp.C, sp.d), s, pgd_steps, pgd_restarts)
+            model64 = copy.deepcopy(model).double()
+            with torch.no_grad():
+                v64 = objective(model64, sp.C.double(), sp.d.double())(x_adv.double())
+            inside = s.contains(x_adv)
+            dt = (time.perf_counter() - t0) / len(idx)
+            for k, b in enumerate(idx.tolist()):
+                verdicts[b].seconds[stage] = dt
+                if v64[k] <= 0 and inside[k]:
+                    verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, x_adv[k:k + 1].detach())
+                    open_[b] = False
+            continue
+        method = {"ibp": "ibp", "crown": "crown", "alpha": "alpha"}[stage]
+        with torch.no_grad():
+            lo = METHODS[method](model, s, LinearSpec(sp.C, None), iterations=alpha_iterations) + sp.d
+        lower[idx] = torch.maximum(lower[idx], lo.nan_to_num(nan=-math.inf))
+        dt = (time.perf_counter() - t0) / len(idx)
+        ok = _proved(lower[idx], clauses)
+        for k, b in enumerate(idx.tolist()):
+            verdicts[b].seconds[stage] = dt
+            if ok[k]:
+                verdicts[b].verdict, verdicts[b].stage = "verified", stage
+                open_[b] = False
+    for b, v in enumerate(verdicts):
+        v.lower = lower[b].detach()
+    return verdicts
+
+
+def relu_only(model) -> bool:
+    """The model has only the ops branch and bound and the MILP encode (ReLU networks without MaxPool)."""
+    return all(isinstance(n.op, SUPPORTED_OPS) for n in g.to_graph(model).nodes)
+
+
+def _subset(input_set: InputSet, idx: torch.Tensor) -> InputSet:
+    if isinstance(input_set, LpBall):
+        return type(input_set)(input_set.x[idx], input_set.eps.flatten()[idx], domain=input_set.domain)
+    return Box(input_set.lower[idx], input_set.upper[idx])
+
+
+def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, verdict: Verdict, timeout,
+                    max_binaries, refined: dict[int, dict]) -> None:
+    """Decide input b per open clause (one with no row proved positive yet), weakest first, by branch and
+    bound (``stage`` 'bab') or one MILP (HiGHS), with α-CROWN-optimised intermediate bounds:
+    ``min_q max_{k∈q} row_k > 0`` proves the property, a point at or below 0 (re-checked in float64) is a
+    counterexample. A clause's minimum needs no binaries beyond the network's (one MILP over the disjunction
+    of all clauses was measured slower: its big-M relaxation is weak)."""
+    t0 = time.perf_counter()
+    left = timeout - sum(verdict.seconds.values())
+    if left <= 0:
+        return
+    one = _select(input_set, b)
+    open_q = [q for q in clauses.unique().tolist() if not (lower[b][clauses == q] > 0).any()]
+    if b not in refined:
+        rows = torch.cat([(clauses == q).nonzero().squeeze(1) for q in open_q])
+        with torch.no_grad():
+            out, refined[b] = crown_bounds(model, one, LinearSpec(spec.C[b:b + 1, rows], None), return_all=True,
+                                           intermediate="alpha")
+        lower[b, rows] = torch.maximum(lower[b, rows], out.lower[0] + d[b, rows])
+    pre = refined[b]
+    enc = None
+    open_q.sort(key=lambda q: float(lower[b][clauses == q].max()))
+    for q in open_q:
+        rq = (clauses == q).nonzero().squeeze(1)
+        if (lower[b, rq] > 0).any():
+            continue
+        budget = left - (time.perf_counter() - t0)
+        if budget <= 0:
+            break
+        if stage == "bab":
+            r = bab(model, one, spec.C[b, rq], d[b, rq], time_limit=budget, pre=pre)
+        else:
+            enc = enc or MilpEncoding(model, one, pre, max_binaries)
+            r = enc.minimize_property(spec.C[b, rq], d[b, rq], None if len(rq) == 1 else torch.zeros(len(rq)),
+                                      time_limit=budget, row_lower=lower[b, rq])
+        if r.verdict == "falsified":
+            x = _in_input_dtype(model, one, spec.C[b, rq], d[b, rq], r.x)
+            verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, x
+            break
+        if r.verdict != "verified":
+            break
+        if len(rq) == 1:
+            lower[b, rq] = torch.clamp(lower[b, rq], min=r.bound)
+    else:
+        verdict.verdict, verdict.stage = "verified", stage
+    verdict.seconds[stage] = time.perf_counter() - t0
+
+
+def _in_input_dtype(model, one: InputSet, C: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A counterexample ``x`` (checked in float64: every row of ``C·f(x) + d`` is ≤ 0) in the input's dtype,
+    clamped into the set, if the rounded point still violates the clause in float64; else ``x`` itself."""
+    dtype = one.lower.dtype
+    if x.dtype == dtype:
+        return x
+    xr = torch.minimum(torch.maximum(x.detach().to(dtype), one.lower), one.upper)
+    with torch.no_grad():
+        rows = C.double() @ copy.deepcopy(model).double()(xr.double()).reshape(-1) + d.double()
+    return xr if bool((rows <= 0).all()) else x

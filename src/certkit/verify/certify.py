@@ -1,0 +1,218 @@
+"""Certification of classifiers over input sets: per-input verdicts, batched.
+
+``certify(model, x, y, eps, method='ibp')`` returns, per input, whether the clean prediction is correct and
+whether the bound proves ``f_y > f_j`` for all ``j ≠ y`` over the whole ball (a certificate is only claimed for
+correctly classified inputs). Methods: ``ibp``, ``crown``, ``crown-ibp``, ``alpha`` (α-CROWN) — bounds — and
+``bab`` (branch and bound with β-CROWN), ``milp`` (exact, HiGHS) and ``cascade`` — the verification cascade of
+:mod:`certkit.verify.cascade` with one complete stage, or all stages. :func:`max_radius` bisects on ε for any
+method.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from certkit import graph as g
+from certkit.specs import SpecError, ball, check_finite, margin_spec
+from certkit.verify.bab import SUPPORTED_OPS
+from certkit.verify.cascade import METHODS, relu_only, verify_property
+
+COMPLETE = ("bab", "milp", "cascade")  # methods that run the cascade (one stage, or all)
+SUPPORTED_NAMES = [op.__name__ for op in SUPPORTED_OPS]
+
+
+@dataclass
+class Certificate:
+    correct: torch.Tensor  # bool (B,): clean prediction is the label
+    certified: torch.Tensor  # bool (B,): correct and proved robust over the set
+    margin_lower: torch.Tensor  # (B,): lower bound on min_j f_y − f_j over the set
+    verdicts: list | None = None  # the cascade's per-input Verdicts (stage, times, counterexample)
+
+
+@torch.no_grad()
+def certify(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    method: str = "ibp",
+    norm: str | float = "inf",
+    domain: tuple[float, float] | None = (0.0, 1.0),
+    num_classes: int | None = None,
+    float64_check: bool = False,
+    **options,
+) -> Certificate:
+    """Certify ``model`` on a batch ``(x, y)`` for the ``norm`` ball of radius ``eps``.
+
+    ``options`` go to the method: ``iterations`` (α-CROWN's steps: alpha, and the cascade's α stage),
+    ``timeout`` (seconds per input), ``max_binaries`` (MILP) and the other arguments of
+    :func:`~certkit.verify.cascade.verify_property` (bab, milp, cascade; ``bab`` and ``milp`` are the cascade
+    with that one stage, and their per-input :class:`Verdict` objects are returned too).
+    With ``float64_check``, inputs certified in the model's dtype are certified again on a float64 copy of the
+    model, and only inputs that pass both keep the verdict (guards against float32 round-off at tiny margins).
+    """
+    if method not in METHODS and method not in COMPLETE:
+        raise ValueError(f"unknown certification method {method!r}; available: {', '.join((*METHODS, *COMPLETE))}")
+    check_finite(x)
+    if y.shape != (x.shape[0],):
+        raise SpecError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if torch.is_floating_point(y) or y.dtype == torch.bool:
+        raise SpecError(f"labels must be an integer tensor (class indices), got dtype {y.dtype}")
+    try:
+        logits = model(x)
+    except RuntimeError as e:
+        raise SpecError(f"inputs of shape {tuple(x.shape)} do not fit the model: {e}") from e
+    k = num_classes or logits.shape[1]
+    spec = margin_spec(y, k, logits.dtype)
+    correct = logits.argmax(1) == y
+    s = ball(norm, x, eps, domain)
+    verdicts = None
+    if method in COMPLETE:
+        opts = dict(options)
+        if "iterations" in opts:
+            opts["alpha_iterations"] = opts.pop("iterations")
+        if method != "cascade":
+            if not s.is_box:
+                raise SpecError(f"method {method!r} splits boxes: it takes L∞ balls, not the L{s.p:g} ball")
+            if not relu_only(model):
+                ops = sorted({type(n.op).__name__ for n in g.to_graph(model).nodes} - set(SUPPORTED_NAMES))
+                raise g.UnsupportedOpError(f"method {method!r} encodes ReLU networks; this one has {', '.join(ops)}")
+            opts["stages"] = (method,)
+        verdicts = verify_property(model, s, spec, **opts)
+        lower = torch.stack([v.lower for v in verdicts])
+        verified = torch.tensor([v.verdict == "verified" for v in verdicts], device=x.device)
+    else:
+        lower = METHODS[method](model, s, spec, **options)
+        verified = torch.ones_like(correct)
+    margin = lower.min(1).values.nan_to_num(nan=-torch.inf)  # overflowing bounds prove nothing
+    certified = correct & (margin > 0) & verified
+    if float64_check and certified.any() and x.dtype != torch.float64:
+        model64 = copy.deepcopy(model).double()
+        e = torch.as_tensor(eps, dtype=torch.float64)
+        e = e[certified] if e.dim() > 0 else e
+        again = certify(model64, x[certified].double(), y[certified], e, method, norm, domain, k, **options)
+        certified = certified.clone()
+        certified[certified.clone()] = again.certified
+    return Certificate(correct, certified, margin, verdicts)
+
+
+def certify_dataset(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps_list: list[float],
+    method: str = "ibp",
+    norm: str = "inf",
+    pgd_steps: int = 0,
+    pgd_restarts: int = 1,
+    batch_size: int = 256,
+    indices: list[int] | None = None,
+    writer=None,
+    progress: bool = False,
+    float64_check: bool = False,
+    **options,
+) -> list[dict]:
+    """Per-input rows ``{key, idx, eps, label, pred, correct, pgd_robust, certified, margin_lb, time_s}``, and
+    for the cascade ``verdict``, ``stage`` and ``seconds`` per stage. ``options`` go to :func:`certify`.
+
+    With a :class:`~certkit.io.ResultsWriter`, rows are written per batch and rows already in it are skipped,
+    so a killed run resumes where it stopped. A certified input that PGD breaks is a soundness bug: it raises.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from certkit.attacks.pgd import pgd
+
+    device = next(model.parameters()).device
+    idx_all = list(range(len(y))) if indices is None else list(indices)
+    done = writer.done if writer is not None else set()
+    rows: list[dict] = []
+    jobs = [(e, i) for e in eps_list for i in range(0, len(y), batch_size)]
+    for eps, start in tqdm(jobs, desc=f"certify ({method})", disable=not progress):
+        ids = idx_all[start:start + batch_size]
+        keep = [k for k, i in enumerate(ids) if f"{eps}:{i}" not in done]
+        if not keep:
+            continue
+        sel = torch.tensor([start + k for k in keep])
+        xb, yb = x[sel].to(device), y[sel].to(device)
+        t0 = time.time()
+        cert = certify(model, xb, yb, eps, method, norm, float64_check=float64_check, **options)
+        t_cert = (time.time() - t0) / len(sel)
+        robust = None
+        if pgd_steps > 0:
+            res = pgd(model, xb, yb, eps, norm, steps=pgd_steps, restarts=pgd_restarts) if eps > 0 else None
+            robust = cert.correct if res is None else ~res.success
+            if (cert.certified & ~robust).any():
+                bad = [ids[keep[k]] for k in (cert.certified & ~robust).nonzero().flatten().tolist()]
+                raise AssertionError(f"unsound certificate: inputs {bad} certified at eps={eps} but broken by PGD")
+        with torch.no_grad():
+            pred = model(xb).argmax(1)
+        cols = zip(yb.tolist(), pred.tolist(), cert.correct.tolist(), cert.certified.tolist(),
+                   cert.margin_lower.tolist(), (robust if robust is not None else cert.correct).tolist())
+        batch_rows = []
+        for k, (label, p, ok, cert_ok, margin, rob) in enumerate(cols):
+            i = ids[keep[k]]
+            row = {"key": f"{eps}:{i}", "idx": i, "eps": eps, "label": label, "pred": p, "correct": ok,
+                   "certified": cert_ok, "margin_lb": margin, "method": method, "time_s": round(t_cert, 6)}
+            if robust is not None:
+                row["pgd_robust"] = rob
+            if cert.verdicts is not None:
+                v = cert.verdicts[k]
+                row.update(verdict=v.verdict, stage=v.stage, seconds={s: round(t, 4) for s, t in v.seconds.items()})
+                row["time_s"] = round(sum(v.seconds.values()), 4)
+            batch_rows.append(row)
+        if writer is not None:
+            writer.write(batch_rows)
+        rows += batch_rows
+    return writer.results if writer is not None else rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per radius: number of inputs, clean / PGD / certified accuracy."""
+    out = []
+    for eps in sorted({r["eps"] for r in rows}):
+        rs = [r for r in rows if r["eps"] == eps]
+        row = {"eps": eps, "n": len(rs), "clean": sum(r["correct"] for r in rs) / len(rs)}
+        if all("pgd_robust" in r for r in rs):
+            row["pgd"] = sum(r["pgd_robust"] for r in rs) / len(rs)
+        row["certified"] = sum(r["certified"] for r in rs) / len(rs)
+        out.append(row)
+    return out
+
+
+def max_radius(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    method: str = "ibp",
+    norm: str | float = "inf",
+    hi: float = 0.5,
+    tol: float = 1e-3,
+    domain: tuple[float, float] | None = (0.0, 1.0),
+    **options,
+) -> torch.Tensor:
+    """The largest certified radius per input, by bisection on ε in [0, hi] to within ``tol`` (B,).
+
+    Returns a radius at which ``method`` certifies the input (0 for misclassified inputs, ``hi`` if certified
+    there). Certification is not monotone in ε for every method, so this is a certified radius, not
+    necessarily the supremum of all certified ones.
+    """
+    lo_eps = torch.zeros(len(y), dtype=torch.float64)
+    hi_eps = torch.full((len(y),), float(hi), dtype=torch.float64)
+    top = certify(model, x, y, hi, method, norm, domain, **options)
+    lo_eps[top.certified.cpu()] = hi
+    todo = top.correct.cpu() & ~top.certified.cpu()
+    while todo.any() and (hi_eps - lo_eps)[todo].max() > tol:
+        idx = todo.nonzero().squeeze(1)
+        mid = (lo_eps[idx] + hi_eps[idx]) / 2
+        c = certify(model, x[idx.to(x.device)], y[idx.to(y.device)], mid.to(x), method, norm, domain, **options)
+        ok = c.certified.cpu()
+        lo_eps[idx[ok]] = mid[ok]
+        hi_eps[idx[~ok]] = mid[~ok]
+        todo = todo & ((hi_eps - lo_eps) > tol)
+    return lo_eps
