@@ -32,6 +32,19 @@ def check_finite(x: torch.Tensor, what: str = "input") -> None:
         raise SpecError(f"{what} contains NaN or infinite values")
 
 
+def _outward(x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x − eps`` and ``x + eps`` rounded outwards in x's dtype (below float64, x ± eps rounded to nearest can
+    cut off a sliver of the ball; the box must contain it, see docs/soundness.md)."""
+    lo, hi = x - eps, x + eps
+    if x.dtype in (torch.float64,) or not torch.is_floating_point(x):
+        return lo, hi
+    lo64, hi64 = x.double() - eps.double(), x.double() + eps.double()
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    lo = torch.where(lo.double() > lo64, torch.nextafter(lo, -inf), lo)
+    hi = torch.where(hi.double() < hi64, torch.nextafter(hi, inf), hi)
+    return lo, hi
+
+
 def _as_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-sample radius shaped (B, 1, 1, ...) so that it broadcasts against x."""
     e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
@@ -134,7 +147,7 @@ class LpBall(InputSet):
         self.x = x
         self.domain = domain
         self.eps = _as_eps(eps, x)  # (B, 1, ...)
-        lower, upper = x - self.eps, x + self.eps
+        lower, upper = _outward(x, self.eps)
         if domain is not None:
             lower, upper = lower.clamp(min=domain[0]), upper.clamp(max=domain[1])
         self.lower, self.upper = lower, upper

@@ -104,6 +104,13 @@ def verify_property(
     verdicts = [Verdict("unknown", "", {}) for _ in range(B)]
     open_ = torch.ones(B, dtype=torch.bool)
     refined: dict[int, dict] = {}  # per input: α-CROWN-optimised intermediate bounds, shared by bab and milp
+    cache: list[nn.Module] = []
+
+    def model64() -> nn.Module:
+        """One float64 copy of the model per call, made when first needed (counterexamples are checked on it)."""
+        if not cache:
+            cache.append(copy.deepcopy(model).double().eval())
+        return cache[0]
 
     def sub(idx: torch.Tensor) -> tuple[InputSet, LinearSpec]:
         s = _subset(input_set, idx)
@@ -123,22 +130,23 @@ def verify_property(
                 continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'
             for b in idx.tolist():
                 _complete_stage(stage, model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout,
-                                max_binaries, refined)
+                                max_binaries, refined, model64)
                 open_[b] = verdicts[b].verdict == "unknown"
             continue
         t0 = time.perf_counter()
         s, sp = sub(idx)
         if stage == "attack":
             x_adv, _ = pgd_minimize(objective(model, sp.C, sp.d), s, pgd_steps, pgd_restarts)
-            model64 = copy.deepcopy(model).double()
             with torch.no_grad():
-                v64 = objective(model64, sp.C.double(), sp.d.double())(x_adv.double())
-            inside = s.contains(x_adv)
-            dt = (time.perf_counter() - t0) / len(idx)
+                v64 = objective(model64(), sp.C.double(), sp.d.double())(x_adv.double())
             for k, b in enumerate(idx.tolist()):
-                verdicts[b].seconds[stage] = dt
-                if v64[k] <= 0 and inside[k]:
-                    verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, x_adv[k:k + 1].detach())
+                cex = None
+                if v64[k] <= 0:
+                    cex = _counterexample(model64(), _subset(input_set, torch.tensor([b])), spec.C[b], d[b], clauses,
+                                          x_adv[k:k + 1])
+                verdicts[b].seconds[stage] = (time.perf_counter() - t0) / len(idx)
+                if cex is not None:
+                    verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, cex)
                     open_[b] = False
             continue
         method = {"ibp": "ibp", "crown": "crown", "alpha": "alpha"}[stage]
@@ -169,7 +177,7 @@ def _subset(input_set: InputSet, idx: torch.Tensor) -> InputSet:
 
 
 def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, verdict: Verdict, timeout,
-                    max_binaries, refined: dict[int, dict]) -> None:
+                    max_binaries, refined: dict[int, dict], model64: Callable[[], nn.Module]) -> None:
     """Decide input b per open clause (one with no row proved positive yet), weakest first, by branch and
     bound (``stage`` 'bab') or one MILP (HiGHS), with α-CROWN-optimised intermediate bounds:
     ``min_q max_{k∈q} row_k > 0`` proves the property, a point at or below 0 (re-checked in float64) is a
@@ -204,8 +212,10 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
             r = enc.minimize_property(spec.C[b, rq], d[b, rq], None if len(rq) == 1 else torch.zeros(len(rq)),
                                       time_limit=budget, row_lower=lower[b, rq])
         if r.verdict == "falsified":
-            x = _in_input_dtype(model, one, spec.C[b, rq], d[b, rq], r.x)
-            verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, x
+            x = _counterexample(model64(), _subset(input_set, torch.tensor([b])), spec.C[b, rq], d[b, rq],
+                                torch.zeros(len(rq), dtype=torch.long), r.x)
+            if x is not None:
+                verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, x
             break
         if r.verdict != "verified":
             break
@@ -216,13 +226,21 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
     verdict.seconds[stage] = time.perf_counter() - t0
 
 
-def _in_input_dtype(model, one: InputSet, C: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A counterexample ``x`` (checked in float64: every row of ``C·f(x) + d`` is ≤ 0) in the input's dtype,
-    clamped into the set, if the rounded point still violates the clause in float64; else ``x`` itself."""
-    dtype = one.lower.dtype
-    if x.dtype == dtype:
-        return x
-    xr = torch.minimum(torch.maximum(x.detach().to(dtype), one.lower), one.upper)
-    with torch.no_grad():
-        rows = C.double() @ copy.deepcopy(model).double()(xr.double()).reshape(-1) + d.double()
-    return xr if bool((rows <= 0).all()) else x
+def _counterexample(model64: nn.Module, one: InputSet, C: torch.Tensor, d: torch.Tensor, clauses: torch.Tensor,
+                    x: torch.Tensor) -> torch.Tensor | None:
+    """A point of the set ``one`` (as the user defined it: the float64 set, not its rounded box) that violates
+    the property (some clause with every row of ``C·f + d`` ≤ 0, by a float64 forward pass), from a candidate
+    ``x``: clamped into the set's float64 box, returned in the input's dtype if that rounding stays in the set
+    and still violates, else in float64; None if the candidate is not a counterexample."""
+    exact = one.to(dtype=torch.float64)
+    x64 = torch.minimum(torch.maximum(x.detach().double().reshape(exact.x.shape), exact.lower), exact.upper)
+
+    def violates(p: torch.Tensor) -> bool:
+        with torch.no_grad():
+            rows = C.double() @ model64(p).reshape(-1) + d.double()
+        return bool(exact.contains(p, tol=0.0)[0]) and float(_clause_min(rows[None], clauses)[0]) <= 0
+
+    xr = x64.to(one.lower.dtype)
+    if violates(xr.double()):
+        return xr
+    return x64 if violates(x64) else None
