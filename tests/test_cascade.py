@@ -111,3 +111,21 @@ def test_cascade_skips_the_complete_stages_for_ops_they_cannot_split():
     c = certify(model, x, model(x).argmax(1), 0.2, "cascade")
     assert all("milp" not in v.seconds and "bab" not in v.seconds for v in c.verdicts)
     assert all(v.verdict in ("verified", "falsified", "unknown") for v in c.verdicts)
+
+
+def test_summaries_count_verdicts_and_stages():
+    from certkit.verify import stage_summary, summarize
+
+    rows = [{"eps": 0.1, "correct": True, "certified": True, "verdict": "verified", "stage": "crown",
+             "seconds": {"attack": 0.1, "ibp": 0.0, "crown": 0.2}},
+            {"eps": 0.1, "correct": True, "certified": False, "verdict": "falsified", "stage": "attack",
+             "seconds": {"attack": 0.3}},
+            {"eps": 0.1, "correct": True, "certified": False, "verdict": "unknown", "stage": "",
+             "seconds": {"attack": 0.1, "ibp": 0.0, "crown": 0.2, "bab": 5.0}}]
+    s = summarize(rows)[0]
+    assert (s["verified"], s["falsified"], s["unknown"], s["certified"]) == (1, 1, 1, 1 / 3)
+    st = {r["stage"]: r for r in stage_summary(rows)}
+    assert list(st) == ["attack", "ibp", "crown", "bab"]
+    assert (st["attack"]["ran"], st["attack"]["falsified"], st["crown"]["verified"], st["bab"]["ran"]) == (3, 1, 1, 1)
+    assert st["bab"]["seconds"] == 5.0 and st["attack"]["s/input"] == round(0.5 / 3, 3)
+    assert "verified" not in summarize([{"eps": 0.1, "correct": True, "certified": True}])[0]

@@ -95,6 +95,8 @@ def test_certify_onnx_with_the_cascade_and_resume(shared, mnist_dir, tmp_path, c
     assert all(r["certified"] == (r["verdict"] == "verified") for r in rows)
     assert all(set(r["seconds"]) <= {"attack", "ibp", "crown", "alpha", "bab", "milp"} for r in rows)
     assert sum(r["certified"] for r in rows) >= 3  # COLT's net is robust on most test images at 0.1
+    printed = capsys.readouterr().out
+    assert "| verified | falsified | unknown |" in printed and "s/input" in printed  # honest summary
     assert main(args) == 0  # resumes: nothing new
     assert len(out.read_text().splitlines()) == 5
 
@@ -112,6 +114,7 @@ def test_branch_and_bound_proves_an_input_the_bounds_cannot(shared, mnist_dir, t
     assert main(common + ["--method", "bab", "--timeout", "300", "--out", str(out)]) == 0
     row = json.loads(out.read_text().splitlines()[1])
     assert row["idx"] == 6 and row["certified"] and row["margin_lb"] > 0
+    assert row["verdict"] == "verified" and row["stage"] == "bab"  # bab rows record their verdict
 
 
 def test_radius_and_verify_commands(shared, mnist_dir, tmp_path, capsys):

@@ -124,9 +124,10 @@ def test_golden_ibp_bounds_of_auto_lirpa(shared):
         b = interval_bounds(model, cls(x, 0.01, domain=None), whole_kernel_norms=True)
         torch.testing.assert_close(b.lower, ref_l, rtol=1e-4, atol=2e-7)
         torch.testing.assert_close(b.upper, ref_u, rtol=1e-4, atol=2e-7)
-        # the default, exact per-position norm is never looser, and sound
+        # the default, exact per-position norm is never looser (up to the outward rounding of the float32 box,
+        # a few ulps: 2.8e-6 here, see docs/soundness.md), and sound
         tight = check_containment(model, cls(x, 0.01, domain=None), n=64)
-        assert (tight.lower >= ref_l - 1e-6).all() and (tight.upper <= ref_u + 1e-6).all()
+        assert (tight.lower >= ref_l - 1e-5).all() and (tight.upper <= ref_u + 1e-5).all()
         if norm == "2":
             assert (tight.lower > ref_l + 1e-4).any()
 

@@ -68,7 +68,7 @@ def _options(args) -> dict:
 def cmd_certify(args) -> int:
     from certkit.io import ResultsWriter
     from certkit.report import format_table, plot_accuracy_vs_eps
-    from certkit.verify import certify_dataset, summarize
+    from certkit.verify import certify_dataset, stage_summary, summarize
 
     model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
@@ -89,6 +89,9 @@ def cmd_certify(args) -> int:
     rows = [r for r in rows if r["eps"] in eps_list and r["idx"] in wanted]  # the file may hold more
     summary = summarize(rows)
     print(format_table(summary))
+    stages = stage_summary(rows)
+    if stages:
+        print(format_table(stages))
     print(f"{len(rows)} results in {out} ({time.time() - t0:.1f} s this run)")
     if args.plot and len(summary) > 1:
         curves = {f"{args.method.upper()}-certified": ([s["eps"] for s in summary], [s["certified"] for s in summary])}

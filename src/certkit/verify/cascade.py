@@ -79,6 +79,7 @@ def verify_property(
     pgd_restarts: int = 3,
     alpha_iterations: int = 20,
     max_binaries: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Verdict]:
     """Decide, per input, the property "for every x' in the set, some row of every clause is positive", i.e.
     ``min_q max_{k∈q} (C·f(x') + d)_k > 0``; ``clauses`` (K,) gives each spec row's clause (default: each row
@@ -90,6 +91,7 @@ def verify_property(
     ``bab`` (branch and bound with β-CROWN, per open clause) and ``milp`` (HiGHS), both with α-CROWN-optimised
     intermediate bounds and within what is left of ``timeout`` per input: the MILP runs only where branch and
     bound stopped early without a verdict (domain budget, a fully split domain) or is left out of ``stages``.
+    ``progress(n)``, if given, is told each time n more inputs are finished (per input in the complete stages).
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -132,6 +134,8 @@ def verify_property(
                 _complete_stage(stage, model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout,
                                 max_binaries, refined, model64)
                 open_[b] = verdicts[b].verdict == "unknown"
+                if progress is not None and not open_[b]:
+                    progress(1)
             continue
         t0 = time.perf_counter()
         s, sp = sub(idx)
@@ -148,6 +152,8 @@ def verify_property(
                 if cex is not None:
                     verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, cex)
                     open_[b] = False
+            if progress is not None:
+                progress(len(idx) - int(open_[idx].sum()))
             continue
         method = {"ibp": "ibp", "crown": "crown", "alpha": "alpha"}[stage]
         with torch.no_grad():
@@ -160,6 +166,10 @@ def verify_property(
             if ok[k]:
                 verdicts[b].verdict, verdicts[b].stage = "verified", stage
                 open_[b] = False
+        if progress is not None:
+            progress(int(ok.sum()))
+    if progress is not None and open_.any():
+        progress(int(open_.sum()))  # finished, undecided
     for b, v in enumerate(verdicts):
         v.lower = lower[b].detach()
     return verdicts

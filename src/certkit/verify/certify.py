@@ -19,7 +19,7 @@ from torch import nn
 from certkit import graph as g
 from certkit.specs import SpecError, ball, check_finite, margin_spec
 from certkit.verify.bab import SUPPORTED_OPS
-from certkit.verify.cascade import METHODS, relu_only, verify_property
+from certkit.verify.cascade import METHODS, STAGES, relu_only, verify_property
 
 COMPLETE = ("bab", "milp", "cascade")  # methods that run the cascade (one stage, or all)
 SUPPORTED_NAMES = [op.__name__ for op in SUPPORTED_OPS]
@@ -94,7 +94,8 @@ def certify(
         model64 = copy.deepcopy(model).double()
         e = torch.as_tensor(eps, dtype=torch.float64)
         e = e[certified] if e.dim() > 0 else e
-        again = certify(model64, x[certified].double(), y[certified], e, method, norm, domain, k, **options)
+        quiet = {o: v for o, v in options.items() if o != "progress"}  # the re-check finishes no new input
+        again = certify(model64, x[certified].double(), y[certified], e, method, norm, domain, k, **quiet)
         certified = certified.clone()
         certified[certified.clone()] = again.certified
     return Certificate(correct, certified, margin, verdicts)
@@ -133,9 +134,13 @@ def certify_dataset(
     done = writer.done if writer is not None else set()
     rows: list[dict] = []
     jobs = [(e, i) for e in eps_list for i in range(0, len(y), batch_size)]
-    for eps, start in tqdm(jobs, desc=f"certify ({method})", disable=not progress):
+    bar = tqdm(total=len(eps_list) * len(y), desc=f"certify ({method})", unit="input", disable=not progress)
+    if method in COMPLETE:  # the cascade reports every input it finishes
+        options = {**options, "progress": bar.update}
+    for eps, start in jobs:
         ids = idx_all[start:start + batch_size]
         keep = [k for k, i in enumerate(ids) if f"{eps}:{i}" not in done]
+        bar.update(len(ids) - len(keep))  # already in the results file
         if not keep:
             continue
         sel = torch.tensor([start + k for k in keep])
@@ -169,11 +174,16 @@ def certify_dataset(
         if writer is not None:
             writer.write(batch_rows)
         rows += batch_rows
+        if method not in COMPLETE:
+            bar.update(len(sel))
+    bar.close()
     return writer.results if writer is not None else rows
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per radius: number of inputs, clean / PGD / certified accuracy."""
+    """Per radius: number of inputs, clean / PGD / certified accuracy; for the complete methods (rows with a
+    ``verdict``) also the counts of verified, falsified (a checked counterexample) and unknown (a timeout or a
+    budget spent: neither proved nor refuted) inputs."""
     out = []
     for eps in sorted({r["eps"] for r in rows}):
         rs = [r for r in rows if r["eps"] == eps]
@@ -181,7 +191,26 @@ def summarize(rows: list[dict]) -> list[dict]:
         if all("pgd_robust" in r for r in rs):
             row["pgd"] = sum(r["pgd_robust"] for r in rs) / len(rs)
         row["certified"] = sum(r["certified"] for r in rs) / len(rs)
+        if all("verdict" in r for r in rs):
+            for verdict in ("verified", "falsified", "unknown"):
+                row[verdict] = sum(r["verdict"] == verdict for r in rs)
         out.append(row)
+    return out
+
+
+def stage_summary(rows: list[dict]) -> list[dict]:
+    """Per radius and cascade stage (rows with a ``verdict``): the inputs the stage ran on and decided, how many
+    it verified and falsified, and its total and mean seconds per input it ran on."""
+    out = []
+    for eps in sorted({r["eps"] for r in rows if "verdict" in r}):
+        rs = [r for r in rows if r["eps"] == eps and "verdict" in r]
+        for stage in [st for st in STAGES if any(st in r["seconds"] for r in rs)]:
+            ran = [r for r in rs if stage in r["seconds"]]
+            total = sum(r["seconds"][stage] for r in ran)
+            out.append({"eps": eps, "stage": stage, "ran": len(ran),
+                        "verified": sum(r["stage"] == stage and r["verdict"] == "verified" for r in rs),
+                        "falsified": sum(r["stage"] == stage and r["verdict"] == "falsified" for r in rs),
+                        "seconds": round(total, 2), "s/input": round(total / len(ran), 3)})
     return out
 
 
