@@ -140,7 +140,7 @@ def test_every_certificate_runs_and_is_sound_on_the_halfplane(noise, certificate
 
 
 def test_smoothadv_attack_raises_the_soft_loss_and_stays_in_the_ball():
-    from certkit.train.objectives import smoothadv_attack
+    from certkit.attacks.smoothed import smoothadv_attack
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
@@ -158,7 +158,7 @@ def test_smoothadv_attack_raises_the_soft_loss_and_stays_in_the_ball():
 
 
 def test_no_grad_smoothadv_direction_matches_the_true_gradient_and_raises_the_loss():
-    from certkit.train.objectives import smoothadv_attack
+    from certkit.attacks.smoothed import smoothadv_attack
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
