@@ -18,7 +18,10 @@ stage), and the loop's L1 penalty. The learning rate is ``lr·lr_stage_factor^l`
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +75,13 @@ class ColtSchedule:
         return 0.0 if self.relu_stable is None else self.relu_stable * self.relu_stable_factor ** stage
 
 
+def colt_schedule(cfg: Any) -> ColtSchedule:
+    """The schedule a :class:`~certkit.train.loop.TrainConfig`'s [colt] section describes."""
+    return ColtSchedule(cfg.colt_stage_epochs, cfg.eps, cfg.colt_start_eps_factor, cfg.colt_eps_factor,
+                        cfg.colt_mix_epochs, cfg.lr, cfg.colt_lr_stage_factor, cfg.colt_lr_step, cfg.lr_gamma,
+                        cfg.colt_relu_stable, cfg.colt_relu_stable_factor)
+
+
 class ColtTraining(Objective):
     """One step of COLT (module docstring). ``layers``: graph indices of the latent ReLU outputs, one per stage
     after stage 0; ``steps_per_epoch`` converts steps to (fractional) epochs for the schedule."""
@@ -88,6 +98,15 @@ class ColtTraining(Objective):
         self.attack_steps, self.attack_step, self.projections = attack_steps, attack_step, projections
         self.nat_factor = nat_factor
         self.pgd_steps = attack_steps if pgd_steps is None else pgd_steps
+
+    def lr_at(self, epoch: float) -> float:
+        """COLT's own schedule: the learning rate restarts (scaled) at every stage and decays within it."""
+        return self.schedule.lr_at(epoch)
+
+    def end_epoch(self, epoch: int, out: Path) -> None:
+        """At the end of a stage, keep its model as ``stage{k}.safetensors``."""
+        if epoch + 1 in self.schedule.starts[1:] + [sum(self.schedule.stage_epochs)]:
+            shutil.copyfile(out / "model.safetensors", out / f"stage{self.schedule.stage(epoch)}.safetensors")
 
     def freeze(self, model: nn.Module, stage: int) -> None:
         """Layers up to the stage's latent layer take no more updates (their parameters get no gradient)."""

@@ -14,6 +14,9 @@ An L1 penalty on the weights (``l1``) can be added to any objective by the train
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,15 +27,26 @@ from certkit.bounds.interval import interval_bounds
 from certkit.specs import ball, margin_spec, worst_case_logits
 from certkit.train.schedules import Ramp
 
+OBJECTIVES = ("standard", "pgd", "ibp", "colt", "gaussian", "stability", "smoothadv")
+
 
 class Objective:
     """Returns (loss, metrics); metric values are floats or detached 0-d tensors, so that a training step
     never waits for the device just to log."""
 
     name = "objective"
+    channels_last = False  # only plain forward passes: the loop may store conv nets channels-last (faster on CPU)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int):
         raise NotImplementedError
+
+    def lr_at(self, epoch: float) -> float | None:
+        """The learning rate at a (fractional) epoch if the objective owns its schedule (COLT); None: the
+        config's (``lr`` decayed by ``lr_gamma`` at ``lr_milestones``)."""
+        return None
+
+    def end_epoch(self, epoch: int, out: Path) -> None:
+        """Called once epoch ``epoch`` (0-based) is saved in ``out`` (``model.safetensors``)."""
 
 
 class Standard(Objective):
@@ -87,6 +101,7 @@ class GaussianAugmentation(Objective):
     """Cohen et al. 2019: cross-entropy on inputs with Gaussian noise of standard deviation σ (pixel space)."""
 
     name = "gaussian"
+    channels_last = True
 
     def __init__(self, sigma: float):
         self.sigma = sigma
@@ -102,6 +117,7 @@ class StabilityTraining(Objective):
     Gaussian n of standard deviation σ (the clean prediction is the soft target of the noisy one)."""
 
     name = "stability"
+    channels_last = True
 
     def __init__(self, sigma: float, gamma: float = 1.0):
         self.sigma, self.gamma = sigma, gamma
@@ -121,6 +137,7 @@ class SmoothAdvTraining(Objective):
     copies), x' from :func:`smoothadv_attack` with the same draws, ε warmed up by a ramp."""
 
     name = "smoothadv"
+    channels_last = True
 
     def __init__(self, eps: Ramp, sigma: float, m: int = 1, steps: int = 1, no_grad: bool = False):
         self.eps, self.sigma, self.m, self.steps, self.no_grad = eps, sigma, m, steps, no_grad
@@ -137,3 +154,29 @@ class SmoothAdvTraining(Objective):
         yy = y.repeat_interleave(self.m)
         loss = F.cross_entropy(logits, yy)
         return loss, {"loss": loss.detach(), "eps": eps, "adv_noisy_acc": (logits.argmax(1) == yy).float().mean()}
+
+
+def build_objective(cfg: Any, steps_per_epoch: int, num_classes: int, model: nn.Module | None = None) -> Objective:
+    """The objective a :class:`~certkit.train.loop.TrainConfig` names, with its ramps in steps: ε (and IBP's κ)
+    stay at their start for ``warmup_epochs``, then go linearly to their end over ``ramp_epochs``."""
+    begin, length = round(cfg.warmup_epochs * steps_per_epoch), round(cfg.ramp_epochs * steps_per_epoch)
+    eps = Ramp(0.0, cfg.eps, begin, length)
+    if cfg.objective == "colt":
+        from certkit.train.colt import ColtTraining, colt_schedule, latent_layers
+
+        return ColtTraining(colt_schedule(cfg), latent_layers(model, cfg.colt_layers), steps_per_epoch,
+                            cfg.colt_attack_steps, cfg.colt_attack_step, cfg.colt_projections, cfg.colt_nat_factor,
+                            cfg.pgd_steps)
+    builders = {
+        "standard": lambda: Standard(),
+        "gaussian": lambda: GaussianAugmentation(cfg.sigma),
+        "stability": lambda: StabilityTraining(cfg.sigma, cfg.stability_gamma),
+        # SmoothAdv: the L2 attack radius warms up like ε
+        "smoothadv": lambda: SmoothAdvTraining(eps, cfg.sigma, cfg.smoothadv_m, cfg.smoothadv_steps,
+                                               cfg.smoothadv_no_grad),
+        "pgd": lambda: PGDTraining(eps, cfg.norm, cfg.pgd_steps),
+        "ibp": lambda: IBPTraining(eps, Ramp(cfg.kappa_start, cfg.kappa_end, begin, length), num_classes, cfg.norm),
+    }
+    if cfg.objective not in builders:
+        raise ValueError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
+    return builders[cfg.objective]()
