@@ -122,11 +122,11 @@ ramp_epochs = 1
 
 
 def test_warm_up_then_linear_eps_ramp():
-    from certkit.generative.train import VAEConfig, _ramp
+    from certkit.generative.train import VAEConfig, eps_ramp
 
-    cfg = VAEConfig(eps=0.1, warmup_epochs=1, ramp_epochs=4)
-    assert [_ramp(cfg, t) for t in (0, 0.5, 1, 2, 3, 5, 9)] == pytest.approx([0, 0, 0, 0.25, 0.5, 1, 1])
-    assert _ramp(VAEConfig(eps=0.1, ramp_epochs=0), 0) == 1.0
+    ramp = eps_ramp(VAEConfig(eps=0.1, warmup_epochs=1, ramp_epochs=4))
+    assert [ramp(t) for t in (0, 0.5, 1, 2, 3, 5, 9)] == pytest.approx([0, 0, 0, 0.025, 0.05, 0.1, 0.1])
+    assert eps_ramp(VAEConfig(eps=0.1, ramp_epochs=0))(0) == 0.1
 
 
 def test_several_draws_at_once_equal_one_draw_at_a_time(vae):

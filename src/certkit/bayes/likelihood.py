@@ -20,6 +20,7 @@ from torch.func import functional_call
 from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import crown_bounds
 from certkit.specs import LinearSpec, LinfBall
+from certkit.train.schedules import Ramp
 
 
 class _Bounded(nn.Module):
@@ -151,7 +152,5 @@ class ScheduledLoglik:
 
 def eps_schedule(eps: float, epoch: int, ramp_epochs: int) -> float:
     """Linear ramp that reaches ``eps`` at the last ramp epoch (epoch counted from 0): the authors' code stops at
-    E/(E+1)·ε; this one does not."""
-    if ramp_epochs <= 1:
-        return eps
-    return eps * min(1.0, epoch / (ramp_epochs - 1))
+    E/(E+1)·ε; this one does not. The library's one :class:`~certkit.train.schedules.Ramp`, per epoch."""
+    return Ramp(0.0, eps, 0, max(ramp_epochs - 1, 0))(epoch)

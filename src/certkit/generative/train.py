@@ -23,6 +23,7 @@ from certkit.errors import ConfigError
 from certkit.generative.vae import VAE, elbo_attack
 from certkit.io import CheckpointError, ResultsWriter, check_config_types, hold_lock, read_metadata, save_model
 from certkit.train import checkpoint
+from certkit.train.schedules import Ramp
 
 
 @dataclass
@@ -80,12 +81,9 @@ def _arch(cfg: VAEConfig, shape) -> dict:
             "kwargs": {"latent": cfg.latent, "hidden": cfg.hidden, "sigma0": cfg.sigma0}}
 
 
-def _ramp(cfg: VAEConfig, t: float) -> float:
-    """Fraction of ε_train in force at (fractional) epoch t: 0 during warm-up, then linear up to 1."""
-    t = t - cfg.warmup_epochs
-    if t < 0:
-        return 0.0
-    return 1.0 if cfg.ramp_epochs <= 0 else min(1.0, t / cfg.ramp_epochs)
+def eps_ramp(cfg: VAEConfig) -> Ramp:
+    """ε_train at a (fractional) epoch: 0 during warm-up, then linear up to ``cfg.eps`` over ``ramp_epochs``."""
+    return Ramp(0.0, cfg.eps, cfg.warmup_epochs, cfg.ramp_epochs)
 
 
 def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
@@ -111,6 +109,7 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_se
     start = checkpoint.restore(out, config, vae, opt, resume)
     history = ResultsWriter(out / "history.jsonl", key="epoch")
     steps = math.ceil(len(data) / cfg.batch_size)
+    ramp = eps_ramp(cfg)
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
         vae.train()
@@ -118,7 +117,7 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_se
         tot_bound = 0.0
         for b in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
             x = data.x[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]].to(device)
-            eps = cfg.eps * _ramp(cfg, epoch + b / steps)
+            eps = ramp(epoch + b / steps)
             nu = torch.randn(x.shape[0], cfg.latent, device=device)
             bound = vae.elbo_bound(x, eps, nu) if eps > 0 else vae.elbo(x, nu)
             loss = -bound.mean() / math.prod(data.shape)  # per pixel: a step size independent of the image size
@@ -126,7 +125,7 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_se
             loss.backward()
             opt.step()
             tot_bound += bound.detach().mean().item()
-        row = {"epoch": epoch + 1, "train_bound": tot_bound / steps, "eps": cfg.eps * _ramp(cfg, epoch + 1),
+        row = {"epoch": epoch + 1, "train_bound": tot_bound / steps, "eps": ramp(epoch + 1),
                "time_s": round(time.time() - t0, 1)}
         history.write([row])
         save_model(out / "model.safetensors", vae.cpu(), _arch(cfg, data.shape), config=config, epoch=epoch + 1)
