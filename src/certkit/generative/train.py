@@ -10,7 +10,6 @@ import math
 import os
 import time
 import typing
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from certkit.data import Dataset, load_dataset
 from certkit.errors import ConfigError
 from certkit.generative.vae import VAE, elbo_attack
-from certkit.io import CheckpointError, ResultsWriter, check_config_types, hold_lock, read_metadata, save_model
+from certkit.io import CheckpointError, ResultsWriter, check_config_types, read_metadata
 from certkit.train import checkpoint
 from certkit.train.schedules import Ramp
 
@@ -90,9 +89,7 @@ def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, p
               train_set: Dataset | None = None, log: bool = True) -> tuple[VAE, list[dict]]:
     """Run (or resume) the proVAE training of ``cfg`` in ``out_dir`` (locked for the call, as
     :func:`certkit.train.loop.train`); returns (model, history rows)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with hold_lock(out / "run.lock") or nullcontext():  # the lock file closes (unlocks) on leaving
+    with checkpoint.run_directory(out_dir) as out:
         return _train_vae(cfg, out, resume, progress, train_set, log)
 
 
@@ -127,10 +124,7 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_se
             tot_bound += bound.detach().mean().item()
         row = {"epoch": epoch + 1, "train_bound": tot_bound / steps, "eps": ramp(epoch + 1),
                "time_s": round(time.time() - t0, 1)}
-        history.write([row])
-        save_model(out / "model.safetensors", vae.cpu(), _arch(cfg, data.shape), config=config, epoch=epoch + 1)
-        vae.to(device)
-        checkpoint.save(out, epoch + 1, config, vae, opt)
+        checkpoint.end_epoch(out, epoch + 1, config, vae, opt, _arch(cfg, data.shape), history, row)
         if log:
             print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return vae.eval(), history.results

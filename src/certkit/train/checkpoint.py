@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,31 @@ def save(out: Path, epoch: int, config: dict[str, Any], model: nn.Module, opt: t
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
                 "config": json.dumps(config)}, tmp)
     os.replace(tmp, out / STATE)
+
+
+@contextmanager
+def run_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """The run directory, created if needed and locked while the block runs (``run.lock``): a second run in it
+    raises :class:`certkit.io.InUseError` instead of writing the same files."""
+    from certkit.io import hold_lock
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with hold_lock(out / "run.lock") or nullcontext():  # the lock file closes (unlocks) on leaving
+        yield out
+
+
+def end_epoch(out: Path, epoch: int, config: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
+              arch: dict[str, Any], history, row: dict[str, Any], **meta: Any) -> None:
+    """After ``epoch`` finished epochs: the history row, ``model.safetensors`` (with ``arch``, the config and
+    ``meta``) and the resumable state, in that order (a kill between them redoes at most this epoch)."""
+    from certkit.io import save_model
+
+    device = next(model.parameters()).device
+    history.write([row])
+    save_model(out / "model.safetensors", model.cpu(), arch, config=config, epoch=epoch, **meta)
+    model.to(device)
+    save(out, epoch, config, model, opt)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ import math
 import os
 import time
 import typing
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from certkit import graph as g
 from certkit.data import Dataset, load_dataset
 from certkit.errors import ConfigError
-from certkit.io import ResultsWriter, check_config_types, hold_lock, save_model
+from certkit.io import ResultsWriter, check_config_types
 from certkit.models import build
 from certkit.train import checkpoint
 from certkit.train.objectives import OBJECTIVES, Objective, build_objective
@@ -207,9 +206,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, pro
     ``resume=False`` discards an earlier run in ``out_dir``; ``progress`` shows a bar per epoch; ``log`` prints
     one line per epoch; ``until``: stop after that epoch (a time-boxed part of a run that resumes later). The
     directory is locked for the call (``run.lock``): a second run in it raises :class:`certkit.io.InUseError`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with hold_lock(out / "run.lock") or nullcontext():  # the lock file closes (unlocks) on leaving
+    with checkpoint.run_directory(out_dir) as out:
         return _train(cfg, out, resume, progress, train_set, test_set, log, until)
 
 
@@ -277,11 +274,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set:
                "lr": lr_at(cfg, objective, epoch), f"test_clean_acc@{cfg.eval_n}": ev["clean_acc"],
                f"test_ibp_acc@{cfg.eval_eps}": ev["cert_acc"], "train_time_s": round(train_time, 1),
                "time_s": round(time.time() - t0, 1)}
-        history.write([row])
-        save_model(out / "model.safetensors", model.cpu(), _arch_meta(cfg, train_set), config=config,
-                   epoch=epoch + 1, metrics=row)
-        model.to(device)
-        checkpoint.save(out, epoch + 1, config, model, opt)
+        checkpoint.end_epoch(out, epoch + 1, config, model, opt, _arch_meta(cfg, train_set), history, row, metrics=row)
         objective.end_epoch(epoch, out)
         if log:
             print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
