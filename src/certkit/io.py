@@ -10,6 +10,7 @@ already wrote (dropping a torn last line) so that the run resumes without losing
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -140,6 +141,34 @@ def check_config_types(values: dict[str, Any], field_types: dict[str, Any], name
         if not _fits(value, tp):
             shown = (names or {}).get(key, key)
             raise ConfigError(f"{where}: '{shown}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def read_dataclass(cls: type, raw: dict[str, Any], sections: dict[str, dict[str, str]] | None = None,
+                   flat: tuple[str, ...] | None = ("train",)) -> tuple[Any, dict[str, Any]]:
+    """A config dataclass from a TOML dict, the one reader of every config: top-level keys and the keys of the
+    ``flat`` sections (every other table when ``flat`` is None) are fields by name; the keys of ``sections[s]``
+    map to fields as that table says. Unknown keys and values of the wrong type raise
+    :class:`~certkit.errors.ConfigError` naming the key as written. Returns (instance, the fields given)."""
+    sections = sections or {}
+    values: dict[str, Any] = {}
+    names: dict[str, str] = {}  # field -> the key as written in the TOML file
+    for key, value in raw.items():
+        if key in sections and isinstance(value, dict):
+            for k, v in value.items():
+                if k not in sections[key]:
+                    raise ConfigError(f"unknown key '{key}.{k}' in config")
+                values[sections[key][k]], names[sections[key][k]] = v, f"{key}.{k}"
+        elif isinstance(value, dict) and (flat is None or key in flat):
+            for k, v in value.items():
+                values[k], names[k] = v, f"{key}.{k}"
+        else:
+            values[key], names[key] = value, key
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(names[k] for k in set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    check_config_types(values, typing.get_type_hints(cls), names)
+    return cls(**values), values
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 from certkit.data import Dataset, load_dataset
 from certkit.errors import ConfigError
 from certkit.generative.vae import VAE, elbo_attack
-from certkit.io import CheckpointError, ResultsWriter, check_config_types, read_metadata
+from certkit.io import CheckpointError, ResultsWriter, read_dataclass, read_metadata
 from certkit.train import checkpoint
 from certkit.train.schedules import Ramp
 
@@ -45,21 +44,8 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VAEConfig:
-        flat, names = {}, {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                flat.update(v)
-                names.update({kk: f"{k}.{kk}" for kk in v})
-            else:
-                flat[k] = v
-        rename = {"dataset": "data", "dir": "data_dir"}
-        names = {rename.get(k, k): v for k, v in names.items()}
-        flat = {rename.get(k, k): v for k, v in flat.items()}
-        unknown = set(flat) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
-        check_config_types(flat, typing.get_type_hints(cls), names)
-        cfg = cls(**flat)
+        cfg, _ = read_dataclass(cls, d, {"data": {"dataset": "data", "dir": "data_dir", "train_n": "train_n"}},
+                                flat=None)
         if cfg.eps < 0 or cfg.sigma0 <= 0 or cfg.epochs <= 0:
             raise ConfigError("eps must be non-negative, sigma0 and epochs positive")
         return cfg

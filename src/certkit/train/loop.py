@@ -11,7 +11,6 @@ import dataclasses
 import math
 import os
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from certkit import graph as g
 from certkit.data import Dataset, load_dataset
 from certkit.errors import ConfigError
-from certkit.io import ResultsWriter, check_config_types
+from certkit.io import ResultsWriter, read_dataclass
 from certkit.models import build
 from certkit.train import checkpoint
 from certkit.train.objectives import OBJECTIVES, Objective, build_objective
@@ -99,26 +98,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Read a TOML-style dict with optional [data], [model], [train] and [eval] sections."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        flat: dict[str, Any] = {}
-        names: dict[str, str] = {}  # field -> the key as written in the TOML file
-        for key, value in d.items():
-            if key in cls._SECTIONS and isinstance(value, dict):
-                for k, v in value.items():
-                    if k not in cls._SECTIONS[key]:
-                        raise ConfigError(f"unknown key '{key}.{k}' in config")
-                    flat[cls._SECTIONS[key][k]] = v
-                    names[cls._SECTIONS[key][k]] = f"{key}.{k}"
-            elif key == "train" and isinstance(value, dict):
-                flat.update(value)
-                names.update({k: f"train.{k}" for k in value})
-            else:
-                flat[key] = value
-        unknown = set(flat) - known
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
-        check_config_types(flat, typing.get_type_hints(cls), names)
-        cfg = cls(**flat)
+        cfg, flat = read_dataclass(cls, d, cls._SECTIONS)
         if cfg.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
         if cfg.objective == "colt":
