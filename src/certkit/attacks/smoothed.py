@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from certkit import rng
+from certkit.smoothing.smooth import Noise, noisy_forward
 from certkit.specs import L2Ball, LinfBall
 
 
-def _soft_loss(model, x, y, noise):
-    B, m = noise.shape[:2]
-    probs = F.softmax(model((x.unsqueeze(1) + noise).flatten(0, 1)), 1).view(B, m, -1).mean(1)
+def soft_smoothed_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """SmoothAdv's objective: −log of the soft smoothed classifier's probability of y, the softmax averaged
+    over the noise draws (B, m, ...) -> (B,)."""
+    probs = F.softmax(noisy_forward(model, x, noise), 2).mean(1)
     return -torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).squeeze(1)
 
 
@@ -45,14 +47,14 @@ def smoothadv_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: 
         if no_grad:
             with torch.no_grad():
                 B, m = noise.shape[:2]
-                logits = model((xa.unsqueeze(1) + noise).flatten(0, 1))
-                p = torch.softmax(logits, 1).gather(1, y.repeat_interleave(m)[:, None]).view(B, m)
+                p = torch.softmax(noisy_forward(model, xa, noise), 2).gather(2, y.view(B, 1, 1).expand(B, m, 1))
+                p = p.squeeze(2)
                 w = (p - p.mean(1, keepdim=True)).view(B, m, *([1] * (x.dim() - 1)))
                 grad = -(w * noise).sum(1)
         else:
             xa.requires_grad_(True)
             with torch.enable_grad():
-                grad, = torch.autograd.grad(_soft_loss(model, xa, y, noise).sum(), xa)
+                grad, = torch.autograd.grad(soft_smoothed_loss(model, xa, y, noise).sum(), xa)
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
         xa = s.project(xa.detach() + step * grad / norm)
     return xa.detach()
@@ -77,11 +79,10 @@ def smoothadv_ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         alpha = 0.01 + (alpha0 - 0.01) * (1 + torch.cos(torch.tensor(k / steps * torch.pi))) / 2  # cosine decay
         delta.requires_grad_(True)
         with torch.enable_grad():
-            loss = _soft_loss(model, x + delta, y, noise)
+            loss = soft_smoothed_loss(model, x + delta, y, noise)
             grad, = torch.autograd.grad(loss.sum(), delta)
         with torch.no_grad():
-            probs = F.softmax(model((x + delta).unsqueeze(1).add(noise).flatten(0, 1)), 1)
-            adv = probs.view(x.shape[0], noise.shape[1], -1).mean(1).argmax(1) != y
+            adv = F.softmax(noisy_forward(model, x + delta, noise), 2).mean(1).argmax(1) != y
             norm = torch.where(adv, norm * (1 - gamma), norm * (1 + gamma)).clamp(max=eps)
             g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
             delta = delta.detach() + alpha * g
@@ -94,8 +95,6 @@ def eot_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, sigm
             steps: int = 40, step_size: float | None = None, noise: str = "gaussian",
             generator: torch.Generator | None = None) -> torch.Tensor:
     """L∞ PGD against the expectation over noise of the cross-entropy (fresh draws at every step)."""
-    from certkit.smoothing import Noise
-
     nz = Noise(noise, sigma)
     s = LinfBall(x.detach(), eps)
     step = 2.5 * eps / max(steps, 1) if step_size is None else step_size
@@ -103,9 +102,8 @@ def eot_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, sigm
     for _ in range(steps):
         xa.requires_grad_(True)
         with torch.enable_grad():
-            rep = xa.unsqueeze(1).expand(-1, samples, *x.shape[1:])
-            noisy = rep + nz.sample(rep.shape, generator, x.device, x.dtype)
-            loss = F.cross_entropy(model(noisy.flatten(0, 1)), y.repeat_interleave(samples))
+            noise = nz.sample((x.shape[0], samples, *x.shape[1:]), generator, x.device, x.dtype)
+            loss = F.cross_entropy(noisy_forward(model, xa, noise).flatten(0, 1), y.repeat_interleave(samples))
             grad, = torch.autograd.grad(loss, xa)
         xa = s.project(xa.detach() + step * grad.sign())
     return xa.detach()
@@ -116,8 +114,6 @@ def eot_cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, c: 
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Carlini–Wagner L2 on noise-averaged logits; returns the smallest δ found that fools the averaged logits
     (x itself where none did)."""
-    from certkit.smoothing import Noise
-
     nz = Noise(noise, sigma)
     w = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6)).detach().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
@@ -125,9 +121,8 @@ def eot_cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, c: 
     for _ in range(steps):
         with torch.enable_grad():
             xa = (torch.tanh(w) + 1) / 2
-            rep = xa.unsqueeze(1).expand(-1, samples, *x.shape[1:])
-            z = model((rep + nz.sample(rep.shape, generator, x.device, x.dtype)).flatten(0, 1))
-            z = z.view(x.shape[0], samples, -1).mean(1)
+            noise = nz.sample((x.shape[0], samples, *x.shape[1:]), generator, x.device, x.dtype)
+            z = noisy_forward(model, xa, noise).mean(1)
             zy = z.gather(1, y[:, None]).squeeze(1)
             other = z.scatter(1, y[:, None], -float("inf")).amax(1)
             dist = (xa - x).flatten(1).pow(2).sum(1)
@@ -145,11 +140,8 @@ def eot_cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, c: 
 def vote(model: nn.Module, x: torch.Tensor, sigma: float, n: int = 100, noise: str = "gaussian",
          generator: torch.Generator | None = None) -> torch.Tensor:
     """The smoothed classifier's majority vote over n fresh draws (no abstention)."""
-    from certkit.smoothing import Noise
-
     nz = Noise(noise, sigma)
-    rep = x.unsqueeze(1).expand(-1, n, *x.shape[1:])
-    pred = model((rep + nz.sample(rep.shape, generator, x.device, x.dtype)).flatten(0, 1)).argmax(1)
-    k = model(x[:1]).shape[1]
-    return torch.zeros(x.shape[0], k, device=x.device).scatter_add_(
-        1, pred.view(x.shape[0], n), torch.ones(x.shape[0], n, device=x.device)).argmax(1)
+    out = noisy_forward(model, x, nz.sample((x.shape[0], n, *x.shape[1:]), generator, x.device, x.dtype))
+    pred = out.argmax(2)
+    return torch.zeros(x.shape[0], out.shape[2], device=x.device).scatter_add_(
+        1, pred, torch.ones(x.shape[0], n, device=x.device)).argmax(1)

@@ -28,6 +28,13 @@ CERTIFICATES = {
 NORM_OF = {"cohen": "2", "cohen2": "2", "renyi": "2", "pixeldp": "2", "laplace": "1", "laplace1": "1", "uniform": "1"}
 
 
+def noisy_forward(model: nn.Module, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The model's outputs on the noisy copies ``x + noise_i``: x (B, ...), noise (B, m, ...) -> (B, m, K), in
+    one batch of B·m inputs (every smoothing prediction, attack and training objective goes through here)."""
+    B, m = noise.shape[:2]
+    return model((x.unsqueeze(1) + noise).flatten(0, 1)).view(B, m, -1)
+
+
 @dataclass
 class Noise:
     """``kind``: 'gaussian' (σ = scale), 'laplace' (scale λ: density ∝ exp(−|z|/λ)) or 'uniform' (on [−λ, λ])."""
@@ -93,8 +100,8 @@ class Smooth:
 
     def _votes(self, x: torch.Tensor, m: int, generator) -> torch.Tensor:
         B = x.shape[0]
-        noisy = self.noise.sample((B, m, *x.shape[1:]), generator, x.device, x.dtype).add_(x.unsqueeze(1))
-        pred = self.base(noisy.flatten(0, 1)).argmax(1).view(B, m)
+        noise = self.noise.sample((B, m, *x.shape[1:]), generator, x.device, x.dtype)
+        pred = noisy_forward(self.base, x, noise).argmax(2)
         votes = torch.zeros(B, self.num_classes, dtype=torch.long, device=x.device)
         return votes.scatter_add_(1, pred, torch.ones_like(pred))
 

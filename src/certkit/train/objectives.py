@@ -24,6 +24,7 @@ from torch import nn
 from certkit.attacks.pgd import pgd
 from certkit.attacks.smoothed import smoothadv_attack
 from certkit.bounds.interval import interval_bounds
+from certkit.smoothing.smooth import noisy_forward
 from certkit.specs import ball, margin_spec, worst_case_logits
 from certkit.train.schedules import Ramp
 
@@ -150,7 +151,7 @@ class SmoothAdvTraining(Objective):
             model.eval()
             x = smoothadv_attack(model, x, y, noise, eps, self.steps, no_grad=self.no_grad)
             model.train(was)
-        logits = model((x.unsqueeze(1) + noise).flatten(0, 1))
+        logits = noisy_forward(model, x, noise).flatten(0, 1)
         yy = y.repeat_interleave(self.m)
         loss = F.cross_entropy(logits, yy)
         return loss, {"loss": loss.detach(), "eps": eps, "adv_noisy_acc": (logits.argmax(1) == yy).float().mean()}
