@@ -156,3 +156,14 @@ def test_counterexamples_lie_in_the_exact_set():
     for seed in (101643, 101807):
         fuzz.run_case(seed, ("verify",), 2.0, st)
     assert st.violations == [] and st.verdicts["falsified"] > 0
+
+
+@pytest.mark.parametrize("seed", [104401, 104299])
+def test_milp_numerics_found_by_the_campaign(seed):
+    """104401: with a feasibility tolerance of 1e-8, HiGHS's presolve called a feasible LP infeasible ('verified'
+    with a counterexample in the set). 104299: variable bounds up to 6e5 and a MIP declared optimal 0.003 above
+    the true minimum (the reported bound above a real point's value)."""
+    from certkit import fuzz
+
+    st = fuzz.run_case(seed, ("verify", "milp"), 2.0)
+    assert st.violations == [], st.violations

@@ -242,7 +242,7 @@ class MilpEncoding:
         self.centre = torch.minimum(torch.maximum(input_set.x.detach().double(), box.lower), box.upper)
         with torch.no_grad():
             self.centre_out = graph.forward(self.centre).reshape(-1).numpy()
-        # HiGHS's tolerances are absolute (1e-7 here): with numbers beyond _MAX_MAGNITUDE they no longer separate
+        # HiGHS's tolerances are absolute: with numbers beyond _MAX_MAGNITUDE they no longer separate
         # feasible from infeasible (measured: weights of 1e9 made satisfiable properties "infeasible")
         col_lo, col_up = self._cols[0], self._cols[1]
         finite = np.concatenate([col_lo[np.isfinite(col_lo)], col_up[np.isfinite(col_up)], self._entries[2],
@@ -291,20 +291,26 @@ class MilpEncoding:
             rl = rl - _PRE_SLACK[0] * (1 + np.abs(rl)) - _PRE_SLACK[1] * (row_up - row_lo)
             row_lo_cut = np.minimum(np.maximum(row_lo, rl), C64 @ self.centre_out + d64)
         deadline = t0 + time_limit + 1.0  # HiGHS can overrun its own limit inside presolve and sub-MIPs
+        # HiGHS's tolerances are absolute, its errors grow with the encoding's numbers: measured 0.003 on an
+        # objective of 1790 with variable bounds up to 6e5 ("Optimal", a bound above a real point's value)
+        tolerance = tolerance + 1e-6 * self.magnitude
         cut = threshold + tolerance
 
         def stop_when_late(event) -> None:
             if time.perf_counter() > deadline:
                 event.interrupt()
 
-        def solve(lp: highspy.HighsLp, seed: int) -> highspy.Highs:
+        def solve(lp: highspy.HighsLp, seed: int, presolve: bool = True) -> highspy.Highs:
+            # HiGHS's default feasibility tolerances: tighter ones (1e-8) made presolve call a feasible LP
+            # infeasible (found by the fuzz campaign); looser is the safe side for a proof of infeasibility, and
+            # every solution is re-checked exactly anyway
             h = highspy.Highs()
             h.setOptionValue("output_flag", False)
             h.setOptionValue("time_limit", float(max(deadline - 1.0 - time.perf_counter(), 0.01)))
-            h.setOptionValue("mip_feasibility_tolerance", 1e-7)
-            h.setOptionValue("primal_feasibility_tolerance", 1e-8)
             h.setOptionValue("small_matrix_value", _HIGHS_SMALL)
             h.setOptionValue("random_seed", seed)
+            if not presolve:
+                h.setOptionValue("presolve", "off")
             h.passModel(lp)
             h.cbMipInterrupt.subscribe(stop_when_late)
             h.cbSimplexInterrupt.subscribe(stop_when_late)
@@ -318,15 +324,17 @@ class MilpEncoding:
         h = solve(lp, 0)
         if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
             # "Infeasible" is the proof, so it must not rest on one search nor on bounds added here: a second
-            # solve, on another random path and without ``row_lower``, has to agree (HiGHS was measured to call a
-            # feasible MILP infeasible, see _relax_tiny; float32 row bounds made an empty column, see above).
-            h = solve(self._property_lp(C64, d64, cl, row_lo, row_up)[0] if row_lo_cut is not None else lp, 1)
+            # solve, on another random path, without presolve (where HiGHS's numerical slips were found) and
+            # without ``row_lower``, has to agree (HiGHS was measured to call a feasible MILP infeasible, see
+            # _relax_tiny; float32 row bounds made an empty column, see above)
+            h = solve(self._property_lp(C64, d64, cl, row_lo, row_up)[0] if row_lo_cut is not None else lp, 1,
+                      presolve=False)
         status = h.getModelStatus()
         info = h.getInfo()
         seconds = time.perf_counter() - t0
         name = h.modelStatusToString(status)
-        # HiGHS's answers hold up to its feasibility tolerances (1e-7 here): a reported bound keeps half of
-        # ``tolerance`` in reserve, so that a verified minimum is still reported above ``threshold``
+        # HiGHS's answers hold up to its tolerances: a reported bound keeps half of ``tolerance`` in reserve, so
+        # that a verified minimum is still reported above ``threshold``
         reserve = tolerance / 2
         trusted = self.magnitude <= _MAX_MAGNITUDE
         if status == highspy.HighsModelStatus.kInfeasible:  # nothing below the cutoff
