@@ -337,6 +337,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from certkit.smoothing.smooth import RULES as CERTIFICATE_RULES
+
     p = argparse.ArgumentParser(prog="certkit", description="Certified adversarial robustness.")
     p.add_argument("--version", action="version", version=f"certkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -383,10 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--data", default=None)
     sm.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace", "uniform"])
     sm.add_argument("--sigma", type=float, default=0.25, help="noise scale (σ, or λ for laplace/uniform)")
-    sm.add_argument("--certificate", default="cohen",
-                    choices=["cohen", "cohen2", "renyi", "pixeldp", "laplace", "laplace1", "uniform"])
-    sm.add_argument("--recertify", default=None, choices=["cohen", "cohen2", "renyi", "pixeldp", "laplace", "laplace1",
-                                                           "uniform"],
+    sm.add_argument("--certificate", default="cohen", choices=list(CERTIFICATE_RULES))
+    sm.add_argument("--recertify", default=None, choices=list(CERTIFICATE_RULES),
                     help="report: recompute the radii with this certificate from the stored counts (--sigma, --alpha)")
     sm.add_argument("--n0", type=int, default=100)
     sm.add_argument("--n", type=int, default=100_000, help="noise draws for the bound (CERTIFY) or the vote")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,12 +21,31 @@ from torch import nn
 from certkit import rng
 from certkit.smoothing import certificates as cert
 
-CERTIFICATES = {
-    "gaussian": ("cohen", "cohen2", "renyi", "pixeldp"),
-    "laplace": ("laplace", "laplace1"),
-    "uniform": ("uniform",),
+
+@dataclass(frozen=True)
+class CertificateRule:
+    """One certificate: the noise it needs, the norm of its radius, whether it needs a runner-up bound p_B
+    (two-class: p_A and p_B each at level α/2), and its radius from (p_A lower, p_B upper, noise scale)."""
+
+    noise: str
+    norm: str
+    two_class: bool
+    radius: Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+
+
+RULES: dict[str, CertificateRule] = {
+    "cohen": CertificateRule("gaussian", "2", False, lambda pa, pb, s: cert.cohen_radius(pa, s)),
+    "cohen2": CertificateRule("gaussian", "2", True, cert.cohen_two_class_radius),
+    "renyi": CertificateRule("gaussian", "2", True, cert.renyi_radius),
+    "pixeldp": CertificateRule("gaussian", "2", True, cert.pixeldp_radius),
+    "laplace": CertificateRule("laplace", "1", True, cert.laplace_radius),
+    "laplace1": CertificateRule("laplace", "1", False, lambda pa, pb, s: cert.laplace_radius(pa, None, s)),
+    "uniform": CertificateRule("uniform", "1", False, lambda pa, pb, s: cert.uniform_l1_radius(pa, s)),
 }
-NORM_OF = {"cohen": "2", "cohen2": "2", "renyi": "2", "pixeldp": "2", "laplace": "1", "laplace1": "1", "uniform": "1"}
+# derived views: the certificates of each noise, and each certificate's norm
+CERTIFICATES = {kind: tuple(n for n, r in RULES.items() if r.noise == kind) for kind in ("gaussian", "laplace",
+                                                                                         "uniform")}
+NORM_OF = {n: r.norm for n, r in RULES.items()}
 
 
 def noisy_forward(model: nn.Module, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -163,22 +183,15 @@ def certify_counts(c: np.ndarray, top: np.ndarray, alpha: float, certificate: st
     n = c.sum(1)
     na = c[np.arange(len(c)), top]
     K = c.shape[1]
-    two = certificate in ("cohen2", "renyi", "laplace", "pixeldp")
+    rule = RULES[certificate]
+    two = rule.two_class
     pa = cert.clopper_pearson(na, n, alpha / 2 if two else alpha)[0]
     others = c.copy()
     others[np.arange(len(c)), top] = -1
     pb = cert.clopper_pearson(np.maximum(others, 0), n[:, None], alpha / (2 * max(K - 1, 1)))[1]
     pb = np.where(others >= 0, pb, 0.0).max(1)
     pb = np.minimum(pb, 1 - pa)
-    radius = {
-        "cohen": lambda: cert.cohen_radius(pa, scale),
-        "cohen2": lambda: cert.cohen_two_class_radius(pa, pb, scale),
-        "renyi": lambda: cert.renyi_radius(pa, pb, scale),
-        "pixeldp": lambda: cert.pixeldp_radius(pa, pb, scale),
-        "laplace": lambda: cert.laplace_radius(pa, pb, scale),
-        "laplace1": lambda: cert.laplace_radius(pa, None, scale),
-        "uniform": lambda: cert.uniform_l1_radius(pa, scale),
-    }[certificate]()
+    radius = rule.radius(pa, pb, scale)
     return np.where(np.isnan(radius), -1, top), radius, pa, pb
 
 
