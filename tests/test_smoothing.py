@@ -204,7 +204,7 @@ def test_cifar10_code_path_resnet_smoothadv_step_and_certify(shared, recwarn):
 
 
 @pytest.mark.parametrize("objective", ["gaussian", "stability", "smoothadv"])
-def test_smoothing_objectives_train_and_certify_from_the_cli(tmp_path, objective):
+def test_smoothing_objectives_train_and_certify_from_the_cli(tmp_path, objective, capsys):
     import json
 
     from certkit.cli import main
@@ -245,6 +245,15 @@ n = 20
     assert len(rows) == 6 and all(sum(r["counts"]) == 200 for r in rows)
     assert main(["smooth", "report", "--results", str(out.with_suffix(".jsonl")), "--radii", "0", "0.1",
                  "--plot", str(tmp_path / "r.png")]) == 0
+    # σ defaults to the checkpoint's training noise; another one is said
+    ckpt = str(tmp_path / "run/model.safetensors")
+    capsys.readouterr()
+    assert main(["smooth", "predict", "--checkpoint", ckpt, "--data", "digits", "--n", "20", "--count", "2",
+                 "--quiet"]) == 0
+    assert "sigma 0.25 (the checkpoint's training noise)" in capsys.readouterr().err
+    assert main(["smooth", "predict", "--checkpoint", ckpt, "--data", "digits", "--n", "20", "--count", "2",
+                 "--sigma", "0.5", "--quiet"]) == 0
+    assert "warning:" in capsys.readouterr().err
     if objective == "gaussian":  # the compiled base classifier from the CLI
         assert main(["smooth", "predict", "--checkpoint", str(tmp_path / "run/model.safetensors"), "--data", "digits",
                      "--sigma", "0.25", "--n", "100", "--count", "4", "--compile", "--quiet"]) == 0
@@ -283,6 +292,9 @@ def test_smooth_attack_command(tmp_path, attack, capsys):
                  "--count", "8", "--attack", attack, "--eps", "0.5", "--m", "2", "--steps", "3", "--n", "20",
                  "--sigma", "0.25"]) == 0
     assert "smoothed accuracy under attack" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="needs --sigma: .* records no training noise"):
+        main(["smooth", "attack", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", "digits", "--count", "2",
+              "--attack", attack])
 
 
 def test_recertify_from_stored_counts_reproduces_and_compares_certificates():

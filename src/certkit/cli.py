@@ -155,6 +155,10 @@ def cmd_smooth(args) -> int:
     if args.action == "report":
         rows = load_rows(args.results)
         if args.recertify:
+            if args.sigma is None:  # the σ the results were certified with, from the file's header
+                lines = Path(args.results).read_text().splitlines()
+                args.sigma = json.loads(lines[0]).get("sigma") if lines else None
+                _need(args, sigma="--sigma (the results file records no sigma)")
             rows = recertify(rows, args.recertify, args.alpha, args.sigma)
         table = report(rows, args.radii, args.alpha)
         print(format_table(table))
@@ -166,6 +170,7 @@ def cmd_smooth(args) -> int:
             print(f"plot: {plot_accuracy_vs_eps(curves, args.plot, title=Path(args.results).stem, xlabel='radius')}")
         return 0
     model, meta = _load_any(args)
+    _smoothing_sigma(args, meta)
     data = _load_eval_data(args, meta)
     if len(data.shape) == 3:  # images: channels-last convolutions are 2-4x faster on CPU (smoothing_speed.py)
         model = model.to(memory_format=torch.channels_last)
@@ -213,6 +218,22 @@ def cmd_smooth(args) -> int:
     print(format_table(report(rows, args.radii, args.alpha)))
     print(f"{len(rows)} rows in {out.with_suffix('.tsv')} and {out.with_suffix('.jsonl')}")
     return 0
+
+
+def _smoothing_sigma(args, meta: dict) -> None:
+    """``--sigma`` defaults to the Gaussian σ the checkpoint was trained with (gaussian, stability and SmoothAdv
+    training record it); a different σ, or noise, than the training's is allowed but said."""
+    config = meta.get("config") or {}
+    trained = config.get("sigma") if config.get("objective") in ("gaussian", "stability", "smoothadv") else None
+    if args.sigma is None:
+        if trained is None:
+            raise SystemExit(f"error: certkit smooth {args.action} needs --sigma: {args.checkpoint} records no "
+                             "training noise")
+        args.sigma = trained
+        print(f"sigma {trained} (the checkpoint's training noise)", file=sys.stderr)
+    elif trained is not None and (args.sigma != trained or args.noise != "gaussian"):
+        print(f"warning: {args.checkpoint} was trained with gaussian noise of sigma {trained}; smoothing with "
+              f"{args.noise} noise of scale {args.sigma}", file=sys.stderr)
 
 
 def _need(args, **required) -> None:
@@ -384,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--std", type=float, nargs="+", default=None)
     sm.add_argument("--data", default=None)
     sm.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace", "uniform"])
-    sm.add_argument("--sigma", type=float, default=0.25, help="noise scale (σ, or λ for laplace/uniform)")
+    sm.add_argument("--sigma", type=float, default=None,
+                    help="noise scale (σ, or λ for laplace/uniform); default: the checkpoint's training σ")
     sm.add_argument("--certificate", default="cohen", choices=list(CERTIFICATE_RULES))
     sm.add_argument("--recertify", default=None, choices=list(CERTIFICATE_RULES),
                     help="report: recompute the radii with this certificate from the stored counts (--sigma, --alpha)")
