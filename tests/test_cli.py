@@ -90,13 +90,18 @@ def test_certify_onnx_with_the_cascade_and_resume(shared, mnist_dir, tmp_path, c
             "--std", "0.3081", "--data", "mnist", "--data-dir", str(mnist_dir), "--eps", "0.1", "--n", "4",
             "--method", "cascade", "--timeout", "60", "--out", str(out), "--quiet"]
     assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "no --mean/--std" not in captured.err  # given: no warning
     rows = [json.loads(line) for line in out.read_text().splitlines()][1:]
     assert len(rows) == 4 and all(r["verdict"] in ("verified", "falsified", "unknown") for r in rows)
     assert all(r["certified"] == (r["verdict"] == "verified") for r in rows)
     assert all(set(r["seconds"]) <= {"attack", "ibp", "crown", "alpha", "bab", "milp"} for r in rows)
     assert sum(r["certified"] for r in rows) >= 3  # COLT's net is robust on most test images at 0.1
-    printed = capsys.readouterr().out
+    printed = captured.out
     assert "| verified | falsified | unknown |" in printed and "s/input" in printed  # honest summary
+    bare = [a for a in args if a not in ("--mean", "0.1307", "--std", "0.3081")]
+    assert main(bare[:bare.index("--method")] + ["--method", "ibp", "--out", str(tmp_path / "bare.jsonl")]) == 0
+    assert "no --mean/--std was given" in capsys.readouterr().err  # an ONNX net without normalisation is named
     assert main(args) == 0  # resumes: nothing new
     assert len(out.read_text().splitlines()) == 5
 

@@ -28,9 +28,12 @@ def _eps_list(values: list[float]) -> list[float]:
 def _load_eval_data(args, meta):
     from certkit.data import load_dataset
 
-    name = args.data or meta.get("config", {}).get("data")
+    trained_on = (meta.get("config") or {}).get("data")
+    name = args.data or trained_on
     if not name:
         raise SystemExit("error: --data is required (the checkpoint does not name its data set)")
+    if trained_on and name != trained_on:
+        print(f"warning: {args.checkpoint} was trained on {trained_on}, evaluated here on {name}", file=sys.stderr)
     data = load_dataset(name, "test", args.data_dir)
     count = args.count if hasattr(args, "count") else args.n  # 'smooth' uses --n for noise draws
     data = data.subset(args.start, None if count is None else args.start + count * args.step, args.step)
@@ -50,6 +53,10 @@ def _load_any(args):
         from certkit.onnx_io import load_onnx
 
         net = load_onnx(path)
+        if args.mean is None and args.std is None:
+            print(f"warning: {path} is an ONNX network and no --mean/--std was given: it gets pixels in [0, 1] "
+                  "as they are; if it expects normalised inputs, give --mean and --std (COLT's MNIST net: --mean "
+                  "0.1307 --std 0.3081)", file=sys.stderr)
         if args.mean is not None or args.std is not None:
             c = net.input_shape[1] if len(net.input_shape) > 1 else 1
             mean, std = args.mean or [0.0] * c, args.std or [1.0] * c
