@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,16 @@ def test_radius_and_verify_commands(shared, mnist_dir, tmp_path, capsys):
 def test_missing_required_options_give_clear_errors(argv, flag):
     with pytest.raises(SystemExit, match=flag):
         main(argv)
+
+
+def test_results_never_go_into_a_folder_of_released_models(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from certkit.cli import _default_out
+
+    monkeypatch.chdir(tmp_path)
+    shared = argparse.Namespace(checkpoint=str(tmp_path / "models/colt/mnist_0.1.onnx"))
+    assert _default_out(shared, "c.jsonl") == Path("runs/mnist_0.1/c.jsonl")
+    run = argparse.Namespace(checkpoint="runs/ibp/model.safetensors")
+    assert _default_out(run, "c.jsonl") == Path("runs/ibp/c.jsonl")
+    assert "results: runs/ibp/c.jsonl" in capsys.readouterr().err

@@ -66,6 +66,20 @@ def _load_any(args):
     return load_model(path, args.device)
 
 
+def _default_out(args, filename: str) -> Path:
+    """Where results go without ``--out``: beside a checkpoint that lives under ./runs (a training run's folder),
+    else in runs/<checkpoint name>/ (never into a folder of released or shared models). Said on stderr."""
+    ck = Path(str(args.checkpoint))
+    runs = Path("runs").resolve()
+    name = ck.name
+    for suffix in (".gz", ".onnx", ".safetensors", ".pt"):
+        name = name.removesuffix(suffix)
+    folder = ck.parent if runs in ck.resolve().parents else Path("runs") / name
+    out = folder / filename
+    print(f"results: {out}", file=sys.stderr)
+    return out
+
+
 def _options(args) -> dict:
     return {k: v for k, v in {"timeout": getattr(args, "timeout", None),
                               "max_binaries": getattr(args, "max_binaries", None),
@@ -82,7 +96,7 @@ def cmd_certify(args) -> int:
     eps_list = _eps_list(args.eps)
     per_method = {"crown": 16, "alpha": 32, "bab": 16, "milp": 16, "cascade": 100}
     args.batch_size = args.batch_size or per_method.get(args.method, 256)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"certify-{args.method}-{data.name}.jsonl"
+    out = Path(args.out) if args.out else _default_out(args, f"certify-{args.method}-{data.name}.jsonl")
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
               "pgd_steps": args.pgd_steps, "float64_check": args.float64_check, **_options(args),
               "certkit_version": __version__}
@@ -117,7 +131,7 @@ def cmd_radius(args) -> int:
 
     model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
-    out = Path(args.out) if args.out else Path(str(args.checkpoint)).parent / f"radius-{args.method}-{data.name}.jsonl"
+    out = Path(args.out) if args.out else _default_out(args, f"radius-{args.method}-{data.name}.jsonl")
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
               "hi": args.hi, "tol": args.tol, **_options(args), "certkit_version": __version__}
     writer = ResultsWriter(out, key="idx", header=header)
@@ -214,7 +228,7 @@ def cmd_smooth(args) -> int:
         acc = float((pred == data.y.numpy()).mean())
         print(f"{len(pred)} inputs: accuracy {acc:.4f}, abstained {float((pred < 0).mean()):.4f}")
         return 0
-    out = Path(args.out or Path(str(args.checkpoint)).parent / f"smooth-{args.noise}-{args.sigma}-{args.certificate}")
+    out = Path(args.out or _default_out(args, f"smooth-{args.noise}-{args.sigma}-{args.certificate}"))
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "noise": args.noise, "sigma": args.sigma,
               "certificate": args.certificate, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
               "certkit_version": __version__}
