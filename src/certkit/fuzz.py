@@ -330,7 +330,7 @@ def check_verify(model, s, spec, clauses, model64, pts, vals, roundoff, st: Stat
                                      f"{float(-witnessed[b]):.3g}")
             if v.verdict == "falsified":
                 cex = v.counterexample.double()
-                one = _select(s, b).to(dtype=torch.float64)
+                one = s.subset([b]).to(dtype=torch.float64)
                 inside = bool(one.contains(cex, tol=1e-6)[0])
                 value = float(_clause_min64(_row_values(model64, cex.unsqueeze(0), spec.C[b:b + 1],
                                                         spec.d[b:b + 1])[0, 0], clauses))
@@ -351,7 +351,7 @@ def check_milp(model, s, spec, vals, roundoff, st: Stats, tag: str, timeout: flo
 
     dtype = s.x.dtype
     for b in range(s.batch_size):
-        enc = MilpEncoding(model, _select(s, b))
+        enc = MilpEncoding(model, s.subset([b]))
         for k in range(spec.C.shape[1]):
             rowmin, at = vals[b, :, k].min(0)
             rowmin = float(rowmin)
@@ -394,12 +394,6 @@ def check_certify(model, s, model64, st: Stats, tag: str, rng: np.random.Generat
             if float(cert.margin_lower[b]) > float(wmin[b]) + tol * (1 + abs(float(cert.margin_lower[b]))):
                 st.violations.append(f"{tag} certify({method}) input {b}: margin bound "
                                      f"{float(cert.margin_lower[b]):.6g} above a witnessed margin {float(wmin[b]):.6g}")
-
-
-def _select(s: InputSet, b: int) -> InputSet:
-    if isinstance(s, LpBall):
-        return type(s)(s.x[b:b + 1], s.eps.flatten()[b:b + 1], domain=s.domain)
-    return Box(s.lower[b:b + 1], s.upper[b:b + 1])
 
 
 # ------------------------------------------------------------------------------------------------ campaign

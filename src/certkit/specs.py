@@ -120,6 +120,10 @@ class Box(InputSet):
         u = torch.cat([corners, u[n // 2 :]])
         return self.lower + u * (self.upper - self.lower)
 
+    def subset(self, idx) -> Box:
+        """The sets of the inputs ``idx`` (an index tensor, a slice or a list), as one batch."""
+        return Box(self.lower[idx], self.upper[idx])
+
     def to(self, device=None, dtype=None) -> Box:
         return Box(self.lower.to(device=device, dtype=dtype), self.upper.to(device=device, dtype=dtype))
 
@@ -215,6 +219,10 @@ class LpBall(InputSet):
             # x is inside the domain, so clipping only shrinks |x' - x| per coordinate: still in the set
             pts = pts.clamp(*self.domain)
         return pts
+
+    def subset(self, idx) -> LpBall:
+        """The balls of the inputs ``idx`` (an index tensor, a slice or a list), as one batch."""
+        return type(self)(self.x[idx], self.eps.flatten()[idx], self.domain)
 
     def to(self, device=None, dtype=None) -> LpBall:
         return type(self)(self.x.to(device=device, dtype=dtype), self.eps.flatten().to(device, dtype), self.domain)

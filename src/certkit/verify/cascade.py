@@ -22,7 +22,7 @@ from certkit import graph as g
 from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
-from certkit.specs import Box, InputSet, LinearSpec, LpBall, SpecError
+from certkit.specs import InputSet, LinearSpec, SpecError
 from certkit.verify.bab import SUPPORTED_OPS, bab
 from certkit.verify.milp import MilpEncoding, _select
 
@@ -115,7 +115,7 @@ def verify_property(
         return cache[0]
 
     def sub(idx: torch.Tensor) -> tuple[InputSet, LinearSpec]:
-        s = _subset(input_set, idx)
+        s = input_set.subset(idx)
         return s, LinearSpec(spec.C[idx], d[idx])
 
     def objective(m, C, dd):
@@ -146,7 +146,7 @@ def verify_property(
             for k, b in enumerate(idx.tolist()):
                 cex = None
                 if v64[k] <= 0:
-                    cex = _counterexample(model64(), _subset(input_set, torch.tensor([b])), spec.C[b], d[b], clauses,
+                    cex = _counterexample(model64(), input_set.subset([b]), spec.C[b], d[b], clauses,
                                           x_adv[k:k + 1])
                 verdicts[b].seconds[stage] = (time.perf_counter() - t0) / len(idx)
                 if cex is not None:
@@ -178,12 +178,6 @@ def verify_property(
 def relu_only(model) -> bool:
     """The model has only the ops branch and bound and the MILP encode (ReLU networks without MaxPool)."""
     return all(isinstance(n.op, SUPPORTED_OPS) for n in g.to_graph(model).nodes)
-
-
-def _subset(input_set: InputSet, idx: torch.Tensor) -> InputSet:
-    if isinstance(input_set, LpBall):
-        return type(input_set)(input_set.x[idx], input_set.eps.flatten()[idx], domain=input_set.domain)
-    return Box(input_set.lower[idx], input_set.upper[idx])
 
 
 def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, verdict: Verdict, timeout,
@@ -222,7 +216,7 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
             r = enc.minimize_property(spec.C[b, rq], d[b, rq], None if len(rq) == 1 else torch.zeros(len(rq)),
                                       time_limit=budget, row_lower=lower[b, rq])
         if r.verdict == "falsified":
-            x = _counterexample(model64(), _subset(input_set, torch.tensor([b])), spec.C[b, rq], d[b, rq],
+            x = _counterexample(model64(), input_set.subset([b]), spec.C[b, rq], d[b, rq],
                                 torch.zeros(len(rq), dtype=torch.long), r.x)
             if x is not None:
                 verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, x
