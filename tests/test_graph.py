@@ -5,6 +5,7 @@ from torch import nn
 
 from certkit import Normalize, Residual, to_graph
 from certkit.graph import UnsupportedOpError
+from certkit.nn import Affine, Reindex
 
 
 class Functional(nn.Module):
@@ -21,23 +22,26 @@ class Functional(nn.Module):
 def every_op_model():
     return nn.Sequential(
         Normalize([0.5, 0.4], [0.2, 0.3]),
+        Affine(torch.linspace(-1.5, 1.5, 512).view(1, 2, 16, 16), torch.linspace(-0.2, 0.3, 16).view(1, 1, 1, 16)),
+        Reindex.of(lambda t: t.transpose(2, 3), (2, 16, 16)),
         nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
         Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh()), nn.Conv2d(4, 4, 1)),
         nn.AvgPool2d(2), nn.ConvTranspose2d(4, 3, 2, stride=2), nn.Sigmoid(), nn.MaxPool2d(2),
         nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 48), nn.Unflatten(1, (3, 4, 4)),
-                      nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 8)), nn.ReLU(), nn.Identity(), nn.Linear(8, 5),
+                      nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 8)),
+        nn.LeakyReLU(0.2), nn.Identity(), nn.Linear(8, 5),
     )
 
 
 def test_every_supported_op_converts_and_matches_forward():
     torch.manual_seed(0)
     m = every_op_model().eval()
-    m[2].running_mean.uniform_(-0.5, 0.5)
-    m[2].running_var.uniform_(0.5, 2)
+    m[4].running_mean.uniform_(-0.5, 0.5)
+    m[4].running_var.uniform_(0.5, 2)
     g = to_graph(m)
     names = {type(n.op).__name__ for n in g.nodes}
-    assert names >= {"Input", "ChannelAffine", "Conv2d", "ReLU", "Tanh", "Add", "AvgPool2d", "ConvTranspose2d",
-                     "Sigmoid", "MaxPool2d", "Flatten", "Unflatten", "Linear"}
+    assert names >= {"Input", "ElementwiseAffine", "Conv2d", "ReLU", "Tanh", "Add", "AvgPool2d", "ConvTranspose2d",
+                     "Sigmoid", "MaxPool2d", "Flatten", "Unflatten", "Linear", "Reindex", "LeakyReLU"}
     x = torch.rand(3, 2, 16, 16)
     assert torch.allclose(g.forward(x), m(x), atol=1e-6)
 

@@ -18,9 +18,9 @@ def random_net(seed: int, kind: str) -> nn.Module:
         return nn.Sequential(Normalize([0.3], [0.7]), nn.Flatten(), nn.Linear(12, 16), act(), nn.Linear(16, 16),
                              act(), nn.Linear(16, 5))
     m = every_op_model()
-    m[2].running_mean.uniform_(-0.5, 0.5)
-    m[2].running_var.uniform_(0.2, 2)
-    m[2].weight.data.uniform_(-1.5, 1.5)  # negative BN scales too
+    m[4].running_mean.uniform_(-0.5, 0.5)
+    m[4].running_var.uniform_(0.2, 2)
+    m[4].weight.data.uniform_(-1.5, 1.5)  # negative BN scales too
     return m.eval()
 
 

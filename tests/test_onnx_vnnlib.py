@@ -48,7 +48,7 @@ def test_exported_network_round_trips(tmp_path):
     x = torch.rand(5, 2, 8, 8)
     torch.testing.assert_close(ours(x), model(x), rtol=1e-5, atol=1e-5)
     kinds = {type(n.op).__name__ for n in to_graph(ours).nodes}
-    assert {"ChannelAffine", "Conv2d", "Add", "AvgPool2d", "Linear"} <= kinds
+    assert {"ElementwiseAffine", "Conv2d", "Add", "AvgPool2d", "Linear"} <= kinds
 
 
 def test_released_colt_onnx_equals_the_state_dict(shared):

@@ -40,7 +40,7 @@ from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
 from certkit.bounds.zonotope import zonotope_bounds
 from certkit.errors import CertkitError
-from certkit.nn import Normalize, Residual
+from certkit.nn import Affine, Normalize, Reindex, Residual
 from certkit.specs import Box, InputSet, LinearSpec, LpBall, ball
 
 CHECKS = ("bounds", "verify", "milp", "certify")
@@ -90,16 +90,28 @@ def _init(model: nn.Module, rng: np.random.Generator, gen: torch.Generator, huge
 def random_net(rng: np.random.Generator, gen: torch.Generator, relu_only: bool = False,
                small: bool = False) -> tuple[nn.Module, tuple[int, ...]]:
     """A random network and its input shape (without batch). ``relu_only``: the ops branch and bound and the
-    MILP encode (no Sigmoid/Tanh/MaxPool); ``small``: few neurons, for complete verification."""
-    acts = [nn.ReLU] if relu_only else [nn.ReLU, nn.ReLU, nn.Sigmoid, nn.Tanh]
+    MILP encode (ReLU and LeakyReLU, no Sigmoid/Tanh/MaxPool); ``small``: few neurons, for complete verification.
+    Inputs may first pass an elementwise affine map (scales of either sign) and a random permutation."""
+    leaky = lambda: nn.LeakyReLU(float(rng.choice([0.01, 0.1, 0.5, 1.0])))  # noqa: E731
+    acts = [nn.ReLU, nn.ReLU, leaky] if relu_only else [nn.ReLU, nn.ReLU, leaky, nn.Sigmoid, nn.Tanh]
 
     def act():
         return acts[int(rng.integers(len(acts)))]()
 
+    def front(shape: tuple[int, ...]) -> list[nn.Module]:
+        layers: list[nn.Module] = []
+        if rng.random() < 0.2:
+            scale = torch.from_numpy(rng.uniform(-2, 2, (1, *shape))).float()
+            layers.append(Affine(scale, torch.from_numpy(rng.normal(0, 0.3, (1, *shape))).float()))
+        if rng.random() < 0.2:
+            n = int(np.prod(shape))
+            layers.append(Reindex(torch.from_numpy(rng.permutation(n)), shape))
+        return layers
+
     n_out = int(rng.integers(2, 5))
     if rng.random() < 0.5:  # MLP
         n_in = int(rng.integers(2, 6 if small else 9))
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = front((n_in,))
         if rng.random() < 0.3:
             layers.append(Normalize(rng.uniform(0, 1, n_in).tolist(), rng.uniform(0.2, 2, n_in).tolist()))
         width = n_in
@@ -112,7 +124,7 @@ def random_net(rng: np.random.Generator, gen: torch.Generator, relu_only: bool =
     else:  # conv net, optionally with a residual block, pooling and a transposed convolution
         c, h = int(rng.integers(1, 3)), int(rng.integers(4, 7))
         ch = int(rng.integers(2, 4))
-        layers = []
+        layers = front((c, h, h))
         if rng.random() < 0.3:
             layers.append(Normalize(rng.uniform(0, 1, c).tolist(), rng.uniform(0.2, 2, c).tolist()))
         layers += [nn.Conv2d(c, ch, 3, 1, 1)]
@@ -248,7 +260,7 @@ def roundoff_bound(model: nn.Module, pts: torch.Tensor, dtype: torch.dtype) -> t
                 e = u * h[i].abs()
             elif isinstance(op, g.AffineOp):
                 W = op.weight.abs()
-                n = W[0].numel() if not isinstance(op, g.ChannelAffine) else 2
+                n = W[0].numel() if not isinstance(op, g.ElementwiseAffine) else 2
                 b = op.bias.abs() if op.bias is not None else None
                 e = op.apply(err[ins[0]], W, None) + n * u * op.apply(h[ins[0]].abs(), W, b).abs()
             elif isinstance(op, g.Activation):

@@ -5,17 +5,25 @@
 =================  ==========================================================================
 op                 from
 =================  ==========================================================================
-Linear             nn.Linear
+Linear             nn.Linear (on the last axis, any rank)
 Conv2d             nn.Conv2d
 ConvTranspose2d    nn.ConvTranspose2d
-ChannelAffine      certkit.nn.Normalize, nn.BatchNorm1d/2d in eval mode (per-channel y = s·x + t)
+ElementwiseAffine  certkit.nn.Normalize, nn.BatchNorm1d/2d in eval mode (per channel), certkit.nn.Affine
+                   (``y = s·x + t`` with constants of any broadcastable shape: ONNX Add/Sub/Mul/Div/Neg)
 Flatten            nn.Flatten, torch.flatten, x.flatten(1), x.view(B, -1), x.reshape(B, -1)
 Unflatten          nn.Unflatten(1, shape) (a decoder's vector -> image)
-ReLU/Sigmoid/Tanh  the modules and their functional forms
+Reindex            certkit.nn.Reindex: a fixed rearrangement of each input's entries (ONNX Transpose,
+                   Reshape, Squeeze, Unsqueeze): ``y.flatten(1) = x.flatten(1)[:, index]``
+ReLU/LeakyReLU     the modules and their functional forms (LeakyReLU with a negative slope in [0, 1])
+Sigmoid/Tanh       the modules and their functional forms
 AvgPool2d          nn.AvgPool2d
 MaxPool2d          nn.MaxPool2d
 Add                ``a + b`` of two traced tensors (residual connections)
 =================  ==========================================================================
+
+Each abstract domain keeps a table from op types to its transfer rules; :func:`rule_for` looks an op up
+(along its class hierarchy) and names the ops the domain supports when it has no rule, and
+:func:`supported_ops` lists them, so the list of what a domain supports is derived from its table.
 
 Ops read their parameters from the live modules at call time, so a graph stays valid while the model
 trains, and ``torch.func.functional_call`` can swap the weights (as the Bayesian methods do). Anything
@@ -35,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from certkit.errors import CertkitError
-from certkit.nn import Normalize
+from certkit.nn import Affine, Normalize
+from certkit.nn import Reindex as ReindexModule
 
 
 class UnsupportedOpError(CertkitError, TypeError):
@@ -70,6 +79,11 @@ class AffineOp(Op):
     def apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def bias_map(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The bias as a tensor of the output's ``shape`` (one input, no batch axis)."""
+        b = self.bias
+        return b.view((-1,) + (1,) * (len(shape) - 1)).expand(shape)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(x, self.weight, self.bias)
 
@@ -80,6 +94,9 @@ class Linear(AffineOp):
 
     def apply(self, x, weight, bias):
         return F.linear(x, weight, bias)
+
+    def bias_map(self, shape):
+        return self.bias.expand(shape)
 
 
 @dataclass(repr=False)
@@ -103,10 +120,15 @@ class ConvTranspose2d(AffineOp):
 
 
 @dataclass(repr=False)
-class ChannelAffine(AffineOp):
-    """Per-channel ``y = s·x + t`` (channel axis 1): Normalize, or BatchNorm with its running statistics."""
+class ElementwiseAffine(AffineOp):
+    """``y = s·x + t`` elementwise: per channel (s, t of shape (C,), channel axis 1) for Normalize and BatchNorm
+    with its running statistics; any shape that broadcasts against one input (with a leading axis of size 1)
+    for :class:`certkit.nn.Affine`."""
 
     module: nn.Module
+
+    def bias_map(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return _broadcast(self.bias, len(shape) + 1)[0].expand(shape)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -118,8 +140,8 @@ class ChannelAffine(AffineOp):
 
     def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.module
-        if isinstance(m, Normalize):
-            return m.channel_affine()
+        if isinstance(m, (Normalize, Affine)):
+            return m.scale_shift()
         if m.training:
             raise UnsupportedOpError(
                 f"{type(m).__name__} in training mode uses batch statistics and cannot be bounded"
@@ -136,9 +158,13 @@ class ChannelAffine(AffineOp):
         return scale, shift
 
     def apply(self, x, weight, bias):
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        y = x * weight.view(shape)
-        return y if bias is None else y + bias.view(shape)
+        y = x * _broadcast(weight, x.dim())
+        return y if bias is None else y + _broadcast(bias, x.dim())
+
+
+def _broadcast(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """A per-channel vector (1-D) viewed along axis 1 of a ``dim``-D batch; other constants as they are."""
+    return t.view((1, -1) + (1,) * (dim - 2)) if t.dim() == 1 else t
 
 
 @dataclass(repr=False)
@@ -160,6 +186,21 @@ class Unflatten(Op):
 
 
 @dataclass(repr=False)
+class Reindex(Op):
+    """A fixed rearrangement of each input's entries (transpose, reshape, squeeze): entry k of the flattened
+    output is entry ``index[k]`` of the flattened input; ``shape`` is one output's shape."""
+
+    module: ReindexModule
+
+    @property
+    def index(self) -> torch.Tensor:
+        return self.module.index
+
+    def forward(self, x):
+        return self.module(x)
+
+
+@dataclass(repr=False)
 class Activation(Op):
     """A monotone elementwise nonlinearity."""
 
@@ -169,9 +210,28 @@ class Activation(Op):
         return self.fn(x)
 
 
-class ReLU(Activation):
+@dataclass(repr=False)
+class PiecewiseLinear(Activation):
+    """``max(z, a·z)`` with a negative slope ``a`` in [0, 1]: ReLU (a = 0) and LeakyReLU. Every domain relaxes
+    both through :func:`certkit.bounds.relax.kink_relaxation`, and branch and bound splits them at 0."""
+
+    negative_slope: float = 0.0
+
+
+class ReLU(PiecewiseLinear):
     def __init__(self):
-        super().__init__(torch.relu)
+        super().__init__(torch.relu, 0.0)
+
+
+class LeakyReLU(PiecewiseLinear):
+    def __init__(self, negative_slope: float = 0.01):
+        a = float(negative_slope)
+        if not 0.0 <= a <= 1.0:
+            raise UnsupportedOpError(f"LeakyReLU with negative_slope={a} (only slopes in [0, 1] are supported)")
+        super().__init__(lambda x: F.leaky_relu(x, a), a)
+
+    def __repr__(self) -> str:
+        return f"LeakyReLU({self.negative_slope})"
 
 
 class Sigmoid(Activation):
@@ -213,9 +273,25 @@ class Input(Op):
 
 
 OP_TYPES: tuple[type[Op], ...] = (
-    Input, Linear, Conv2d, ConvTranspose2d, ChannelAffine, Flatten, Unflatten, ReLU, Sigmoid, Tanh, AvgPool2d,
-    MaxPool2d, Add,
+    Input, Linear, Conv2d, ConvTranspose2d, ElementwiseAffine, Flatten, Unflatten, Reindex, ReLU, LeakyReLU, Sigmoid,
+    Tanh, AvgPool2d, MaxPool2d, Add,
 )
+
+
+def rule_for(table: dict, op: Op, domain: str, where: str = ""):
+    """The rule of ``table`` for ``op``'s class or its nearest base class; an :class:`UnsupportedOpError` naming
+    the domain, the node and the ops the domain supports when there is none."""
+    for cls in type(op).__mro__:
+        if cls in table:
+            return table[cls]
+    at = f" (node '{where}')" if where else ""
+    raise UnsupportedOpError(f"{domain} has no rule for {op!r}{at}; it supports: "
+                             + ", ".join(supported_ops(table)))
+
+
+def supported_ops(table: dict) -> list[str]:
+    """The names of the op types (of :data:`OP_TYPES`) that ``table`` has a rule for."""
+    return [t.__name__ for t in OP_TYPES if any(c in table for c in t.__mro__)]
 
 
 # ------------------------------------------------------------------------------------------ graph
@@ -268,10 +344,13 @@ _MODULE_OPS = {
     nn.Linear: Linear,
     nn.Conv2d: Conv2d,
     nn.ConvTranspose2d: ConvTranspose2d,
-    Normalize: ChannelAffine,
-    nn.BatchNorm1d: ChannelAffine,
-    nn.BatchNorm2d: ChannelAffine,
+    Normalize: ElementwiseAffine,
+    Affine: ElementwiseAffine,
+    ReindexModule: Reindex,
+    nn.BatchNorm1d: ElementwiseAffine,
+    nn.BatchNorm2d: ElementwiseAffine,
     nn.ReLU: lambda m: ReLU(),
+    nn.LeakyReLU: lambda m: LeakyReLU(m.negative_slope),
     nn.Sigmoid: lambda m: Sigmoid(),
     nn.Tanh: lambda m: Tanh(),
     nn.AvgPool2d: AvgPool2d,
@@ -286,9 +365,13 @@ _FUNCTION_OPS = {
 _METHOD_OPS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 
 
+def _leaky_slope(n: torch.fx.Node) -> float:
+    return n.args[1] if len(n.args) > 1 else n.kwargs.get("negative_slope", 0.01)
+
+
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, Normalize) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (Normalize, Affine, ReindexModule)) or super().is_leaf_module(m, qualname)
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -371,6 +454,8 @@ def _convert(model: nn.Module, fx_graph: torch.fx.Graph) -> Graph:
                 shape_nodes.add(n)
             elif t in (operator.add, torch.add, "add", operator.iadd) and len(n.args) == 2 and not n.kwargs:
                 add(Add(), (src(n.args[0], str(t)), src(n.args[1], str(t))), n.name, n)
+            elif n.op == "call_function" and t is F.leaky_relu:
+                add(LeakyReLU(_leaky_slope(n)), (src(n.args[0], str(t)),), n.name, n)
             elif (n.op == "call_function" and t in _FUNCTION_OPS) or (n.op == "call_method" and t in _METHOD_OPS):
                 cls = _FUNCTION_OPS[t] if n.op == "call_function" else _METHOD_OPS[t]
                 add(cls(), (src(n.args[0], str(t)),), n.name, n)

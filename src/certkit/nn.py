@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -23,7 +24,7 @@ class Normalize(nn.Module):
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 
-    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) per channel with ``y = scale·x + shift``."""
         scale = 1.0 / self.std
         return scale, -self.mean * scale
@@ -34,6 +35,56 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+class Affine(nn.Module):
+    """``x·scale + shift`` elementwise, with constants that broadcast against the batch (NumPy rules, as in
+    ONNX; constants of one dimension act on the last axis) and not along the batch axis: an input normalisation
+    given per feature or per pixel, e.g. ONNX ``Sub``/``Div`` by constant vectors."""
+
+    def __init__(self, scale: torch.Tensor | float, shift: torch.Tensor | float):
+        super().__init__()
+        scale_t, shift_t = (torch.as_tensor(v) for v in (scale, shift))
+        scale_t, shift_t = (v if v.is_floating_point() else v.float() for v in (scale_t, shift_t))
+        if not (torch.isfinite(scale_t).all() and torch.isfinite(shift_t).all()):
+            raise ValueError("Affine needs finite scale and shift")
+        dim = max(scale_t.dim(), shift_t.dim(), 2)  # at least (1, n): a 1-D constant is not read per channel
+        scale_t, shift_t = (t.reshape((1,) * (dim - t.dim()) + tuple(t.shape)) for t in (scale_t, shift_t))
+        if scale_t.shape[0] != 1 or shift_t.shape[0] != 1:
+            raise ValueError("Affine's constants must not vary along the batch axis")
+        self.register_buffer("scale", scale_t)
+        self.register_buffer("shift", shift_t)
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scale, self.shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+class Reindex(nn.Module):
+    """A fixed rearrangement of the entries of each input: ``y.flatten(1) = x.flatten(1)[:, index]`` reshaped to
+    ``(B, *shape)``. Built from any shape-only function (transpose, reshape, squeeze) by :meth:`of`."""
+
+    def __init__(self, index: torch.Tensor, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("index", torch.as_tensor(index, dtype=torch.long).flatten())
+        self.shape = tuple(int(v) for v in shape)
+        if self.index.numel() != math.prod(self.shape):
+            raise ValueError(f"index of {self.index.numel()} entries for an output of shape {self.shape}")
+
+    @classmethod
+    def of(cls, fn, in_shape: tuple[int, ...]) -> Reindex:
+        """The rearrangement that ``fn`` (a shape-only function of a (1, *in_shape) tensor) performs."""
+        n = math.prod(in_shape)
+        out = fn(torch.arange(n, dtype=torch.float64).view(1, *in_shape))
+        return cls(out.flatten().round().long(), tuple(out.shape[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, self.index].view(x.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
 
 
 class Residual(nn.Module):

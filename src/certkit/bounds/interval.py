@@ -62,9 +62,8 @@ def _ball_affine(op: g.AffineOp, v: _Ball, whole_kernel: bool = False) -> Bounds
     # conv output the norm of its whole kernel, as auto_LiRPA does (looser where padding cuts the kernel).
     sq = v.scale.square()
     if whole_kernel and isinstance(op, g.Conv2d):
-        # the scale is per channel here (only per-channel ops precede), so read it at one pixel
-        w2 = op.weight.square().sum((2, 3), keepdim=True)
-        norm = torch.nn.functional.conv2d(sq[..., :1, :1], w2).sqrt().expand(-1, -1, *c.shape[2:])
+        w2 = op.weight.square().sum((2, 3), keepdim=True)  # the scale's largest entry per channel: sound
+        norm = torch.nn.functional.conv2d(sq.amax((2, 3), keepdim=True), w2).sqrt().expand(-1, -1, *c.shape[2:])
     else:
         norm = op.apply(sq, op.weight.square(), None).clamp_min(0).sqrt()
     if isinstance(op, g.Linear) and v.p == 1:
@@ -77,26 +76,47 @@ def _concrete(v: Bounds | _Ball) -> Bounds:
     return v.box if isinstance(v, _Ball) else v
 
 
-def _transfer(op: g.Op, args: list[Bounds | _Ball], whole_kernel: bool = False) -> Bounds | _Ball:
-    """IBP transfer function of one op."""
-    if isinstance(op, g.ChannelAffine) and isinstance(args[0], _Ball):
-        v = args[0]
+def _affine(op: g.AffineOp, args: list, whole_kernel: bool) -> Bounds | _Ball:
+    v = args[0]
+    if not isinstance(v, _Ball):
+        return _interval_affine(op, v)
+    if isinstance(op, g.ElementwiseAffine):  # stays a ball: x ↦ s·x + t scales the centre and the scale
         return _Ball(op.forward(v.centre), op.apply(v.scale, op.weight, None), v.eps, v.p, _interval_affine(op, v.box))
-    if isinstance(op, g.Flatten) and isinstance(args[0], _Ball):
-        v = args[0]
-        box = Bounds(op.forward(v.box.lower), op.forward(v.box.upper))
+    return _ball_affine(op, v, whole_kernel)
+
+
+def _rearrange(op: g.Op, args: list, whole_kernel: bool) -> Bounds | _Ball:
+    """Flatten, Unflatten, Reindex: the entries move; a ball stays one when no entry is read twice."""
+    v = args[0]
+    box = _concrete(v)
+    box = Bounds(op.forward(box.lower), op.forward(box.upper))
+    if isinstance(v, _Ball) and (not isinstance(op, g.Reindex) or _is_permutation(op.index)):
         return _Ball(op.forward(v.centre), op.forward(v.scale), v.eps, v.p, box)
-    if isinstance(op, g.AffineOp) and isinstance(args[0], _Ball):
-        return _ball_affine(op, args[0], whole_kernel)
-    bs = [_concrete(a) for a in args]
-    if isinstance(op, g.AffineOp):
-        return _interval_affine(op, bs[0])
-    if isinstance(op, (g.Activation, g.Flatten, g.Unflatten, g.AvgPool2d, g.MaxPool2d)):
-        # monotone non-decreasing in every input (pools: average with positive weights, max)
-        return Bounds(op.forward(bs[0].lower), op.forward(bs[0].upper))
-    if isinstance(op, g.Add):
-        return Bounds(bs[0].lower + bs[1].lower, bs[0].upper + bs[1].upper)
-    raise g.UnsupportedOpError(f"no interval transfer function for {op!r}")
+    return box
+
+
+def _is_permutation(index: torch.Tensor) -> bool:
+    return bool(torch.equal(index.sort().values, torch.arange(len(index), device=index.device)))
+
+
+def _monotone(op: g.Op, args: list, whole_kernel: bool) -> Bounds:
+    """Non-decreasing in every input: activations, average pools (positive weights), max pools."""
+    b = _concrete(args[0])
+    return Bounds(op.forward(b.lower), op.forward(b.upper))
+
+
+def _add(op: g.Op, args: list, whole_kernel: bool) -> Bounds:
+    a, b = (_concrete(v) for v in args)
+    return Bounds(a.lower + b.lower, a.upper + b.upper)
+
+
+RULES = {
+    g.AffineOp: _affine,
+    g.Flatten: _rearrange, g.Unflatten: _rearrange, g.Reindex: _rearrange,
+    g.Activation: _monotone, g.AvgPool2d: _monotone, g.MaxPool2d: _monotone,
+    g.Add: _add,
+}
+"""The interval domain's transfer rules (op type → rule); the ops it supports are derived from it."""
 
 
 def _initial(input_set: InputSet, dtype: torch.dtype, device) -> Bounds | _Ball:
@@ -109,7 +129,7 @@ def _initial(input_set: InputSet, dtype: torch.dtype, device) -> Bounds | _Ball:
 
 def _model_dtype_device(graph: g.Graph, default: torch.Tensor):
     for n in graph.nodes:
-        if isinstance(n.op, g.AffineOp) and not isinstance(n.op, g.ChannelAffine):
+        if isinstance(n.op, g.AffineOp) and not isinstance(n.op, g.ElementwiseAffine):
             w = n.op.weight
             return w.dtype, w.device
     return default.dtype, default.device
@@ -156,8 +176,9 @@ def interval_bounds(
         if isinstance(node.op, g.Input):
             vals.append(_initial(input_set, dtype, device))
             continue
+        rule = g.rule_for(RULES, node.op, "interval bound propagation", node.name)
         try:
-            vals.append(_transfer(node.op, args, whole_kernel_norms))
+            vals.append(rule(node.op, args, whole_kernel_norms))
         except RuntimeError as e:
             raise SpecError(f"inputs of shape {tuple(input_set.x.shape)} do not fit the model at node "
                             f"'{node.name}' ({node.op!r}): {e}") from e

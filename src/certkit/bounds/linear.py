@@ -20,6 +20,7 @@ DeepPoly's relaxation (the input with the largest lower bound, exact when it dom
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +38,10 @@ def _affine_backward(op: g.AffineOp, A: torch.Tensor, in_shape: tuple[int, ...])
     bias = op.bias
     if isinstance(op, g.Linear):
         A_in = flat @ op.weight
-    elif isinstance(op, g.ChannelAffine):
+    elif isinstance(op, g.ElementwiseAffine):  # the constants may broadcast: sum A over what they broadcast over
         A_in = op.apply(flat, op.weight, None)
+        if A_in.shape[1:] != tuple(in_shape):
+            A_in = A_in.sum_to_size(A_in.shape[0], *in_shape)
     elif isinstance(op, g.Conv2d):
         m = op.module
         out_hw = flat.shape[-2:]
@@ -55,7 +58,7 @@ def _affine_backward(op: g.AffineOp, A: torch.Tensor, in_shape: tuple[int, ...])
     if bias is None:
         c = torch.zeros(B, K, dtype=A.dtype, device=A.device)
     else:
-        c = (flat.flatten(2).sum(2) @ bias if flat.dim() > 2 else flat @ bias).view(B, K)
+        c = (flat * op.bias_map(tuple(flat.shape[1:]))).flatten(1).sum(1).view(B, K)
     return A_in.reshape(B, K, *in_shape), c
 
 
@@ -102,21 +105,93 @@ def _maxpool_backward(op: g.MaxPool2d, A: torch.Tensor, b: Bounds, in_shape: tup
     return out.view(B, K, *in_shape), c
 
 
+@dataclass
+class _Pass:
+    """What the backward rules read: every node's shape (one input), the pre-activation bounds, α-CROWN's
+    slopes and the coefficients to record (see :func:`_backward`)."""
+
+    shapes: list[tuple[int, ...]]
+    pre: dict[int, Bounds]
+    alphas: dict[int, torch.Tensor] | None
+    record: dict[int, torch.Tensor] | None
+
+
+# A backward rule maps the coefficients A on an op's output to [(input node, coefficients on it, constant)] with
+# A·y ≥ Σ A_j·x_j + constant over the op's relaxation (a lower bound; upper bounds are lower bounds of −A).
+def _back_affine(op, node, A, p):
+    j = node.inputs[0]
+    Aj, c = _affine_backward(op, A, p.shapes[j])
+    return [(j, Aj, c)]
+
+
+def _back_kink(op: g.PiecewiseLinear, node, A, p):
+    j = node.inputs[0]
+    if p.record is not None:
+        p.record[j] = A
+    b = p.pre[j]
+    alpha = p.alphas.get(j) if p.alphas is not None else None
+    sl, su, bu = relu_relaxation(Bounds(b.lower.unsqueeze(1), b.upper.unsqueeze(1)), op.negative_slope, alpha)
+    Aj = A * torch.where(A >= 0, sl, su)
+    return [(j, Aj, (A.clamp(max=0) * bu).flatten(2).sum(2))]
+
+
+def _back_sshape(op, node, A, p):
+    j = node.inputs[0]
+    sl, bl, su, bu = (t.unsqueeze(1) for t in sshape_relaxation(isinstance(op, g.Tanh), p.pre[j]))
+    pos = A >= 0
+    return [(j, A * torch.where(pos, sl, su), (A * torch.where(pos, bl, bu)).flatten(2).sum(2))]
+
+
+def _back_maxpool(op, node, A, p):
+    j = node.inputs[0]
+    return [(j, *_maxpool_backward(op, A, p.pre[j], p.shapes[j]))]
+
+
+def _back_reshape(op, node, A, p):
+    j = node.inputs[0]
+    return [(j, A.reshape(*A.shape[:2], *p.shapes[j]), None)]
+
+
+def _back_reindex(op: g.Reindex, node, A, p):
+    j = node.inputs[0]
+    n = math.prod(p.shapes[j])
+    Aj = A.new_zeros(*A.shape[:2], n).index_add_(2, op.index, A.flatten(2))
+    return [(j, Aj.view(*A.shape[:2], *p.shapes[j]), None)]
+
+
+def _back_avgpool(op, node, A, p):
+    j = node.inputs[0]
+    return [(j, _avgpool_backward(op, A, p.shapes[j]), None)]
+
+
+def _back_add(op, node, A, p):
+    return [(k, A, None) for k in node.inputs]
+
+
+RULES = {
+    g.AffineOp: _back_affine, g.PiecewiseLinear: _back_kink, g.Sigmoid: _back_sshape, g.Tanh: _back_sshape,
+    g.MaxPool2d: _back_maxpool, g.Flatten: _back_reshape, g.Unflatten: _back_reshape, g.Reindex: _back_reindex,
+    g.AvgPool2d: _back_avgpool, g.Add: _back_add,
+}
+"""CROWN's backward rules (op type → rule); the ops it supports are derived from this table."""
+
+
 def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[int, ...]],
               pre: dict[int, Bounds], input_set: InputSet, const: torch.Tensor | None = None,
               alphas: dict[int, torch.Tensor] | None = None, betas: dict[int, torch.Tensor] | None = None,
               record: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Lower bound of ``A·x_target + const`` over the input set (A: (B, K, *shape of target)).
 
-    ``alphas`` optionally gives, per ReLU input node, lower slopes in [0, 1] of shape (B, K, *shape) for the
-    unstable neurons (α-CROWN); the default is CROWN's adaptive slope. ``betas`` adds, per node, a term
-    ``betas[i]·x_i`` to the bounded function (β-CROWN's Lagrangian for split constraints; see
-    :mod:`certkit.verify.bab`). ``record``, if given, receives the coefficients on every ReLU's output (keyed by
-    the ReLU's input node) and on the input (key -1)."""
+    ``alphas`` optionally gives, per ReLU (or LeakyReLU) input node, lower slopes in [0, 1] of the ReLU part, of
+    shape (B, K, *shape), for the unstable neurons (α-CROWN); the default is CROWN's adaptive slope.
+    ``betas`` adds, per node, a term ``betas[i]·x_i`` to the bounded function (β-CROWN's Lagrangian for split
+    constraints; see :mod:`certkit.verify.bab`). ``record``, if given, receives the coefficients on every ReLU's (LeakyReLU's)
+    output (keyed by its input node) and on the input (key -1). The rules per op are in :data:`RULES`."""
     B, K = A.shape[:2]
     coeff: dict[int, torch.Tensor] = {target: A}
     if const is None:
         const = torch.zeros(B, K, dtype=A.dtype, device=A.device)
+    ctx = _Pass(shapes, pre, alphas, record)
     for i in range(target, -1, -1):
         if i not in coeff:
             continue
@@ -129,43 +204,16 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
             if record is not None:
                 record[-1] = Ai
             return input_set.concretize(Ai, const)
-        j = node.inputs[0]
-        if isinstance(op, g.AffineOp):
-            Aj, c = _affine_backward(op, Ai, shapes[j])
-            const = const + c
-        elif isinstance(op, g.ReLU):
-            if record is not None:
-                record[j] = Ai
-            sl, su, bu = (t.unsqueeze(1) for t in relu_relaxation(pre[j]))
-            if alphas is not None and j in alphas:
-                b = pre[j]
-                sl = torch.where(((b.lower < 0) & (b.upper > 0)).unsqueeze(1), alphas[j], sl)
-            Aj = Ai * torch.where(Ai >= 0, sl, su)
-            const = const + torch.einsum("bkn,bn->bk", Ai.clamp(max=0).flatten(2), bu.flatten(2)[:, 0])
-        elif isinstance(op, (g.Sigmoid, g.Tanh)):
-            sl, bl, su, bu = (t.unsqueeze(1) for t in sshape_relaxation(isinstance(op, g.Tanh), pre[j]))
-            pos = Ai >= 0
-            Aj = Ai * torch.where(pos, sl, su)
-            const = const + (Ai * torch.where(pos, bl, bu)).flatten(2).sum(2)
-        elif isinstance(op, g.MaxPool2d):
-            Aj, c = _maxpool_backward(op, Ai, pre[j], shapes[j])
-            const = const + c
-        elif isinstance(op, (g.Flatten, g.Unflatten)):
-            Aj = Ai.reshape(B, K, *shapes[j])
-        elif isinstance(op, g.AvgPool2d):
-            Aj = _avgpool_backward(op, Ai, shapes[j])
-        elif isinstance(op, g.Add):
-            for k in node.inputs:
-                coeff[k] = coeff[k] + Ai if k in coeff else Ai
-            continue
-        else:
-            raise g.UnsupportedOpError(f"CROWN has no relaxation for {op!r} yet (node '{node.name}')")
-        coeff[j] = coeff[j] + Aj if j in coeff else Aj
+        rule = g.rule_for(RULES, op, "CROWN", node.name)
+        for j, Aj, c in rule(op, node, Ai, ctx):
+            if c is not None:
+                const = const + c
+            coeff[j] = coeff[j] + Aj if j in coeff else Aj
     raise AssertionError("the backward pass did not reach the input")
 
 
 def _conv_relu_conv_chain(graph: g.Graph, j: int):
-    """(conv2, conv1, channel affines from the input) if node j is Conv2d ← ReLU ← Conv2d ← ChannelAffine* ←
+    """(conv2, conv1, channel affines from the input) if node j is Conv2d ← ReLU ← Conv2d ← ElementwiseAffine* ←
     Input with plain convolutions (groups 1, dilation 1, zero padding), else None."""
     def plain(op):
         if not isinstance(op, g.Conv2d):
@@ -183,7 +231,7 @@ def _conv_relu_conv_chain(graph: g.Graph, j: int):
         return None
     affines, i = [], n1.inputs[0]
     while not isinstance(graph.nodes[i].op, g.Input):
-        if not isinstance(graph.nodes[i].op, g.ChannelAffine):
+        if not isinstance(graph.nodes[i].op, g.ElementwiseAffine):
             return None
         affines.append(graph.nodes[i].op)
         i = graph.nodes[i].inputs[0]
@@ -208,9 +256,7 @@ def _patch_bounds(graph: g.Graph, j: int, idx: torch.Tensor, pre: dict[int, Boun
         return None
     lo, up = input_set.lower, input_set.upper
     for op in affines:  # the box in the first convolution's input space
-        sc, sh = op.scale_shift()
-        shape = (1, -1) + (1,) * (lo.dim() - 2)
-        a, b = lo * sc.view(shape) + sh.view(shape), up * sc.view(shape) + sh.view(shape)
+        a, b = op.forward(lo), op.forward(up)
         lo, up = torch.minimum(a, b), torch.maximum(a, b)
     dtype = pre[relu_in].lower.dtype
     lo, up = lo.to(dtype), up.to(dtype)
@@ -275,7 +321,7 @@ def _neuron_bounds(graph: g.Graph, j: int, mask: torch.Tensor, shapes: list[tupl
     dtype = pre[j].lower.dtype if j in pre else input_set.x.dtype
     dev = mask.device
     node = graph.nodes[j]
-    first = isinstance(node.op, g.AffineOp) and not isinstance(node.op, g.ChannelAffine)
+    first = isinstance(node.op, g.AffineOp) and not isinstance(node.op, g.ElementwiseAffine)
     start = node.inputs[0] if first else j
     size = max(math.prod(shapes[k]) for k in range(start + 1)) * (2 if first else 1)
     chunk = max(1, max_elems // max(1, 2 * B * size))
@@ -318,7 +364,7 @@ def _optimized_rows(graph: g.Graph, j: int, idx: torch.Tensor, shapes: list[tupl
     both = torch.cat([rows, -rows], 1).view(B, 2 * U, *shapes[j])
     alphas = {}
     for node in graph.nodes[:j]:
-        if isinstance(node.op, g.ReLU):
+        if isinstance(node.op, g.PiecewiseLinear):
             r = node.inputs[0]
             sl = relu_relaxation(pre[r])[0]
             alphas[r] = sl.unsqueeze(1).expand(B, 2 * U, *shapes[r]).clone().requires_grad_(True)
@@ -366,7 +412,7 @@ def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
         return False
     i = node.inputs[0]
     while not isinstance(graph.nodes[i].op, g.Input):
-        if not isinstance(graph.nodes[i].op, (g.ChannelAffine, g.Flatten, g.Unflatten)):
+        if not isinstance(graph.nodes[i].op, (g.ElementwiseAffine, g.Flatten, g.Unflatten, g.Reindex)):
             return False
         i = graph.nodes[i].inputs[0]
     return True
@@ -422,14 +468,15 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
             ibp = ibp_all[j]
             # only neurons that IBP cannot prove stable need linear bounds: a stable ReLU is relaxed exactly
             # (Sigmoid and Tanh neurons are never exact unless their interval is a point)
-            relu = isinstance(node.op, g.ReLU)
+            relu = isinstance(node.op, g.PiecewiseLinear)
             mask = ((ibp.lower < 0) & (ibp.upper > 0) if relu else ibp.upper > ibp.lower).flatten(1)
             if intermediate == "ibp" or _ibp_is_exact(graph, j) or not mask.any():
                 pre[j] = ibp
                 continue
             idx, valid, lo, up = _neuron_bounds(graph, j, mask, shapes, pre, input_set, max_elems)
             if intermediate == "alpha" and relu:
-                earlier = sum(math.prod(shapes[n.inputs[0]]) for n in graph.nodes[:j] if isinstance(n.op, g.ReLU))
+                earlier = sum(math.prod(shapes[n.inputs[0]]) for n in graph.nodes[:j]
+                              if isinstance(n.op, g.PiecewiseLinear))
                 if B * 2 * idx.shape[1] * max(earlier, math.prod(shapes[j])) <= max_elems:
                     lo, up = _optimized_rows(graph, j, idx, shapes, pre, input_set, lo.detach(), up.detach(),
                                              alpha_iterations, 0.1)
@@ -485,7 +532,7 @@ def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = Non
     K = rows.shape[1]
     alphas: dict[int, torch.Tensor] = {}
     for node in graph.nodes:
-        if isinstance(node.op, g.ReLU):
+        if isinstance(node.op, g.PiecewiseLinear):
             j = node.inputs[0]
             sl = relu_relaxation(pre[j])[0]
             alphas[j] = sl.unsqueeze(1).expand(B, K, *shapes[j]).clone().requires_grad_(True)

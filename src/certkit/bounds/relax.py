@@ -4,6 +4,8 @@
   triangle and branch and bound's split scores).
 * :func:`relu_band`: ``relu(z) − λz ∈ [0, β]`` for a slope λ (DeepZ, COLT's learned slopes, Cauchy estimates,
   latent points).
+* Both take a ``negative_slope`` a in [0, 1] for LeakyReLU, ``max(z, a·z) = a·z + (1 − a)·relu(z)``: its
+  relaxations are ReLU's scaled by ``1 − a`` plus the exact linear part ``a·z``.
 * :func:`sshape_relaxation`: parallel bounds ``λz + bl ≤ f(z) ≤ λz + bu`` for Sigmoid and Tanh.
 
 Float policy (see docs/soundness.md): the S-shaped relaxation is derived in float64 from closed forms that do
@@ -25,25 +27,38 @@ def _chord(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return unstable, active, torch.where(unstable, u / (u - l).clamp_min(1e-30), active.to(l.dtype))
 
 
-def relu_relaxation(b: Bounds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lower slope, upper slope, upper intercept) of ReLU over [l, u], elementwise: the chord above unstable
-    neurons, the adaptive lower slope (1 if ``u > −l`` else 0) below, exact on stable ones."""
+def relu_relaxation(b: Bounds, negative_slope: float = 0.0,
+                    alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lower slope, upper slope, upper intercept) of ReLU (or LeakyReLU with ``negative_slope``) over [l, u],
+    elementwise: the chord above unstable neurons, below them the adaptive lower slope (1 if ``u > −l`` else 0)
+    or ``alpha`` (α-CROWN's optimised slopes of the ReLU part, in [0, 1], broadcastable to the bounds; they
+    replace the default on unstable neurons only), exact on stable ones."""
     l, u = b.lower, b.upper
     unstable, active, su = _chord(l, u)
     bu = torch.where(unstable, -su * l, torch.zeros_like(l))
     sl = torch.where(unstable, (u > -l).to(l.dtype), active.to(l.dtype))
+    if alpha is not None:
+        sl = torch.where(unstable, alpha, sl)
+    a = negative_slope
+    if a:
+        sl, su, bu = a + (1 - a) * sl, a + (1 - a) * su, (1 - a) * bu
     return sl, su, bu
 
 
-def relu_band(b: Bounds, slope: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(λ, β, unstable) with ``0 ≤ relu(z) − λz ≤ β`` on [l, u]: on unstable neurons λ is ``slope`` (clamped to
-    [0, 1]; default the chord, DeepZ's minimal-area choice) and β = max(−λl, (1 − λ)u); stable neurons are exact
-    (λ = 1 or 0, β = 0)."""
+def relu_band(b: Bounds, slope: torch.Tensor | None = None,
+              negative_slope: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(λ, β, unstable) with ``0 ≤ f(z) − λz ≤ β`` on [l, u] for f = ReLU (or LeakyReLU with ``negative_slope``
+    a): on unstable neurons the ReLU part's slope is ``slope`` (clamped to [0, 1]; default the chord, DeepZ's
+    minimal-area choice) with β = max(−λl, (1 − λ)u); stable neurons are exact (β = 0). For LeakyReLU, λ and β
+    become ``a + (1 − a)λ`` and ``(1 − a)β``."""
     l, u = b.lower, b.upper
     unstable, active, lam = _chord(l, u)
     if slope is not None:
         lam = torch.where(unstable, slope.to(l).clamp(0, 1).expand_as(l), lam)
     beta = torch.where(unstable, torch.maximum(-lam * l, (1 - lam) * u), torch.zeros_like(l))
+    a = negative_slope
+    if a:
+        lam, beta = a + (1 - a) * lam, (1 - a) * beta
     return lam, beta, unstable
 
 

@@ -82,8 +82,8 @@ class Zonotope:
 def _activation(op: g.Activation, z: Zonotope, m: int, slope: torch.Tensor | None) -> tuple[Zonotope, int]:
     b = z.bounds()
     l, u = b.lower, b.upper
-    if isinstance(op, g.ReLU):
-        lam, band, new = relu_band(b, slope)
+    if isinstance(op, g.PiecewiseLinear):
+        lam, band, new = relu_band(b, slope, op.negative_slope)
         mu = beta = band / 2
     else:
         f = torch.sigmoid if isinstance(op, g.Sigmoid) else torch.tanh
@@ -114,6 +114,26 @@ def _linear_op(op: g.Op, x: torch.Tensor) -> torch.Tensor:
     return op.forward(x)
 
 
+def _z_linear(op, ins, m, slope):
+    x = ins[0]
+    B, k = x.generators.shape[:2]
+    gens = _linear_op(op, x.generators.reshape(B * k, *x.generators.shape[2:]))
+    return Zonotope(op.forward(x.center), gens.reshape(B, k, *gens.shape[1:])), m
+
+
+def _z_add(op, ins, m, slope):
+    a, b = (z.padded(m) for z in ins)
+    return Zonotope(a.center + b.center, a.generators + b.generators), m
+
+
+# transfer rules (op type → rule(op, input zonotopes, number of error terms, slope) → (zonotope, terms))
+RULES = {
+    g.AffineOp: _z_linear, g.AvgPool2d: _z_linear, g.Flatten: _z_linear, g.Unflatten: _z_linear,
+    g.Reindex: _z_linear, g.Activation: lambda op, ins, m, slope: _activation(op, ins[0], m, slope), g.Add: _z_add,
+}
+"""The zonotope domain's transfer rules; the ops it supports are derived from this table."""
+
+
 def zonotope_bounds(model, input_set: InputSet | Zonotope, spec: LinearSpec | None = None,
                     slopes: dict[int, torch.Tensor] | None = None, return_all: bool = False, start: int = 0):
     """DeepZ bounds on the model's outputs (or on the rows of ``spec``, applied exactly to the zonotope).
@@ -135,23 +155,8 @@ def zonotope_bounds(model, input_set: InputSet | Zonotope, spec: LinearSpec | No
         ins = [zs[k] for k in node.inputs]
         if any(z is None for z in ins):
             raise SpecError(f"node '{node.name}' depends on nodes before the start node {start}")
-        x = ins[0]
-        if isinstance(op, (g.AffineOp, g.AvgPool2d)):
-            B, k = x.generators.shape[:2]
-            gens = _linear_op(op, x.generators.reshape(B * k, *x.generators.shape[2:]))
-            zs[i] = Zonotope(op.forward(x.center), gens.reshape(B, k, *gens.shape[1:]))
-        elif isinstance(op, (g.Flatten, g.Unflatten)):
-            B, k = x.generators.shape[:2]
-            c = op.forward(x.center)
-            zs[i] = Zonotope(c, x.generators.reshape(B, k, *c.shape[1:]))
-        elif isinstance(op, g.Activation):
-            zs[i], m = _activation(op, x, m, None if slopes is None else slopes.get(i))
-        elif isinstance(op, g.Add):
-            a, b = (z.padded(m) for z in ins)
-            zs[i] = Zonotope(a.center + b.center, a.generators + b.generators)
-        else:
-            raise g.UnsupportedOpError(f"the zonotope domain has no transfer function for {op!r} "
-                                       f"(node '{node.name}')")
+        rule = g.rule_for(RULES, op, "the zonotope domain (DeepZ)", node.name)
+        zs[i], m = rule(op, ins, m, None if slopes is None else slopes.get(i))
     out = zs[graph.output]
     if spec is not None:
         if out.center.dim() != 2 or spec.C.shape[2] != out.center.shape[1] or spec.C.shape[0] != out.center.shape[0]:
@@ -313,7 +318,7 @@ def _term_phases(nodes) -> list[dict[int, int]]:
             phases.append({i: _DIAG})
         elif isinstance(op, g.Add):
             phases.append({grp: _GONE for j in node.inputs for grp in phases[j]})
-        elif isinstance(op, (g.ChannelAffine, g.Flatten, g.Unflatten)):
+        elif isinstance(op, (g.ElementwiseAffine, g.Flatten, g.Unflatten)):
             phases.append(dict(phases[node.inputs[0]]))
         elif isinstance(op, g.ReLU):
             phases.append({**phases[node.inputs[0]], i: _DIAG})

@@ -127,7 +127,8 @@ def lr_at(cfg: TrainConfig, objective: Objective, epoch_float: float) -> float:
 def l1_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of |w| over the weights of the affine layers (not biases, not normalisation)."""
     graph = g.to_graph(model)
-    ws = [n.op.weight for n in graph.nodes if isinstance(n.op, g.AffineOp) and not isinstance(n.op, g.ChannelAffine)]
+    ws = [n.op.weight for n in graph.nodes
+          if isinstance(n.op, g.AffineOp) and not isinstance(n.op, g.ElementwiseAffine)]
     return sum(w.abs().sum() for w in ws)
 
 

@@ -37,8 +37,9 @@ from certkit.bounds.linear import _backward, crown_bounds
 from certkit.bounds.relax import relu_relaxation
 from certkit.specs import Box, InputSet, LinearSpec, SpecError
 
-# the ops of the networks that branch and bound (and the MILP encoding) handle: ReLU networks without MaxPool
-SUPPORTED_OPS = (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.Add, g.ReLU)
+# the ops of the networks that branch and bound (and the MILP encoding) handle: piecewise-linear networks
+# (ReLU, LeakyReLU) without MaxPool
+SUPPORTED_OPS = (g.Input, g.AffineOp, g.AvgPool2d, g.Flatten, g.Unflatten, g.Reindex, g.Add, g.PiecewiseLinear)
 
 
 @dataclass
@@ -67,8 +68,9 @@ class _Problem:
         self.graph = graph = g.to_graph(model)
         bad = [n for n in graph.nodes if not isinstance(n.op, SUPPORTED_OPS)]
         if bad:
-            raise g.UnsupportedOpError(f"branch and bound supports ReLU networks only; {bad[0].op!r} "
-                                       f"(node '{bad[0].name}') is not supported")
+            raise g.UnsupportedOpError(f"branch and bound supports piecewise-linear networks only; {bad[0].op!r} "
+                                       f"(node '{bad[0].name}') is not supported; it supports: "
+                                       + ", ".join(g.supported_ops(dict.fromkeys(SUPPORTED_OPS))))
         self.model = model
         self.lo, self.hi = input_set.lower, input_set.upper
         dtype = self.lo.dtype
@@ -80,7 +82,8 @@ class _Problem:
         self.pre = pre
         with torch.no_grad():
             self.shapes = [tuple(v.shape[1:]) for v in graph.forward(input_set.x.to(dtype), return_all=True)]
-        self.relus = [n.inputs[0] for n in graph.nodes if isinstance(n.op, g.ReLU)]
+        self.relus = [n.inputs[0] for n in graph.nodes if isinstance(n.op, g.PiecewiseLinear)]
+        self.leak = {n.inputs[0]: n.op.negative_slope for n in graph.nodes if isinstance(n.op, g.PiecewiseLinear)}
         self.unstable = {j: ((pre[j].lower < 0) & (pre[j].upper > 0)).flatten().nonzero().squeeze(1)
                          for j in self.relus}
         self.n_unstable = sum(len(u) for u in self.unstable.values())
@@ -177,7 +180,7 @@ class _Problem:
             lam = record[j].flatten(2)[:, :, u]
             lo, up = pre[j].lower.flatten(1)[:, u], pre[j].upper.flatten(1)[:, u]
             live = (lo < 0) & (up > 0) & (split[j] == 0)
-            intercept = relu_relaxation(Bounds(lo, up))[2].unsqueeze(1)  # the chord's intercept
+            intercept = relu_relaxation(Bounds(lo, up), self.leak[j])[2].unsqueeze(1)  # the chord's intercept
             sc = (lam.clamp(max=0).neg() * intercept).sum(1)
             sc = sc + 1e-3 * (lam.abs() * torch.minimum(up, -lo).clamp(min=0).unsqueeze(1)).sum(1) + 1e-12
             out.append(torch.where(live, sc, torch.full_like(sc, -1.0)))

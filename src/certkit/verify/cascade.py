@@ -128,7 +128,7 @@ def verify_property(
         if stage in ("bab", "milp"):
             if not input_set.is_box:
                 continue  # both split boxes only
-            if not relu_only(model):
+            if not piecewise_linear(model):
                 continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'
             for b in idx.tolist():
                 _complete_stage(stage, model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout,
@@ -175,8 +175,8 @@ def verify_property(
     return verdicts
 
 
-def relu_only(model) -> bool:
-    """The model has only the ops branch and bound and the MILP encode (ReLU networks without MaxPool)."""
+def piecewise_linear(model) -> bool:
+    """The model has only the ops branch and bound and the MILP encode (ReLU/LeakyReLU networks without MaxPool)."""
     return all(isinstance(n.op, SUPPORTED_OPS) for n in g.to_graph(model).nodes)
 
 

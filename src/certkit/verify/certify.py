@@ -19,10 +19,10 @@ from torch import nn
 from certkit import graph as g
 from certkit.specs import SpecError, ball, check_finite, margin_spec
 from certkit.verify.bab import SUPPORTED_OPS
-from certkit.verify.cascade import METHODS, STAGES, relu_only, verify_property
+from certkit.verify.cascade import METHODS, STAGES, piecewise_linear, verify_property
 
 COMPLETE = ("bab", "milp", "cascade")  # methods that run the cascade (one stage, or all)
-SUPPORTED_NAMES = [op.__name__ for op in SUPPORTED_OPS]
+SUPPORTED_NAMES = g.supported_ops(dict.fromkeys(SUPPORTED_OPS))
 
 
 @dataclass
@@ -78,9 +78,10 @@ def certify(
         if method != "cascade":
             if not s.is_box:
                 raise SpecError(f"method {method!r} splits boxes: it takes L∞ balls, not the L{s.p:g} ball")
-            if not relu_only(model):
-                ops = sorted({type(n.op).__name__ for n in g.to_graph(model).nodes} - set(SUPPORTED_NAMES))
-                raise g.UnsupportedOpError(f"method {method!r} encodes ReLU networks; this one has {', '.join(ops)}")
+            if not piecewise_linear(model):
+                ops = sorted({repr(n.op) for n in g.to_graph(model).nodes if not isinstance(n.op, SUPPORTED_OPS)})
+                raise g.UnsupportedOpError(f"method {method!r} encodes piecewise-linear networks ("
+                                           f"{', '.join(SUPPORTED_NAMES)}); this one has {', '.join(ops)}")
             opts["stages"] = (method,)
         verdicts = verify_property(model, s, spec, **opts)
         lower = torch.stack([v.lower for v in verdicts])

@@ -1,8 +1,9 @@
 """Exact verification of ReLU networks by mixed-integer linear programming (Tjeng, Xiao & Tedrake 2019).
 
-Every node's output is a vector of LP variables; affine ops (Linear, convolutions, Normalize/BN, AvgPool) are
-equality rows with their explicit sparse matrices, Flatten/Unflatten rename variables, Add sums them. A ReLU
-``y = relu(z)`` with pre-activation bounds ``l < 0 < u`` is encoded exactly with one binary ``a``:
+Every node's output is a vector of LP variables; affine ops (Linear, convolutions, Normalize/BN, elementwise
+affine maps, AvgPool) are equality rows with their explicit sparse matrices, Flatten/Unflatten/Reindex rename
+variables, Add sums them. A LeakyReLU ``max(z, a·z)`` is ``a·z + (1 − a)·relu(z)``, with relu(z) encoded as
+below. A ReLU ``y = relu(z)`` with pre-activation bounds ``l < 0 < u`` is encoded exactly with one binary ``a``:
 
     y ≥ z,  y ≥ 0,  y ≤ u·a,  y ≤ z − l·(1 − a)
 
@@ -90,6 +91,10 @@ def _relax_tiny(rows, cols, vals, row_lo, row_up, col_lo, col_up):
     return rows[keep], cols[keep], vals[keep], row_lo - delta, row_up + delta
 
 
+OPS = dict.fromkeys((g.Input, g.Flatten, g.Unflatten, g.Reindex, g.AffineOp, g.AvgPool2d, g.Add, g.PiecewiseLinear))
+"""The op types the MILP encodes (one branch each in :class:`MilpEncoding`)."""
+
+
 class MilpEncoding:
     """The MILP of one input of ``model`` over ``input_set`` (batch of one), reusable across objectives.
 
@@ -105,6 +110,8 @@ class MilpEncoding:
             raise ValueError(f"MilpEncoding takes one input, got a batch of {input_set.batch_size}")
         if not input_set.is_box:
             raise SpecError("the MILP encodes box-shaped input sets (L∞ balls, boxes); an L2/L1 ball is not one")
+        for node in g.to_graph(model).nodes:
+            g.rule_for(OPS, node.op, "the MILP encoding", node.name)
         self.model = model
         # The MILP is solved in float64: its variable bounds must hold in float64 too. Bounds computed in float32
         # can cut off the network's own values by round-off (measured: 1.3e-8 on an IBP-trained MLP, above the
@@ -153,7 +160,7 @@ class MilpEncoding:
             self.n_rows += len(lo)
 
         # which unstable ReLUs get binaries: later layers first, larger triangles first
-        relus = [i for i, n in enumerate(graph.nodes) if isinstance(n.op, g.ReLU)]
+        relus = [i for i, n in enumerate(graph.nodes) if isinstance(n.op, g.PiecewiseLinear)]
         budget = math.inf if max_binaries is None else max_binaries
         binary: dict[int, np.ndarray] = {}
         for i in reversed(relus):
@@ -195,7 +202,9 @@ class MilpEncoding:
                 add_rows(np.concatenate([r, r, r]), np.concatenate([z, a, c]),
                          np.concatenate([np.ones(n), -np.ones(n), -np.ones(n)]), np.zeros(n), np.zeros(n))
                 var.append(z)
-            elif isinstance(op, g.ReLU):
+            elif isinstance(op, g.Reindex):
+                var.append(var[node.inputs[0]][op.index.numpy()])
+            elif isinstance(op, g.PiecewiseLinear):
                 j = node.inputs[0]
                 zl, zu = bounds[j]
                 zv = var[j]
@@ -226,8 +235,17 @@ class MilpEncoding:
                         _, s, c = (t.numpy() for t in relu_relaxation(Bounds(torch.from_numpy(l), torch.from_numpy(u))))
                         add_rows(np.concatenate([r, r]), np.concatenate([ys, zs]), np.concatenate([np.ones(k), -s]),
                                  np.full(k, -np.inf), c)  # y − s·z ≤ c, the chord
+                slope = op.negative_slope
+                if slope:  # LeakyReLU: v = a·z + (1 − a)·relu(z), one equality row per neuron
+                    n = len(zv)
+                    v = new_cols(lo, up)
+                    r = np.arange(n)
+                    add_rows(np.concatenate([r, r, r]), np.concatenate([v, zv, y]),
+                             np.concatenate([np.ones(n), np.full(n, -slope), np.full(n, slope - 1)]),
+                             np.zeros(n), np.zeros(n))
+                    y = v
                 var.append(y)
-            else:
+            else:  # pragma: no cover - checked against OPS above
                 raise g.UnsupportedOpError(f"the MILP encoding has no rule for {op!r} (node '{node.name}')")
         self._cols = (np.concatenate(col_lo), np.concatenate(col_up), np.concatenate(integer))
         *self._entries, r_lo, r_up = _relax_tiny(*(np.concatenate([e[k] for e in entries]) for k in range(3)),
