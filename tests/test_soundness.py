@@ -148,14 +148,31 @@ def test_float32_ball_box_contains_the_exact_ball():
 
 
 def test_counterexamples_lie_in_the_exact_set():
-    """Seeds where a counterexample at a corner of the float32 box of an L∞ ball of radius 1000 lay outside the
-    exact ball (found by the fuzz campaign): now every counterexample is in the set as defined, in float64."""
-    from certkit import fuzz
-
-    st = fuzz.Stats()
-    for seed in (101643, 101807):
-        fuzz.run_case(seed, ("verify",), 2.0, st)
-    assert st.violations == [] and st.verdicts["falsified"] > 0
+    """The fuzz campaign's case: the only counterexamples lie at a corner of an L∞ ball of radius 1000 around a
+    float32 input, where x ± eps rounded to float32 can leave the exact ball. Every counterexample the cascade
+    returns lies in the ball as defined (float64, no tolerance) and violates the property there."""
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.float64):
+        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1)).to(dtype)
+        with torch.no_grad():
+            net[0].weight.copy_(torch.eye(8, 6, dtype=dtype))
+            net[0].bias.fill_(1000.0)
+            net[2].weight.fill_(1.0)
+            net[2].bias.zero_()
+        x = (torch.rand(1, 6, generator=g) + 0.1).to(dtype)
+        eps = 1000.0
+        s = ball("inf", x, eps, None)
+        with torch.no_grad():  # the network's value at the exact corner x + eps, in float64
+            top = float(net.double()(x.double() + eps)[0, 0])
+            net.to(dtype)
+        spec = LinearSpec(torch.tensor([[[-1.0]]], dtype=dtype), torch.tensor([[top - 1e-3]], dtype=dtype))
+        v = verify_property(net, s, spec, stages=("attack",), timeout=10)[0]
+        assert v.verdict == "falsified", dtype
+        cex = v.counterexample.double()
+        assert ((cex - x.double()).abs() <= eps).all(), dtype  # in the exact ball
+        with torch.no_grad():
+            assert float(-net.double()(cex)[0, 0]) + float(spec.d[0, 0]) <= 0
+            net.to(dtype)
 
 
 @pytest.mark.parametrize("seed", [104401, 104299])

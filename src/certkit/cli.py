@@ -167,6 +167,19 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_vnncomp(args) -> int:
+    from certkit.verify.vnncomp import run_benchmark, score_table
+
+    out = Path(args.out) if args.out else Path("runs") / "vnncomp" / f"{Path(args.bench).resolve().name}.csv"
+    print(f"results: {out}", file=sys.stderr)
+    rows = run_benchmark(args.bench, out, args.timeout_scale, args.instances, args.device or "cpu",
+                         every=args.every, max_binaries=args.max_binaries)
+    table = score_table(rows, args.bench)
+    print(table)
+    out.with_suffix(".score.txt").write_text(table + "\n")
+    return 0
+
+
 def cmd_smooth(args) -> int:
     from certkit.report import format_table
     from certkit.smoothing import CompiledBase, Noise, Smooth
@@ -412,6 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default=None, help="result file (VNN-COMP format, with the counterexample if sat)")
     _add_common(v)
     v.set_defaults(func=cmd_verify)
+
+    vc = sub.add_parser("vnncomp", help="run a VNN-COMP benchmark folder (resumable) and score it")
+    vc.add_argument("bench", help="folder with instances.csv (and ground_truth.csv to score against)")
+    vc.add_argument("--out", default=None, help="results CSV (default: runs/vnncomp/<benchmark>.csv)")
+    vc.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every instance's timeout")
+    vc.add_argument("--instances", type=int, default=None, help="only the first K instances")
+    vc.add_argument("--every", type=int, default=1, help="only every k-th instance (a spread-out sample)")
+    vc.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
+    _add_common(vc)
+    vc.set_defaults(func=cmd_vnncomp)
 
     sm = sub.add_parser("smooth", help="randomized smoothing: certify, predict, attack, report")
     sm.add_argument("action", choices=["certify", "predict", "attack", "report"])

@@ -185,8 +185,9 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
     ``alphas`` optionally gives, per ReLU (or LeakyReLU) input node, lower slopes in [0, 1] of the ReLU part, of
     shape (B, K, *shape), for the unstable neurons (α-CROWN); the default is CROWN's adaptive slope.
     ``betas`` adds, per node, a term ``betas[i]·x_i`` to the bounded function (β-CROWN's Lagrangian for split
-    constraints; see :mod:`certkit.verify.bab`). ``record``, if given, receives the coefficients on every ReLU's (LeakyReLU's)
-    output (keyed by its input node) and on the input (key -1). The rules per op are in :data:`RULES`."""
+    constraints; see :mod:`certkit.verify.bab`). ``record``, if given, receives the coefficients on every
+    ReLU's (LeakyReLU's) output (keyed by its input node) and on the input (key -1). The rules per op are in
+    :data:`RULES`."""
     B, K = A.shape[:2]
     coeff: dict[int, torch.Tensor] = {target: A}
     if const is None:

@@ -24,6 +24,7 @@ from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
 from certkit.specs import InputSet, LinearSpec, SpecError
 from certkit.verify.bab import SUPPORTED_OPS, bab
+from certkit.verify.input_bab import input_bab, splits_inputs
 from certkit.verify.milp import MilpEncoding, _select
 
 # bound method name -> function(model, input_set, spec, **options) -> lower bounds on the spec rows (B, K)
@@ -88,7 +89,8 @@ def verify_property(
 
     Stages run in order on the inputs still undecided: ``attack`` (PGD on the violation, re-checked in float64),
     ``ibp``, ``crown``, ``alpha`` (bounds; a clause is refuted when one of its rows is proved positive) and
-    ``bab`` (branch and bound with β-CROWN, per open clause) and ``milp`` (HiGHS), both with α-CROWN-optimised
+    ``bab`` (branch and bound per open clause: on the input box when at most 16 inputs vary, see
+    :mod:`certkit.verify.input_bab`, else on ReLUs with β-CROWN) and ``milp`` (HiGHS), both with α-CROWN-optimised
     intermediate bounds and within what is left of ``timeout`` per input: the MILP runs only where branch and
     bound stopped early without a verdict (domain budget, a fully split domain) or is left out of ``stages``.
     ``progress(n)``, if given, is told each time n more inputs are finished (per input in the complete stages).
@@ -128,9 +130,9 @@ def verify_property(
         if stage in ("bab", "milp"):
             if not input_set.is_box:
                 continue  # both split boxes only
-            if not piecewise_linear(model):
-                continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'
             for b in idx.tolist():
+                if not (piecewise_linear(model) or (stage == "bab" and splits_inputs(_select(input_set, b)))):
+                    continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'
                 _complete_stage(stage, model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout,
                                 max_binaries, refined, model64)
                 open_[b] = verdicts[b].verdict == "unknown"
@@ -209,7 +211,9 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
         budget = left - (time.perf_counter() - t0)
         if budget <= 0:
             break
-        if stage == "bab":
+        if stage == "bab" and splits_inputs(one):  # few inputs: split the input box
+            r = input_bab(model, one, spec.C[b, rq], d[b, rq], time_limit=budget)
+        elif stage == "bab":
             r = bab(model, one, spec.C[b, rq], d[b, rq], time_limit=budget, pre=pre)
         else:
             enc = enc or MilpEncoding(model, one, pre, max_binaries)

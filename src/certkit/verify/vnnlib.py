@@ -173,7 +173,8 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
                   **options) -> tuple[str, object | None]:
     """Decide a VNN-LIB property on ``model`` (inputs reshaped to ``input_shape``, batch dimension included)
     with the verification cascade. Returns the VNN-COMP answer — 'unsat' (holds), 'sat' (with the
-    counterexample input, checked in float64), 'timeout' or 'unknown' — and the counterexample or None."""
+    counterexample input: a float64 point of the file's box, checked in float64), 'timeout' or 'unknown' — and
+    the counterexample or None."""
     import time
 
     import torch
@@ -182,8 +183,10 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
     from certkit.verify import verify_property
 
     n_in = int(np.prod(input_shape[1:]))
+    ref = next((t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()), torch.zeros(1))
+    dtype, device = ref.dtype, ref.device  # the model's: a float64 network is verified in float64
     with torch.no_grad():
-        n_out = model(torch.zeros(1, *input_shape[1:])).numel()
+        n_out = model(torch.zeros(1, *input_shape[1:], dtype=dtype, device=device)).numel()
     for p in props:
         if p.lower.size != n_in:
             raise VnnlibError(f"the property declares {p.lower.size} inputs X_i, the network takes {n_in} "
@@ -192,20 +195,60 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
             raise VnnlibError(f"the property declares {p.C.shape[1]} outputs Y_j, the network has {n_out}")
     t0 = time.perf_counter()
     answer = "unsat"
+    model64 = None
     for p in props:
         left = timeout - (time.perf_counter() - t0)
         if left <= 0:
             return "timeout", None
-        lo = torch.tensor(p.lower, dtype=torch.float32).view(1, *input_shape[1:])
-        up = torch.tensor(p.upper, dtype=torch.float32).view(1, *input_shape[1:])
-        spec = LinearSpec(torch.tensor(p.C, dtype=torch.float32).unsqueeze(0),
-                          torch.tensor(p.d, dtype=torch.float32).unsqueeze(0))
-        v = verify_property(model, Box(lo, up), spec, torch.tensor(p.clauses), timeout=left, **options)[0]
+        # the file's bounds, exactly (float64), and the box in the model's dtype rounded outwards, so that it
+        # contains the file's box (rounded to nearest it can cut a sliver off, and "unsat" would not cover it)
+        lo64 = torch.tensor(p.lower, dtype=torch.float64, device=device).view(1, *input_shape[1:])
+        up64 = torch.tensor(p.upper, dtype=torch.float64, device=device).view(1, *input_shape[1:])
+        lo, up = _round_out(lo64, up64, dtype)
+        # the rows C·y + d with d rounded down: a row proved positive is positive for the file's d too; a C that
+        # the model's dtype cannot hold exactly (VNN-LIB's are almost always ±1) is verified in float64
+        C64 = torch.tensor(p.C, dtype=torch.float64, device=device)
+        net, dt = (model, dtype) if torch.equal(C64.to(dtype).double(), C64) else (_double(model), torch.float64)
+        d_lo = _round_out(torch.tensor(p.d, dtype=torch.float64, device=device), None, dt)[0]
+        if dt == torch.float64:
+            lo, up = lo64, up64
+        spec = LinearSpec(C64.to(dt).unsqueeze(0), d_lo.unsqueeze(0))
+        v = verify_property(net, Box(lo, up), spec, torch.tensor(p.clauses), timeout=left, **options)[0]
         if v.verdict == "falsified":
-            return "sat", v.counterexample
+            # a counterexample of the rounded-out box, moved into the file's box and checked there in float64
+            if model64 is None:
+                model64 = _double(model)
+            x = torch.minimum(torch.maximum(v.counterexample.double().view_as(lo64), lo64), up64)
+            with torch.no_grad():
+                rows = torch.tensor(p.C, dtype=torch.float64, device=device) @ model64(x).reshape(-1) + \
+                    torch.tensor(p.d, dtype=torch.float64, device=device)
+            cl = torch.tensor(p.clauses, device=device)
+            if any(bool((rows[cl == q] <= 0).all()) for q in cl.unique()):
+                return "sat", x
+            v.verdict = "unknown"
         if v.verdict == "unknown":
             answer = "timeout" if time.perf_counter() - t0 >= timeout * 0.99 else "unknown"
     return answer, None
+
+
+def _round_out(lo64, up64, dtype):
+    """[lo64, up64] rounded outwards to ``dtype`` (``up64`` may be None)."""
+    import torch
+
+    lo = lo64.to(dtype)
+    inf = torch.tensor(float("inf"), dtype=dtype, device=lo.device)
+    lo = torch.where(lo.double() > lo64, torch.nextafter(lo, -inf), lo)
+    if up64 is None:
+        return lo, None
+    up = up64.to(dtype)
+    up = torch.where(up.double() < up64, torch.nextafter(up, inf), up)
+    return lo, up
+
+
+def _double(model):
+    import copy
+
+    return copy.deepcopy(model).double()
 
 
 def format_result(answer: str, model=None, x=None) -> str:
@@ -221,3 +264,44 @@ def format_result(answer: str, model=None, x=None) -> str:
     xs = x.reshape(-1).double().tolist()
     lines = [f"(X_{i} {v!r})" for i, v in enumerate(xs)] + [f"(Y_{j} {v!r})" for j, v in enumerate(y.tolist())]
     return "sat\n(" + "\n ".join(lines) + ")\n"
+
+
+def check_counterexample(onnx_path: str | Path, props: list[VnnProperty], x, y) -> str | None:
+    """Check a counterexample the way the competition's scorer does: the ONNX file itself, run by onnxruntime
+    (or, where it is not installed, by onnx's reference evaluator), must give outputs within 1e-4 (relative and
+    absolute) of ``y``, and ``(x, y)`` must lie in one of the properties' unsafe sets. Returns None when it
+    passes, else the reason."""
+    import onnx
+
+    path = Path(onnx_path)
+    data = path.read_bytes()
+    model = onnx.load_from_string(gzip.decompress(data) if path.suffix == ".gz" else data)
+    inits = {t.name for t in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    shape = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+    np_dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    xs = np.asarray(x, dtype=np.float64).reshape(-1)
+    ys = np.asarray(y, dtype=np.float64).reshape(-1)
+    feed = {inp.name: xs.astype(np_dtype).reshape(shape)}
+    try:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        out = sess.run(None, feed)[0]
+        engine = "onnxruntime"
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+
+        out = ReferenceEvaluator(model).run(None, feed)[0]
+        engine = "onnx.reference"
+    out = np.asarray(out, dtype=np.float64).reshape(-1)
+    if out.shape != ys.shape or not np.allclose(out, ys, rtol=1e-4, atol=1e-4):
+        return f"{engine} gives outputs {out[:6].tolist()}, the counterexample claims {ys[:6].tolist()}"
+    for p in props:
+        if (xs < p.lower).any() or (xs > p.upper).any():
+            continue
+        rows = p.C @ ys + p.d
+        for q in np.unique(p.clauses):
+            if (rows[p.clauses == q] <= 0).all():
+                return None
+    return "the point and its outputs are in no unsafe set of the property"

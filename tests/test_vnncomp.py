@@ -1,0 +1,152 @@
+"""Input-splitting branch and bound against exact answers, and the VNN-COMP runner: answers, scores, resuming
+after kill -9 without lost or duplicated rows."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from certkit.specs import Box
+from certkit.verify.input_bab import input_bab, splits_inputs
+from certkit.verify.milp import MilpEncoding
+from certkit.verify.vnncomp import _read_rows, read_instances, run_benchmark, score
+
+
+def small_net(seed: int, act=nn.ReLU) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 16), act(), nn.Linear(16, 16), act(), nn.Linear(16, 2)).double().eval()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_input_splitting_agrees_with_the_exact_milp(seed):
+    m = small_net(seed)
+    x = torch.rand(1, 3, dtype=torch.float64)
+    s = Box(x - 0.5, x + 0.5)
+    c = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    exact = MilpEncoding(m, s).minimize(c[0], threshold=-1e9, stop_at_sign=False).bound
+    assert splits_inputs(s)
+    for t, expect in ((exact - 0.02, "verified"), (exact + 0.02, "falsified")):
+        r = input_bab(m, s, c, torch.tensor([-t], dtype=torch.float64), time_limit=60)
+        assert r.verdict == expect, (t, r)
+        if expect == "verified":
+            assert r.bound > 0 and r.bound <= exact - t + 1e-9  # a sound lower bound of the clause
+        else:
+            with torch.no_grad():
+                assert s.contains(r.x, tol=0.0).all() and float((m(r.x) @ c.T).max()) - t <= 0
+
+
+def test_input_splitting_decides_sigmoid_networks_too():
+    m = small_net(5, nn.Sigmoid)
+    x = torch.rand(1, 3, dtype=torch.float64)
+    s = Box(x - 0.3, x + 0.3)
+    c = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        sampled = float((m(s.sample(20000, torch.Generator().manual_seed(0))[:, 0]) @ c.T).min())
+    r = input_bab(m, s, c, torch.tensor([-(sampled - 0.01)], dtype=torch.float64), time_limit=60)
+    assert r.verdict == "verified"
+    r = input_bab(m, s, c, torch.tensor([-(sampled + 1e-3)], dtype=torch.float64), time_limit=60)
+    assert r.verdict == "falsified"
+
+
+def test_a_time_limit_gives_unknown_with_a_sound_bound():
+    m = small_net(1)
+    x = torch.rand(1, 3, dtype=torch.float64)
+    s = Box(x - 1, x + 1)
+    c = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    attained = MilpEncoding(m, s).minimize(c[0], threshold=-1e9, stop_at_sign=False).value
+    r = input_bab(m, s, c, torch.tensor([-attained], dtype=torch.float64), time_limit=0.5)  # min ≤ 0, barely
+    assert r.verdict in ("unknown", "falsified")
+    assert r.bound <= 0
+
+
+def bench(shared, name="test"):
+    root = shared / "vnncomp" / "2021" / name
+    if not root.exists():
+        pytest.skip("no VNN-COMP benchmarks in ../shared")
+    return root
+
+
+def test_runner_answers_and_scores_the_test_benchmark(shared, tmp_path):
+    root = bench(shared)
+    rows = run_benchmark(root, tmp_path / "r.csv", timeout_scale=0.5, progress=None)
+    assert [int(r["index"]) for r in rows] == list(range(len(read_instances(root))))
+    ours, tools, wrong = score(rows, root)
+    assert ours.correct == 5 and ours.wrong == 0 and not wrong and ours.points == 50
+    rpm = next(t for t in tools if t.name == "RPM")
+    assert rpm.wrong == 2 and rpm.points == 3 * 10 - 2 * 100
+    sat = [r for r in rows if r["answer"] == "sat"]
+    assert len(sat) == 1 and open(sat[0]["counterexample"]).read().startswith("sat\n((X_0 ")
+
+
+def test_runner_resumes_after_kill_9_without_lost_or_duplicated_rows(shared, tmp_path):
+    root = bench(shared)
+    out = tmp_path / "r.csv"
+    code = textwrap.dedent(f"""
+        import time
+        from certkit.verify.vnncomp import run_benchmark
+        run_benchmark({str(root)!r}, {str(out)!r}, 0.5, progress=lambda s: time.sleep(1.5))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_read_rows(out)) < 2:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(_read_rows(out))
+    assert 2 <= before < 5
+    with open(out, "a") as f:  # what a kill in the middle of a write leaves behind
+        f.write("4,onnx/test_unsat.onnx,vnnlib/test_pr")
+    rows = run_benchmark(root, out, 0.5, progress=None)
+    indices = [int(r["index"]) for r in csv.DictReader(open(out))]
+    assert sorted(indices) == list(range(5)) and len(rows) == 5
+
+
+def test_counterexamples_are_checked_on_the_onnx_file_as_the_scorer_does(shared, tmp_path):
+    from certkit.onnx_io import load_onnx
+    from certkit.verify.vnnlib import check_counterexample, read_vnnlib, verify_vnnlib
+
+    root = bench(shared)
+    net, spec = root / "onnx/test_sat.onnx.gz", root / "vnnlib/test_prop.vnnlib.gz"
+    model, props = load_onnx(net), read_vnnlib(spec)
+    answer, x = verify_vnnlib(model, props, model.input_shape, timeout=30)
+    assert answer == "sat"
+    with torch.no_grad():
+        y = model.double()(x.double())
+    assert check_counterexample(net, props, x, y) is None
+    assert "gives outputs" in check_counterexample(net, props, x, y + 0.1)
+    far = x + 10.0  # outside the input box
+    with torch.no_grad():
+        assert "no unsafe set" in check_counterexample(net, props, far, model(far.double()))
+
+
+def test_a_vnnlib_box_is_rounded_outwards_so_its_edge_is_not_lost(tmp_path):
+    """float32(0.7) < 0.7: rounded to nearest, the box [0, 0.7] loses its edge, where the only counterexamples
+    lie, and the spec's 0.7 moves with it. Before the fix the answer was 'sat' with x = float32(0.7), a point
+    whose output does not reach 0.7 (the scorer rejects it); now x = 0.7 exactly."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from certkit.onnx_io import load_onnx
+    from certkit.verify.vnnlib import check_counterexample, read_vnnlib, verify_vnnlib
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "id",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+                              [numpy_helper.from_array(np.ones((1, 1), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "id.onnx"))
+    (tmp_path / "p.vnnlib").write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+                                       "(assert (>= X_0 0.0))\n(assert (<= X_0 0.7))\n(assert (>= Y_0 0.7))\n")
+    net, props = load_onnx(tmp_path / "id.onnx"), read_vnnlib(tmp_path / "p.vnnlib")
+    answer, x = verify_vnnlib(net, props, net.input_shape, timeout=20)
+    assert answer == "sat" and float(x) == 0.7
+    assert check_counterexample(tmp_path / "id.onnx", props, x, x) is None
