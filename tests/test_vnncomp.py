@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from certkit.specs import Box
+from certkit.specs import Box, SpecError
 from certkit.verify.input_bab import input_bab, splits_inputs
 from certkit.verify.milp import MilpEncoding
 from certkit.verify.vnncomp import _read_rows, read_instances, run_benchmark, score
@@ -24,8 +24,8 @@ def small_net(seed: int, act=nn.ReLU) -> nn.Module:
     return nn.Sequential(nn.Linear(3, 16), act(), nn.Linear(16, 16), act(), nn.Linear(16, 2)).double().eval()
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_input_splitting_agrees_with_the_exact_milp(seed):
+@pytest.mark.parametrize("seed,branching", [(0, "bound"), (1, "bound"), (2, "gradient"), (3, "gradient")])
+def test_input_splitting_agrees_with_the_exact_milp(seed, branching):
     m = small_net(seed)
     x = torch.rand(1, 3, dtype=torch.float64)
     s = Box(x - 0.5, x + 0.5)
@@ -33,7 +33,7 @@ def test_input_splitting_agrees_with_the_exact_milp(seed):
     exact = MilpEncoding(m, s).minimize(c[0], threshold=-1e9, stop_at_sign=False).bound
     assert splits_inputs(s)
     for t, expect in ((exact - 0.02, "verified"), (exact + 0.02, "falsified")):
-        r = input_bab(m, s, c, torch.tensor([-t], dtype=torch.float64), time_limit=60)
+        r = input_bab(m, s, c, torch.tensor([-t], dtype=torch.float64), time_limit=60, branching=branching)
         assert r.verdict == expect, (t, r)
         if expect == "verified":
             assert r.bound > 0 and r.bound <= exact - t + 1e-9  # a sound lower bound of the clause
@@ -150,3 +150,53 @@ def test_a_vnnlib_box_is_rounded_outwards_so_its_edge_is_not_lost(tmp_path):
     answer, x = verify_vnnlib(net, props, net.input_shape, timeout=20)
     assert answer == "sat" and float(x) == 0.7
     assert check_counterexample(tmp_path / "id.onnx", props, x, x) is None
+
+
+def test_bound_branching_splits_the_inputs_that_matter():
+    """Only x_1 changes the output; x_0 spans a far wider range. Bound-based branching halves x_1, whose halves'
+    bounds improve, and decides with few boxes; halving x_0 (the widest input) would never decide."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)).double()
+    with torch.no_grad():
+        m[0].weight[:, 0] = 0.0
+    s = Box(torch.tensor([[-100.0, -1.0]], dtype=torch.float64), torch.tensor([[100.0, 1.0]], dtype=torch.float64))
+    exact = MilpEncoding(m, s).minimize(torch.tensor([1.0], dtype=torch.float64), threshold=-1e9,
+                                        stop_at_sign=False).bound
+    r = input_bab(m, s, torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([-(exact - 1e-3)],
+                                                                                  dtype=torch.float64),
+                  time_limit=30, branching="bound")
+    assert r.verdict == "verified" and r.domains < 2000
+
+
+def test_input_splitting_rejects_bad_arguments():
+    s = Box(torch.zeros(1, 2), torch.ones(1, 2))
+    m = nn.Linear(2, 1)
+    with pytest.raises(SpecError, match="branching"):
+        input_bab(m, s, torch.ones(1, 1), branching="widest")
+    with pytest.raises(SpecError, match="C must be"):
+        input_bab(m, s, torch.ones(1, 1, 1))
+
+
+def test_the_competition_scripts_decide_an_instance(shared, tmp_path):
+    """vnncomp/prepare_instance.sh and run_instance.sh as the competition calls them (needs the .venv that
+    scripts/setup.sh or vnncomp/install_tool.sh makes)."""
+    import gzip
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".venv/bin/certkit").exists():
+        pytest.skip("no .venv with certkit in the repository (run vnncomp/install_tool.sh v1)")
+    root = bench(shared)
+    net, spec = tmp_path / "net.onnx", tmp_path / "spec.vnnlib"
+    net.write_bytes(gzip.decompress((root / "onnx/test_sat.onnx.gz").read_bytes()))
+    spec.write_bytes(gzip.decompress((root / "vnnlib/test_prop.vnnlib.gz").read_bytes()))
+    env = {**os.environ, "CERTKIT_DEVICE": "cpu"}
+    subprocess.run(["bash", str(repo / "vnncomp/prepare_instance.sh"), "v1", "test", str(net), str(spec)],
+                   check=True, env=env, capture_output=True)
+    out = tmp_path / "result.txt"
+    subprocess.run(["bash", str(repo / "vnncomp/run_instance.sh"), "v1", "test", str(net), str(spec), str(out),
+                    "30"], check=True, env=env, capture_output=True)
+    assert out.read_text().startswith("sat\n((X_0 ")
+    subprocess.run(["bash", str(repo / "vnncomp/run_instance.sh"), "v1", "test", str(tmp_path / "missing.onnx"),
+                    str(spec), str(out), "30"], env=env, capture_output=True)
+    assert out.read_text().strip() == "error"

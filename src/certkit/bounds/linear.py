@@ -131,8 +131,12 @@ def _back_kink(op: g.PiecewiseLinear, node, A, p):
     b = p.pre[j]
     alpha = p.alphas.get(j) if p.alphas is not None else None
     sl, su, bu = relu_relaxation(Bounds(b.lower.unsqueeze(1), b.upper.unsqueeze(1)), op.negative_slope, alpha)
-    Aj = A * torch.where(A >= 0, sl, su)
-    return [(j, Aj, (A.clamp(max=0) * bu).flatten(2).sum(2))]
+    # A⁺·sl + A⁻·su as A·sl + A⁻·(su − sl), and A⁻·bu as a batched matrix-vector product: three passes over A
+    neg = A.clamp(max=0)
+    Aj = (A * sl).addcmul_(neg, su - sl)
+    B, K = A.shape[:2]
+    c = torch.bmm(neg.reshape(B, K, -1), bu.expand(B, *bu.shape[1:]).reshape(B, -1, 1)).view(B, K)
+    return [(j, Aj, c)]
 
 
 def _back_sshape(op, node, A, p):

@@ -2,12 +2,18 @@
 
 ReLU splitting (:mod:`certkit.verify.bab`) pays when the input is high-dimensional and few neurons are
 unstable; on a low-dimensional input box that is wide, most neurons are unstable and halving the box is the
-better split: every child's bounds tighten everywhere at once. Each round bounds a batch of boxes with CROWN
-(one batched call), drops the proved ones, tries each box's centre and, on the most promising boxes, a short
-PGD as counterexamples (checked in float64), and halves every remaining box along the input whose
-``|∂ clause/∂x_i| · width_i`` at the centre is largest (a first-order estimate of how much of the box's spread
-that input causes). Any function of the input is allowed, not only piecewise-linear ones: the bound is
-CROWN's, which handles Sigmoid, Tanh and MaxPool too.
+better split: every child's bounds tighten everywhere at once.
+
+Every open box carries its CROWN lower bound of the clause. Each round takes the ``batch`` open boxes with the
+lowest bounds (best first), tries their centres and, on the most promising ones, a short PGD as
+counterexamples (checked in float64), and halves each of them. Where to halve is chosen by the bounds
+themselves (``branching='bound'``): every varying input is tried, both halves of every candidate are bounded in
+one batched CROWN call, and the input whose halves leave the least violation, ``min(l_left, 0) + min(l_right,
+0)``, wins; its halves, already bounded, become open boxes (or are dropped when proved). ``branching='gradient'``
+instead halves the input with the largest ``|∂ clause/∂x_i| · width_i`` at the centre, a first-order estimate
+that costs one bound per child instead of one per candidate (used when many inputs vary). Any function of the
+input is allowed, not only piecewise-linear ones: the bound is CROWN's, which handles Sigmoid, Tanh and
+MaxPool too.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from certkit.specs import Box, InputSet, LinearSpec, SpecError
 from certkit.verify.bab import BabResult
 
 MAX_INPUTS = 16  # the cascade splits the input box, not ReLUs, when at most this many inputs vary
+BOUND_BRANCHING_INPUTS = 8  # 'auto' branching tries every input when at most this many vary
 
 
 def splits_inputs(input_set: InputSet) -> bool:
@@ -32,14 +39,18 @@ def splits_inputs(input_set: InputSet) -> bool:
 
 
 def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | None = None, time_limit: float = 60.0,
-              batch: int = 512, max_domains: int = 200_000, attack_points: int = 8,
-              attack_steps: int = 10) -> BabResult:
+              batch: int = 256, max_domains: int = 500_000, attack_points: int = 8, attack_steps: int = 10,
+              branching: str = "auto", chunk: int = 4096) -> BabResult:
     """Decide ``min_{x in box} max_k (C·f(x) + d)_k > 0`` (C: (K, n_out), d: (K,)) by splitting the input box.
-    ``batch`` boxes are bounded per round; stops at ``time_limit`` seconds or ``max_domains`` open boxes with
-    'unknown' and a sound lower bound (the smallest over the open boxes and the proved ones)."""
+    ``batch`` boxes are split per round (``chunk`` boxes at most per CROWN call); ``branching`` is 'bound',
+    'gradient' or 'auto' (bound when at most :data:`BOUND_BRANCHING_INPUTS` inputs vary). Stops at
+    ``time_limit`` seconds or ``max_domains`` open boxes with 'unknown' and a sound lower bound (the smallest
+    over the open boxes and the proved ones)."""
     t0 = time.perf_counter()
     if not input_set.is_box or input_set.batch_size != 1:
         raise SpecError("input splitting takes one box-shaped input set")
+    if branching not in ("auto", "bound", "gradient"):
+        raise SpecError(f"branching must be 'auto', 'bound' or 'gradient', got {branching!r}")
     lo0, hi0 = input_set.lower, input_set.upper
     dtype, dev = lo0.dtype, lo0.device
     C = torch.as_tensor(C, dtype=dtype, device=dev)
@@ -47,11 +58,24 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
                                                                                             device=dev).reshape(-1)
     if C.dim() != 2 or d.shape != (C.shape[0],):
         raise SpecError(f"C must be (K, n_out) and d (K,), got {tuple(C.shape)} and {tuple(d.shape)}")
+    varying = torch.nonzero((hi0 > lo0).flatten()).flatten()
+    if branching == "auto":
+        branching = "bound" if len(varying) <= BOUND_BRANCHING_INPUTS else "gradient"
     model64 = None
 
     def clause(m, x: torch.Tensor) -> torch.Tensor:
         out = m(x).flatten(1)
         return (out @ C.T.to(out.dtype) + d.to(out.dtype)).max(1).values
+
+    def bound(lb: torch.Tensor, hb: torch.Tensor) -> torch.Tensor:
+        """CROWN's lower bound of the clause on each box (a clause is proved when one of its rows is)."""
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(lb), chunk):
+                b = Box(lb[s:s + chunk], hb[s:s + chunk])
+                spec = LinearSpec(C.expand(len(b.lower), -1, -1), None)
+                out.append((crown_bounds(model, b, spec).lower + d).max(1).values)
+        return torch.cat(out)
 
     def violates(x: torch.Tensor) -> bool:
         nonlocal model64
@@ -61,48 +85,69 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
         with torch.no_grad():
             return inside and float(clause(model64, x.double())[0]) <= 0
 
-    L, H = lo0.clone(), hi0.clone()  # open boxes, (D, *shape)
-    P = torch.full((1,), -math.inf, dtype=dtype, device=dev)  # each open box's parent's bound (also its own)
-    worst_done, n_bounded = math.inf, 0
-    while True:
+    def result(verdict: str, bound_: float, value: float = math.inf, x: torch.Tensor | None = None) -> BabResult:
+        return BabResult(verdict, bound_, value, x, n_bounded, time.perf_counter() - t0)
+
+    n_bounded = 1
+    P = bound(lo0, hi0)  # each open box's lower bound
+    L, H = lo0[P <= 0], hi0[P <= 0]  # open boxes, (D, *shape)
+    worst_done = float(P[0]) if P[0] > 0 else math.inf
+    P = P[P <= 0]
+    while len(L):
         if time.perf_counter() - t0 > time_limit or len(L) > max_domains:
-            bound = min(worst_done, float(P.min())) if len(P) else worst_done
-            return BabResult("unknown", bound, math.inf, None, n_bounded, time.perf_counter() - t0)
-        lb, hb, pb, L, H, P = L[:batch], H[:batch], P[:batch], L[batch:], H[batch:], P[batch:]
+            return result("unknown", min(worst_done, float(P.min())))
+        if len(L) > batch:  # best first: the boxes with the lowest bounds
+            take = torch.zeros(len(L), dtype=torch.bool, device=dev)
+            take[P.topk(batch, largest=False).indices] = True
+        else:
+            take = torch.ones(len(L), dtype=torch.bool, device=dev)
+        lb, hb, pb, L, H, P = L[take], H[take], P[take], L[~take], H[~take], P[~take]
         D = len(lb)
-        with torch.no_grad():
-            low = crown_bounds(model, Box(lb, hb), LinearSpec(C.expand(D, -1, -1), None)).lower + d
-        low = torch.maximum(low.max(1).values, pb)  # proved when one of its rows is; a child's set is in its parent's
-        n_bounded += D
-        open_ = ~(low > 0)
-        if (~open_).any():
-            worst_done = min(worst_done, float(low[~open_].min()))
-        lb, hb, low = lb[open_], hb[open_], low[open_]
-        if len(lb) == 0:
-            if len(L) == 0:
-                return BabResult("verified", worst_done, math.inf, None, n_bounded, time.perf_counter() - t0)
-            continue
         centre = ((lb + hb) / 2).requires_grad_(True)
         with torch.enable_grad():
             v = clause(model, centre)
             (grad,) = torch.autograd.grad(v.sum(), centre)
-        v = v.detach()
-        xs = centre.detach()
+        v, xs = v.detach(), centre.detach()
         if not (v <= 0).any():  # a short PGD from the most promising boxes
             top = v.argsort()[:attack_points]
             xs, v = pgd_minimize(lambda x: clause(model, x), Box(lb[top], hb[top]), attack_steps, 1, start=xs[top])
         for k in v.argsort()[: int((v <= 0).sum())].tolist():
             if violates(xs[k:k + 1]):
-                return BabResult("falsified", -math.inf, float(v[k]), xs[k:k + 1].detach(), n_bounded,
-                                 time.perf_counter() - t0)
-        width = (hb - lb).flatten(1)
-        score = grad.flatten(1).abs() * width + 1e-9 * width  # ties (zero gradients) go to the widest input
-        dim = score.argmax(1)
-        rows = torch.arange(len(lb), device=dev)
-        mid = ((lb.flatten(1)[rows, dim] + hb.flatten(1)[rows, dim]) / 2)
-        left_hi, right_lo = hb.flatten(1).clone(), lb.flatten(1).clone()
-        left_hi[rows, dim] = mid
-        right_lo[rows, dim] = mid
-        L = torch.cat([L, lb, right_lo.view_as(lb)])
-        H = torch.cat([H, left_hi.view_as(hb), hb])
-        P = torch.cat([P, low, low])
+                return result("falsified", -math.inf, float(v[k]), xs[k:k + 1].detach())
+        if len(varying) == 0:  # a single point that neither the bound nor the point itself decides
+            return result("unknown", min(worst_done, float(pb.min()), float(P.min()) if len(P) else math.inf))
+        flat_lo, flat_hi = lb.flatten(1), hb.flatten(1)
+        width = flat_hi - flat_lo
+        first_order = grad.flatten(1).abs() * width + 1e-9 * width  # ties (zero gradients) go to the widest input
+        if branching == "bound":
+            dims = varying.expand(D, -1)  # (D, n): every varying input is a candidate
+        else:
+            dims = first_order.argmax(1, keepdim=True)  # (D, 1)
+        n = dims.shape[1]
+        rows = torch.arange(D, device=dev).repeat_interleave(n)
+        at = torch.arange(len(rows), device=dev)
+        dim = dims.reshape(-1)
+        lo_c, hi_c = flat_lo[rows], flat_hi[rows]  # (D·n, N): a copy per candidate
+        mid = (lo_c[at, dim] + hi_c[at, dim]) / 2
+        left_hi, right_lo = hi_c.clone(), lo_c.clone()
+        left_hi[at, dim] = mid
+        right_lo[at, dim] = mid
+        c_lo = torch.cat([lo_c, right_lo]).view(-1, *lb.shape[1:])
+        c_hi = torch.cat([left_hi, hi_c]).view(-1, *lb.shape[1:])
+        # a child's set lies in its parent's, so the parent's bound holds for it too
+        low = torch.maximum(bound(c_lo, c_hi), pb[rows].repeat(2))
+        n_bounded += len(low)
+        # the split that leaves the least violation; among equally good ones (often all are, when no half's
+        # bound improves on its parent's yet) the first-order estimate decides
+        score = (low[: D * n].clamp(max=0) + low[D * n:].clamp(max=0)).view(D, n)
+        top = score.max(1, keepdim=True).values
+        tied = score >= top - 1e-6 * (1 + top.abs())
+        best = torch.where(tied, first_order.gather(1, dims), torch.full_like(score, -math.inf)).argmax(1)
+        pick = torch.arange(D, device=dev) * n + best
+        pick = torch.cat([pick, pick + D * n])
+        c_lo, c_hi, low = c_lo[pick], c_hi[pick], low[pick]
+        done = low > 0
+        if done.any():
+            worst_done = min(worst_done, float(low[done].min()))
+        L, H, P = torch.cat([L, c_lo[~done]]), torch.cat([H, c_hi[~done]]), torch.cat([P, low[~done]])
+    return result("verified", worst_done)

@@ -84,6 +84,35 @@ def _read_rows(path: Path) -> list[dict]:
     return [r for r in rows if r.get("answer")]
 
 
+def decide_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float, model=None,
+                    device: str = "cpu", **options) -> tuple[str, str, str]:
+    """One VNN-COMP instance within ``timeout`` seconds counted from this call (``model``: the network already
+    loaded from ``onnx_path``, else it is loaded here, on ``device``). Returns the answer, the result file's
+    text (with the counterexample when 'sat') and a note. A counterexample is answered 'sat' only when it passes
+    the scorer's check (:func:`~certkit.verify.vnnlib.check_counterexample`); otherwise the answer is 'unknown'
+    and the note says why."""
+    import torch
+
+    from certkit.onnx_io import load_onnx
+    from certkit.verify.vnnlib import check_counterexample, format_result, read_vnnlib, verify_vnnlib
+
+    t0 = time.perf_counter()
+    model = load_onnx(onnx_path).to(device) if model is None else model
+    props = read_vnnlib(vnnlib_path)
+    left = max(timeout - (time.perf_counter() - t0), 0.0)
+    answer, x = verify_vnnlib(model, props, model.input_shape, timeout=left, **options)
+    note = ""
+    if answer == "sat":  # checked as the scorer does: the ONNX file run by onnxruntime
+        with torch.no_grad():
+            y = copy.deepcopy(model).double()(x.double())
+        why = check_counterexample(onnx_path, props, x.detach().cpu(), y.cpu())
+        if why is not None:
+            answer, x, note = "unknown", None, f"counterexample rejected: {why}"
+    if answer == "unknown" and time.perf_counter() - t0 >= timeout:
+        answer = "timeout"
+    return answer, format_result(answer, model, x), note
+
+
 def run_benchmark(root: str | Path, out: str | Path, timeout_scale: float = 1.0, instances: int | None = None,
                   device: str = "cpu", progress: Callable[[str], None] | None = print, every: int = 1,
                   **options) -> list[dict]:
@@ -94,7 +123,6 @@ def run_benchmark(root: str | Path, out: str | Path, timeout_scale: float = 1.0,
     import torch
 
     from certkit.onnx_io import load_onnx
-    from certkit.verify.vnnlib import check_counterexample, format_result, read_vnnlib, verify_vnnlib
 
     root, out = Path(root), Path(out)
     todo = read_instances(root)[:instances][::every]
@@ -118,20 +146,13 @@ def run_benchmark(root: str | Path, out: str | Path, timeout_scale: float = 1.0,
                 net_path = _file(root, inst.onnx)
                 if net_path not in models:
                     models[net_path] = load_onnx(net_path).to(device)
-                model = models[net_path]
-                props = read_vnnlib(_file(root, inst.vnnlib))
                 left = budget - (time.perf_counter() - t0)
-                answer, x = verify_vnnlib(model, props, model.input_shape, timeout=max(left, 0.0), **options)
-                if answer == "sat":  # checked as the scorer does: the ONNX file run by onnxruntime
-                    with torch.no_grad():
-                        y = copy.deepcopy(model).double()(x.double())
-                    why = check_counterexample(net_path, props, x.detach().cpu(), y.cpu())
-                    if why is not None:
-                        answer, note = "unknown", f"counterexample rejected: {why}"
+                answer, text, note = decide_instance(net_path, _file(root, inst.vnnlib), left, models[net_path],
+                                                     **options)
                 if answer == "sat":
                     cex_dir.mkdir(exist_ok=True)
                     p = cex_dir / f"{inst.index:04d}.txt"
-                    p.write_text(format_result(answer, model, x))
+                    p.write_text(text)
                     cex = str(p)
             except (CertkitError, OSError, ValueError, RuntimeError) as e:  # the instance ends, the run goes on
                 note = f"{type(e).__name__}: {e}"[:300]
