@@ -93,8 +93,10 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
     L, H = lo0[P <= 0], hi0[P <= 0]  # open boxes, (D, *shape)
     worst_done = float(P[0]) if P[0] > 0 else math.inf
     P = P[P <= 0]
+    last_round = 0.0
     while len(L):
-        if time.perf_counter() - t0 > time_limit or len(L) > max_domains:
+        now = time.perf_counter()
+        if now - t0 + last_round > time_limit or len(L) > max_domains:  # stop before a round that would overrun
             return result("unknown", min(worst_done, float(P.min())))
         if len(L) > batch:  # best first: the boxes with the lowest bounds
             take = torch.zeros(len(L), dtype=torch.bool, device=dev)
@@ -150,4 +152,5 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
         if done.any():
             worst_done = min(worst_done, float(low[done].min()))
         L, H, P = torch.cat([L, c_lo[~done]]), torch.cat([H, c_hi[~done]]), torch.cat([P, low[~done]])
+        last_round = time.perf_counter() - now
     return result("verified", worst_done)
