@@ -4,16 +4,19 @@ ReLU splitting (:mod:`certkit.verify.bab`) pays when the input is high-dimension
 unstable; on a low-dimensional input box that is wide, most neurons are unstable and halving the box is the
 better split: every child's bounds tighten everywhere at once.
 
-Every open box carries its CROWN lower bound of the clause. Each round takes the ``batch`` open boxes with the
-lowest bounds (best first), tries their centres and, on the most promising ones, a short PGD as
-counterexamples (checked in float64), and halves each of them. Where to halve is chosen by the bounds
-themselves (``branching='bound'``): every varying input is tried, both halves of every candidate are bounded in
-one batched CROWN call, and the input whose halves leave the least violation, ``min(l_left, 0) + min(l_right,
-0)``, wins; its halves, already bounded, become open boxes (or are dropped when proved). ``branching='gradient'``
-instead halves the input with the largest ``|∂ clause/∂x_i| · width_i`` at the centre, a first-order estimate
-that costs one bound per child instead of one per candidate (used when many inputs vary). Any function of the
-input is allowed, not only piecewise-linear ones: the bound is CROWN's, which handles Sigmoid, Tanh and
-MaxPool too.
+It starts with uniform samples of the box and a PGD with small, shrinking steps from the best of them
+(counterexamples often lie in thin slivers where two outputs tie). Every open box carries its CROWN lower
+bound of the clause and the clause's value at its centre. Each round
+runs a short PGD in the ``attack_points`` open boxes whose centres come closest to a violation (each box once;
+counterexamples are checked in float64), then takes the ``batch`` open boxes with the lowest bounds (best
+first) and halves each of them. Where to halve is chosen by the bounds themselves (``branching='bound'``):
+every varying input is tried, both halves of every candidate are bounded in one batched CROWN call, and the
+input whose halves leave the least violation, ``min(l_left, 0) + min(l_right, 0)``, wins (ties go to the
+first-order estimate below); its halves, already bounded, become open boxes (or are dropped when proved).
+``branching='gradient'`` instead halves the input with the largest ``|∂ clause/∂x_i| · width_i`` at the
+centre, which costs one bound per child instead of one per candidate (used when many inputs vary). Any
+function of the input is allowed, not only piecewise-linear ones: the bound is CROWN's, which handles
+Sigmoid, Tanh and MaxPool too.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ def splits_inputs(input_set: InputSet) -> bool:
 
 def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | None = None, time_limit: float = 60.0,
               batch: int = 256, max_domains: int = 500_000, attack_points: int = 8, attack_steps: int = 10,
-              branching: str = "auto", chunk: int = 4096) -> BabResult:
+              branching: str = "auto", chunk: int = 4096, samples: int = 100_000) -> BabResult:
     """Decide ``min_{x in box} max_k (C·f(x) + d)_k > 0`` (C: (K, n_out), d: (K,)) by splitting the input box.
+    First ``samples`` uniform points and a fine PGD from the best of them look for a counterexample; then
     ``batch`` boxes are split per round (``chunk`` boxes at most per CROWN call); ``branching`` is 'bound',
     'gradient' or 'auto' (bound when at most :data:`BOUND_BRANCHING_INPUTS` inputs vary). Stops at
     ``time_limit`` seconds or ``max_domains`` open boxes with 'unknown' and a sound lower bound (the smallest
@@ -88,31 +92,54 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
     def result(verdict: str, bound_: float, value: float = math.inf, x: torch.Tensor | None = None) -> BabResult:
         return BabResult(verdict, bound_, value, x, n_bounded, time.perf_counter() - t0)
 
+    n_bounded = 0
+    # counterexamples often sit in thin slivers near ties of two outputs: uniform samples over the box, then PGD
+    # with small, shrinking steps from the best of them
+    gen = torch.Generator(device=dev).manual_seed(0)
+    with torch.no_grad():
+        xs = lo0 + torch.rand(samples, *lo0.shape[1:], generator=gen, dtype=dtype, device=dev) * (hi0 - lo0)
+        v = torch.cat([clause(model, xs[s:s + 20_000]) for s in range(0, samples, 20_000)])
+    xs = xs[v.argsort()[:attack_points * 8]]
+    for scale in (1e-2, 1e-3, 1e-4):
+        box = Box(lo0.expand(len(xs), *lo0.shape[1:]), hi0.expand(len(xs), *lo0.shape[1:]))
+        xs, v = pgd_minimize(lambda x: clause(model, x), box, 50, 1, step_size=(hi0 - lo0) * scale, start=xs)
+        for k in v.argsort()[: int((v <= 0).sum())].tolist():
+            if violates(xs[k:k + 1]):
+                return result("falsified", -math.inf, float(v[k]), xs[k:k + 1].detach())
     n_bounded = 1
     P = bound(lo0, hi0)  # each open box's lower bound
     L, H = lo0[P <= 0], hi0[P <= 0]  # open boxes, (D, *shape)
     worst_done = float(P[0]) if P[0] > 0 else math.inf
     P = P[P <= 0]
+    with torch.no_grad():
+        V = clause(model, (L + H) / 2)  # each open box's value at its centre, +inf once it has been attacked
     last_round = 0.0
     while len(L):
         now = time.perf_counter()
         if now - t0 + last_round > time_limit or len(L) > max_domains:  # stop before a round that would overrun
             return result("unknown", min(worst_done, float(P.min())))
+        # a short PGD in the open boxes whose centres come closest to a violation, each box once
+        top = V.topk(min(attack_points, len(V)), largest=False).indices
+        top = top[torch.isfinite(V[top])]
+        if len(top):
+            xa, va = pgd_minimize(lambda x: clause(model, x), Box(L[top], H[top]), attack_steps, 1,
+                                  start=((L[top] + H[top]) / 2))
+            V[top] = math.inf
+            for k in va.argsort()[: int((va <= 0).sum())].tolist():
+                if violates(xa[k:k + 1]):
+                    return result("falsified", -math.inf, float(va[k]), xa[k:k + 1].detach())
         if len(L) > batch:  # best first: the boxes with the lowest bounds
             take = torch.zeros(len(L), dtype=torch.bool, device=dev)
             take[P.topk(batch, largest=False).indices] = True
         else:
             take = torch.ones(len(L), dtype=torch.bool, device=dev)
-        lb, hb, pb, L, H, P = L[take], H[take], P[take], L[~take], H[~take], P[~take]
+        lb, hb, pb, L, H, P, V = L[take], H[take], P[take], L[~take], H[~take], P[~take], V[~take]
         D = len(lb)
         centre = ((lb + hb) / 2).requires_grad_(True)
         with torch.enable_grad():
             v = clause(model, centre)
             (grad,) = torch.autograd.grad(v.sum(), centre)
         v, xs = v.detach(), centre.detach()
-        if not (v <= 0).any():  # a short PGD from the most promising boxes
-            top = v.argsort()[:attack_points]
-            xs, v = pgd_minimize(lambda x: clause(model, x), Box(lb[top], hb[top]), attack_steps, 1, start=xs[top])
         for k in v.argsort()[: int((v <= 0).sum())].tolist():
             if violates(xs[k:k + 1]):
                 return result("falsified", -math.inf, float(v[k]), xs[k:k + 1].detach())
@@ -151,6 +178,9 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
         done = low > 0
         if done.any():
             worst_done = min(worst_done, float(low[done].min()))
+        with torch.no_grad():
+            v_c = clause(model, (c_lo[~done] + c_hi[~done]) / 2)
         L, H, P = torch.cat([L, c_lo[~done]]), torch.cat([H, c_hi[~done]]), torch.cat([P, low[~done]])
+        V = torch.cat([V, v_c])
         last_round = time.perf_counter() - now
     return result("verified", worst_done)
