@@ -194,3 +194,22 @@ def test_crown_through_maxpool_is_sound_and_tighter_than_ibp(pool):
     alpha = alpha_crown_bounds(model, s, iterations=5)
     for p in s.sample(64, torch.Generator().manual_seed(1)):
         assert_contained(alpha.lower, alpha.upper, model(p))
+
+
+def test_a_passed_deadline_stops_the_intermediate_optimisation_soundly():
+    """``deadline`` in the past: intermediate α-CROWN does no step and gives CROWN's bounds; a later deadline
+    gives bounds at least as tight; both contain sampled outputs."""
+    import time
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.rand(2, 4)
+    s = Box(x - 0.3, x + 0.3)
+    plain = crown_bounds(net, s)
+    late = crown_bounds(net, s, intermediate="alpha", deadline=time.perf_counter() - 1)
+    tight = crown_bounds(net, s, intermediate="alpha", deadline=time.perf_counter() + 60)
+    assert torch.allclose(late.lower, plain.lower) and torch.allclose(late.upper, plain.upper)
+    assert (tight.lower >= plain.lower - 1e-5).all() and (tight.upper <= plain.upper + 1e-5).all()
+    with torch.no_grad():
+        y = net(s.sample(2000, torch.Generator().manual_seed(1)).flatten(0, 1)).view(2000, 2, 3).transpose(0, 1)
+    assert (tight.lower.unsqueeze(1) <= y + 1e-5).all() and (y <= tight.upper.unsqueeze(1) + 1e-5).all()

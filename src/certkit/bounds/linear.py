@@ -20,6 +20,7 @@ DeepPoly's relaxation (the input with the largest lower bound, exact when it dom
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -358,7 +359,7 @@ def _neuron_bounds(graph: g.Graph, j: int, mask: torch.Tensor, shapes: list[tupl
 
 def _optimized_rows(graph: g.Graph, j: int, idx: torch.Tensor, shapes: list[tuple[int, ...]],
                     pre: dict[int, Bounds], input_set: InputSet, lower: torch.Tensor, upper: torch.Tensor,
-                    iterations: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    iterations: int, lr: float, deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """α-CROWN for intermediate neurons: the bounds of the selected neurons of node j (idx: (B, U)) with the lower
     slopes of every earlier ReLU optimised per row; returns the rowwise best of these and (lower, upper)."""
     B, U = idx.shape
@@ -376,17 +377,19 @@ def _optimized_rows(graph: g.Graph, j: int, idx: torch.Tensor, shapes: list[tupl
     best = torch.cat([lower, -upper], 1)
     if not alphas:
         return lower, upper
-    best = _optimize_slopes(graph, j, both, shapes, pre, input_set, alphas, best, iterations, lr)
+    best = _optimize_slopes(graph, j, both, shapes, pre, input_set, alphas, best, iterations, lr, deadline)
     return best[:, :U], -best[:, U:]
 
 
 def _optimize_slopes(graph, target, rows, shapes, pre, input_set, alphas: dict[int, torch.Tensor],
-                     best: torch.Tensor, iterations: int, lr: float) -> torch.Tensor:
+                     best: torch.Tensor, iterations: int, lr: float, deadline: float | None = None) -> torch.Tensor:
     """Projected Adam on the lower slopes ``alphas`` (clamped to [0, 1]) maximising the lower bounds of
     ``rows`` at ``target``; every iterate is sound, so the rowwise best (starting from ``best``) is returned.
-    Only the slopes get gradients, never the model's weights."""
+    Only the slopes get gradients, never the model's weights. Stops early at ``deadline`` (perf_counter)."""
     opt = torch.optim.Adam(list(alphas.values()), lr=lr)
     for _ in range(iterations):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         with torch.enable_grad():
             lo = _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas)
             grads = torch.autograd.grad(-lo.sum(), list(alphas.values()))
@@ -425,7 +428,7 @@ def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
 
 def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, intersect_ibp: bool = True,
                  return_all: bool = False, intermediate: str = "crown", max_elems: int = 2**25,
-                 alpha_iterations: int = 20):
+                 alpha_iterations: int = 20, deadline: float | None = None):
     """CROWN bounds on the model's output, or on the rows of ``spec``.
 
     Pre-activation bounds of every ReLU come from the same backward procedure (intersected with IBP when
@@ -434,7 +437,8 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
     for every intermediate neuron too (``alpha_iterations`` steps; only where the rows fit in ``max_elems``,
     CROWN elsewhere): the tightest intermediate bounds here, worth it before a MILP. With ``return_all``, the dict
     {node index: Bounds} of the pre-activation bounds. ``max_elems`` caps the size of one coefficient tensor
-    (rows are processed in chunks), trading memory for speed.
+    (rows are processed in chunks), trading memory for speed. Past ``deadline`` (a ``time.perf_counter()``
+    value) the intermediate slope optimisation stops and CROWN's bounds are used (every iterate is sound).
     """
     if intermediate not in ("crown", "ibp", "alpha"):
         raise ValueError(f"intermediate must be 'crown', 'ibp' or 'alpha', got {intermediate!r}")
@@ -482,9 +486,10 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
             if intermediate == "alpha" and relu:
                 earlier = sum(math.prod(shapes[n.inputs[0]]) for n in graph.nodes[:j]
                               if isinstance(n.op, g.PiecewiseLinear))
-                if B * 2 * idx.shape[1] * max(earlier, math.prod(shapes[j])) <= max_elems:
+                late = deadline is not None and time.perf_counter() > deadline
+                if B * 2 * idx.shape[1] * max(earlier, math.prod(shapes[j])) <= max_elems and not late:
                     lo, up = _optimized_rows(graph, j, idx, shapes, pre, input_set, lo.detach(), up.detach(),
-                                             alpha_iterations, 0.1)
+                                             alpha_iterations, 0.1, deadline)
             lower, upper = ibp.lower.flatten(1).clone(), ibp.upper.flatten(1).clone()
             if intersect_ibp:
                 lo, up = _intersect(lo, up, lower.gather(1, idx), upper.gather(1, idx))

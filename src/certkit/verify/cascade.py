@@ -198,8 +198,9 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
     if b not in refined:
         rows = torch.cat([(clauses == q).nonzero().squeeze(1) for q in open_q])
         with torch.no_grad():
+            # at most half of what is left goes to the refined bounds (the optimisation stops early, soundly)
             out, refined[b] = crown_bounds(model, one, LinearSpec(spec.C[b:b + 1, rows], None), return_all=True,
-                                           intermediate="alpha")
+                                           intermediate="alpha", deadline=t0 + left / 2)
         lower[b, rows] = torch.maximum(lower[b, rows], out.lower[0] + d[b, rows])
     pre = refined[b]
     enc = None
