@@ -92,20 +92,28 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
     def result(verdict: str, bound_: float, value: float = math.inf, x: torch.Tensor | None = None) -> BabResult:
         return BabResult(verdict, bound_, value, x, n_bounded, time.perf_counter() - t0)
 
-    n_bounded = 0
-    # counterexamples often sit in thin slivers near ties of two outputs: uniform samples over the box, then PGD
-    # with small, shrinking steps from the best of them
     gen = torch.Generator(device=dev).manual_seed(0)
-    with torch.no_grad():
-        xs = lo0 + torch.rand(samples, *lo0.shape[1:], generator=gen, dtype=dtype, device=dev) * (hi0 - lo0)
-        v = torch.cat([clause(model, xs[s:s + 20_000]) for s in range(0, samples, 20_000)])
-    xs = xs[v.argsort()[:attack_points * 8]]
-    for scale in (1e-2, 1e-3, 1e-4):
+
+    def sample_attack(n: int, starts: int, steps: int, scales: tuple[float, ...]) -> torch.Tensor | None:
+        """Counterexamples often sit in thin slivers near ties of two outputs: ``n`` uniform samples of the box,
+        then PGD with small, shrinking steps from the best ``starts`` of them. A violating point, or None."""
+        with torch.no_grad():
+            xs = lo0 + torch.rand(n, *lo0.shape[1:], generator=gen, dtype=dtype, device=dev) * (hi0 - lo0)
+            v = torch.cat([clause(model, xs[s:s + 20_000]) for s in range(0, n, 20_000)])
+        xs = xs[v.argsort()[:starts]]
         box = Box(lo0.expand(len(xs), *lo0.shape[1:]), hi0.expand(len(xs), *lo0.shape[1:]))
-        xs, v = pgd_minimize(lambda x: clause(model, x), box, 50, 1, step_size=(hi0 - lo0) * scale, start=xs)
-        for k in v.argsort()[: int((v <= 0).sum())].tolist():
-            if violates(xs[k:k + 1]):
-                return result("falsified", -math.inf, float(v[k]), xs[k:k + 1].detach())
+        for scale in scales:
+            xs, v = pgd_minimize(lambda x: clause(model, x), box, steps, 1, step_size=(hi0 - lo0) * scale, start=xs)
+            for k in v.argsort()[: int((v <= 0).sum())].tolist():
+                if violates(xs[k:k + 1]):
+                    return xs[k:k + 1].detach()
+        return None
+
+    n_bounded = 0
+    x = sample_attack(samples, attack_points * 8, 50, (1e-2, 1e-3, 1e-4))
+    deep_attack_at = t0 + time_limit / 4  # a larger search, once, when the bounds have not decided by then
+    if x is not None:
+        return result("falsified", -math.inf, float(clause(model, x)[0].detach()), x)
     n_bounded = 1
     P = bound(lo0, hi0)  # each open box's lower bound
     L, H = lo0[P <= 0], hi0[P <= 0]  # open boxes, (D, *shape)
@@ -118,6 +126,11 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
         now = time.perf_counter()
         if now - t0 + last_round > time_limit or len(L) > max_domains:  # stop before a round that would overrun
             return result("unknown", min(worst_done, float(P.min())))
+        if now > deep_attack_at:
+            deep_attack_at = math.inf
+            x = sample_attack(samples * 10, attack_points * 64, 100, (1e-2, 1e-3, 1e-4, 1e-5))
+            if x is not None:
+                return result("falsified", -math.inf, float(clause(model, x)[0].detach()), x)
         # a short PGD in the open boxes whose centres come closest to a violation, each box once
         top = V.topk(min(attack_points, len(V)), largest=False).indices
         top = top[torch.isfinite(V[top])]
