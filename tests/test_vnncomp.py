@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from certkit.errors import CertkitError
 from certkit.specs import Box, SpecError
 from certkit.verify.input_bab import input_bab, splits_inputs
 from certkit.verify.milp import MilpEncoding
@@ -107,6 +108,14 @@ def test_runner_resumes_after_kill_9_without_lost_or_duplicated_rows(shared, tmp
     indices = [int(r["index"]) for r in csv.DictReader(open(out))]
     assert sorted(indices) == list(range(5)) and len(rows) == 5
 
+
+
+def test_a_results_file_without_its_header_is_refused_not_duplicated(shared, tmp_path):
+    out = tmp_path / "r.csv"
+    out.write_text("0,onnx/test_nano.onnx,vnnlib/test_nano.vnnlib,60,unsat,0.10,,\n")  # e.g. grep dropped the header
+    with pytest.raises(CertkitError, match="not a certkit vnncomp results file"):
+        run_benchmark(bench(shared), out, 0.5, progress=None)
+    assert out.read_text().count("\n") == 1
 
 def test_counterexamples_are_checked_on_the_onnx_file_as_the_scorer_does(shared, tmp_path):
     from certkit.onnx_io import load_onnx

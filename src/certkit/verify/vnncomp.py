@@ -80,7 +80,11 @@ def _read_rows(path: Path) -> list[dict]:
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
         path.write_bytes(data)
-    rows = list(csv.DictReader(data.decode().splitlines()))
+    lines = data.decode().splitlines()
+    if lines and lines[0].split(",") != FIELDS:
+        raise CertkitError(f"{path} is not a certkit vnncomp results file (its first line is not the header "
+                           f"{','.join(FIELDS)}); resuming it would duplicate instances; fix it or use another --out")
+    rows = list(csv.DictReader(lines))
     return [r for r in rows if r.get("answer")]
 
 
