@@ -108,7 +108,15 @@ def test_config_values_of_the_wrong_type_name_the_key():
     with pytest.raises(ConfigError, match="'bayes.epochs' must be int"):
         read_config({"bayes": {"epochs": 2.5}})
     cfg = TrainConfig.from_dict({"train": {"lr": 1, "grad_clip": None, "eps": 0.3}, "colt": {"layers": [1, 2]}})
-    assert cfg.lr == 1 and cfg.colt_layers == [1, 2]  # an int where a float goes is fine
+    assert cfg.lr == 1 and cfg.colt.layers == [1, 2]  # an int where a float goes is fine
+    with pytest.raises(ConfigError, match="unknown config key.*smoothing.sigmaa"):
+        TrainConfig.from_dict({"smoothing": {"sigmaa": 0.5}})
+    with pytest.raises(ConfigError, match="unknown smoothing.noise 'cauchy'"):
+        TrainConfig.from_dict({"smoothing": {"noise": "cauchy"}})
+    with pytest.raises(ConfigError, match="smoothing.sigma must be positive"):
+        TrainConfig.from_dict({"smoothing": {"sigma": 0}})
+    with pytest.raises(ConfigError, match="'colt' must be a table"):
+        TrainConfig.from_dict({"colt": 3})
 
 
 @pytest.mark.parametrize("mean,std", [([0.1], [0.0]), (["a"], [1.0]), ([0.1], [float("inf")])])

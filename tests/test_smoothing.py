@@ -192,7 +192,7 @@ def test_cifar10_code_path_resnet_smoothadv_step_and_certify(shared, recwarn):
     torch.manual_seed(0)
     model = build("resnet20", data.shape, 10, data.mean, data.std)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    objective = SmoothAdvTraining(lambda step: 0.25, sigma=0.25, m=2, steps=1)
+    objective = SmoothAdvTraining(lambda step: 0.25, noise=0.25, m=2, steps=1)
     loss, stats_ = objective(model.train(), data.x[:8], data.y[:8], 0)
     loss.backward()
     opt.step()
@@ -250,7 +250,7 @@ n = 20
     capsys.readouterr()
     assert main(["smooth", "predict", "--checkpoint", ckpt, "--data", "digits", "--n", "20", "--count", "2",
                  "--quiet"]) == 0
-    assert "sigma 0.25 (the checkpoint's training noise)" in capsys.readouterr().err
+    assert "gaussian noise of scale 0.25 (the checkpoint's training noise)" in capsys.readouterr().err
     assert main(["smooth", "predict", "--checkpoint", ckpt, "--data", "digits", "--n", "20", "--count", "2",
                  "--sigma", "0.5", "--quiet"]) == 0
     assert "warning:" in capsys.readouterr().err
@@ -258,6 +258,46 @@ n = 20
         assert main(["smooth", "predict", "--checkpoint", str(tmp_path / "run/model.safetensors"), "--data", "digits",
                      "--sigma", "0.25", "--n", "100", "--count", "4", "--compile", "--quiet"]) == 0
 
+
+@pytest.mark.parametrize("objective", ["gaussian", "stability"])
+def test_a_laplace_base_trains_and_certifies_with_its_own_noise_by_default(tmp_path, objective, capsys):
+    import json
+
+    from certkit.cli import main
+    from certkit.train.objectives import GaussianAugmentation
+
+    torch.manual_seed(0)
+    draws = GaussianAugmentation(Noise("laplace", 0.5)).noise.sample((4000,), None, "cpu", torch.float32)
+    assert abs(float(draws.abs().mean()) - 0.5) < 0.03  # E|Laplace(λ)| = λ
+    (tmp_path / "c.toml").write_text(f"""
+name = "lap"
+[data]
+dataset = "digits"
+train_n = 256
+[model]
+arch = "small-conv"
+[train]
+objective = "{objective}"
+epochs = 1
+batch_size = 64
+[smoothing]
+noise = "laplace"
+sigma = 0.3
+[eval]
+eps = 0.0
+n = 20
+""")
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = tmp_path / "cert"
+    capsys.readouterr()
+    assert main(["smooth", "certify", "--checkpoint", str(tmp_path / "run/model.safetensors"), "--data", "digits",
+                 "--n0", "10", "--n", "100", "--alpha", "0.01", "--count", "3", "--out", str(out), "--quiet"]) == 0
+    assert "laplace noise of scale 0.3 (the checkpoint's training noise)" in capsys.readouterr().err
+    header = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[0])
+    assert (header["noise"], header["sigma"], header["certificate"]) == ("laplace", 0.3, "laplace")
+    with pytest.raises(SystemExit, match="trained with laplace noise; give --sigma"):
+        main(["smooth", "predict", "--checkpoint", str(tmp_path / "run/model.safetensors"), "--data", "digits",
+              "--noise", "gaussian", "--n", "20", "--count", "2", "--quiet"])
 
 def test_attacks_on_smoothed_classifiers_respect_their_sets_and_break_a_weak_model():
     from certkit.attacks.smoothed import eot_cw, eot_pgd, smoothadv_ddn, smoothadv_pgd, vote

@@ -186,4 +186,43 @@ def test_every_shipped_config_parses(path):
 
         shape = (3, 32, 32) if cfg.data == "cifar10" else (1, 28, 28)
         model = build(cfg.arch, shape, 10, *STATS[cfg.data], **cfg.arch_kwargs)
-        assert len(latent_layers(model, cfg.colt_layers)) == len(cfg.colt_stage_epochs) - 1
+        assert len(latent_layers(model, cfg.colt.layers)) == len(cfg.colt.stage_epochs) - 1
+
+
+def test_configs_saved_by_older_runs_upgrade_to_the_nested_sections():
+    import dataclasses
+
+    from certkit.train.config import _LEGACY, TrainConfig, trained_noise, upgrade_config
+
+    cfg = TrainConfig.from_dict({"train": {"objective": "stability"}, "smoothing": {"sigma": 0.5, "m": 3},
+                                 "colt": {"layers": [2]}})
+    new = cfg.to_dict()
+    legacy = {k: v for k, v in new.items() if k not in ("colt", "smoothing")}  # what runs saved before
+    for key, (section, name) in _LEGACY.items():
+        legacy[key] = new[section][name]
+    assert upgrade_config(legacy) == new and upgrade_config(new) == new
+    assert dataclasses.astuple(trained_noise(legacy)) == ("gaussian", 0.5) == dataclasses.astuple(trained_noise(new))
+    assert trained_noise({**new, "objective": "ibp"}) is None
+
+
+def test_a_run_saved_with_the_flat_config_of_older_versions_resumes(tmp_path):
+    import json
+
+    from certkit.train.config import _LEGACY
+
+    cfg = tiny_cfg(objective="standard", epochs=2)
+    train(cfg, tmp_path, progress=False, log=False, until=1)
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    new = json.loads(state["config"])
+    legacy = {k: v for k, v in new.items() if k not in ("colt", "smoothing")}
+    for key, (section, name) in _LEGACY.items():
+        legacy[key] = new[section][name]
+    state["config"] = json.dumps(legacy)
+    torch.save(state, tmp_path / "train_state.pt")
+    _, history = train(cfg, tmp_path, progress=False, log=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    from certkit.train.config import SmoothingConfig
+
+    with pytest.raises(ValueError, match="smoothing"):  # a real difference is still refused
+        train(tiny_cfg(objective="standard", epochs=2, smoothing=SmoothingConfig(sigma=0.5)), tmp_path,
+              progress=False, log=False)

@@ -201,7 +201,7 @@ def cmd_smooth(args) -> int:
             print(f"plot: {plot_accuracy_vs_eps(curves, args.plot, title=Path(args.results).stem, xlabel='radius')}")
         return 0
     model, meta = _load_any(args)
-    _smoothing_sigma(args, meta)
+    _smoothing_noise(args, meta)
     data = _load_eval_data(args, meta)
     if len(data.shape) == 3:  # images: channels-last convolutions are 2-4x faster on CPU (smoothing_speed.py)
         model = model.to(memory_format=torch.channels_last)
@@ -251,20 +251,31 @@ def cmd_smooth(args) -> int:
     return 0
 
 
-def _smoothing_sigma(args, meta: dict) -> None:
-    """``--sigma`` defaults to the Gaussian σ the checkpoint was trained with (gaussian, stability and SmoothAdv
-    training record it); a different σ, or noise, than the training's is allowed but said."""
-    config = meta.get("config") or {}
-    trained = config.get("sigma") if config.get("objective") in ("gaussian", "stability", "smoothadv") else None
+def _smoothing_noise(args, meta: dict) -> None:
+    """``--noise`` and ``--sigma`` default to the noise the checkpoint was trained with (gaussian, stability and
+    SmoothAdv training record it); a different noise or scale than the training's is allowed but said.
+    ``--certificate`` defaults to the noise's first (cohen, laplace, uniform)."""
+    from certkit.train.config import trained_noise
+
+    trained = trained_noise(meta.get("config") or {})
+    if args.noise is None:
+        args.noise = trained.kind if trained is not None else "gaussian"
     if args.sigma is None:
         if trained is None:
             raise SystemExit(f"error: certkit smooth {args.action} needs --sigma: {args.checkpoint} records no "
                              "training noise")
-        args.sigma = trained
-        print(f"sigma {trained} (the checkpoint's training noise)", file=sys.stderr)
-    elif trained is not None and (args.sigma != trained or args.noise != "gaussian"):
-        print(f"warning: {args.checkpoint} was trained with gaussian noise of sigma {trained}; smoothing with "
-              f"{args.noise} noise of scale {args.sigma}", file=sys.stderr)
+        if args.noise != trained.kind:
+            raise SystemExit(f"error: {args.checkpoint} was trained with {trained.kind} noise; give --sigma for "
+                             f"{args.noise} noise")
+        args.sigma = trained.scale
+        print(f"{args.noise} noise of scale {trained.scale} (the checkpoint's training noise)", file=sys.stderr)
+    elif trained is not None and (args.sigma != trained.scale or args.noise != trained.kind):
+        print(f"warning: {args.checkpoint} was trained with {trained.kind} noise of scale {trained.scale}; "
+              f"smoothing with {args.noise} noise of scale {args.sigma}", file=sys.stderr)
+    if args.certificate is None:
+        from certkit.smoothing.smooth import CERTIFICATES
+
+        args.certificate = CERTIFICATES[args.noise][0]
 
 
 def _need(args, **required) -> None:
@@ -445,10 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--mean", type=float, nargs="+", default=None)
     sm.add_argument("--std", type=float, nargs="+", default=None)
     sm.add_argument("--data", default=None)
-    sm.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace", "uniform"])
+    sm.add_argument("--noise", default=None, choices=["gaussian", "laplace", "uniform"],
+                    help="noise distribution; default: the checkpoint's training noise, else gaussian")
     sm.add_argument("--sigma", type=float, default=None,
                     help="noise scale (σ, or λ for laplace/uniform); default: the checkpoint's training σ")
-    sm.add_argument("--certificate", default="cohen", choices=list(CERTIFICATE_RULES))
+    sm.add_argument("--certificate", default=None, choices=list(CERTIFICATE_RULES),
+                    help="radius certificate; default: cohen for gaussian, laplace for laplace, uniform for uniform")
     sm.add_argument("--recertify", default=None, choices=list(CERTIFICATE_RULES),
                     help="report: recompute the radii with this certificate from the stored counts (--sigma, --alpha)")
     sm.add_argument("--n0", type=int, default=100)

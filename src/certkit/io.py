@@ -144,30 +144,38 @@ def check_config_types(values: dict[str, Any], field_types: dict[str, Any], name
 
 
 def read_dataclass(cls: type, raw: dict[str, Any], sections: dict[str, dict[str, str]] | None = None,
-                   flat: tuple[str, ...] | None = ("train",)) -> tuple[Any, dict[str, Any]]:
+                   flat: tuple[str, ...] | None = ("train",), prefix: str = "") -> tuple[Any, dict[str, Any]]:
     """A config dataclass from a TOML dict, the one reader of every config: top-level keys and the keys of the
     ``flat`` sections (every other table when ``flat`` is None) are fields by name; the keys of ``sections[s]``
-    map to fields as that table says. Unknown keys and values of the wrong type raise
+    map to fields as that table says; a table named like a field whose type is a dataclass is read into that
+    dataclass the same way. Unknown keys and values of the wrong type raise
     :class:`~certkit.errors.ConfigError` naming the key as written. Returns (instance, the fields given)."""
     sections = sections or {}
+    hints = typing.get_type_hints(cls)
+    nested = {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
     values: dict[str, Any] = {}
     names: dict[str, str] = {}  # field -> the key as written in the TOML file
     for key, value in raw.items():
-        if key in sections and isinstance(value, dict):
+        if key in nested:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config: '{prefix}{key}' must be a table ([{prefix}{key}]), got {value!r}")
+            values[key], _ = read_dataclass(nested[key], value, flat=(), prefix=f"{prefix}{key}.")
+            names[key] = prefix + key
+        elif key in sections and isinstance(value, dict):
             for k, v in value.items():
                 if k not in sections[key]:
-                    raise ConfigError(f"unknown key '{key}.{k}' in config")
-                values[sections[key][k]], names[sections[key][k]] = v, f"{key}.{k}"
+                    raise ConfigError(f"unknown key '{prefix}{key}.{k}' in config")
+                values[sections[key][k]], names[sections[key][k]] = v, f"{prefix}{key}.{k}"
         elif isinstance(value, dict) and (flat is None or key in flat):
             for k, v in value.items():
-                values[k], names[k] = v, f"{key}.{k}"
+                values[k], names[k] = v, f"{prefix}{key}.{k}"
         else:
-            values[key], names[key] = value, key
+            values[key], names[key] = value, prefix + key
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(names[k] for k in set(values) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-    check_config_types(values, typing.get_type_hints(cls), names)
+    check_config_types(values, hints, names)
     return cls(**values), values
 
 

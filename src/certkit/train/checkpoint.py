@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,11 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore(out: Path, config: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
-            resume: bool = True) -> int:
+            resume: bool = True, upgrade: Callable[[dict], dict] | None = None) -> int:
     """Load the run in ``out`` into ``model``, ``opt`` and the global RNGs (CPU, and CUDA where the run had it);
     returns the number of finished epochs (0 for a new run). ``resume=False`` discards an earlier run instead. A
-    run made with another config (other than :data:`FREE_KEYS`) is refused: its epochs would not be this config's."""
+    run made with another config (other than :data:`FREE_KEYS`) is refused: its epochs would not be this config's.
+    ``upgrade`` brings a config saved by an older version into today's form before they are compared."""
     path = out / STATE
     if not resume:
         for f in (path, out / "history.jsonl", out / "model.safetensors"):
@@ -42,7 +43,8 @@ def restore(out: Path, config: dict[str, Any], model: nn.Module, opt: torch.opti
     # on the CPU: RNG states must stay CPU byte tensors; load_state_dict moves weights and optimizer state to the
     # model's device, so a run resumes on any device
     state = torch.load(path, weights_only=True, map_location="cpu")
-    old, new = _comparable(json.loads(state["config"])), _comparable(config)
+    saved = json.loads(state["config"])
+    old, new = _comparable(upgrade(saved) if upgrade else saved), _comparable(config)
     if old != new:
         diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         raise ValueError(f"{out} holds a run with a different config ({', '.join(diff)} differ); "

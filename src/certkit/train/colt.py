@@ -77,9 +77,9 @@ class ColtSchedule:
 
 def colt_schedule(cfg: Any) -> ColtSchedule:
     """The schedule a :class:`~certkit.train.loop.TrainConfig`'s [colt] section describes."""
-    return ColtSchedule(cfg.colt_stage_epochs, cfg.eps, cfg.colt_start_eps_factor, cfg.colt_eps_factor,
-                        cfg.colt_mix_epochs, cfg.lr, cfg.colt_lr_stage_factor, cfg.colt_lr_step, cfg.lr_gamma,
-                        cfg.colt_relu_stable, cfg.colt_relu_stable_factor)
+    c = cfg.colt
+    return ColtSchedule(c.stage_epochs, cfg.eps, c.start_eps_factor, c.eps_factor, c.mix_epochs, cfg.lr,
+                        c.lr_stage_factor, c.lr_step, cfg.lr_gamma, c.relu_stable, c.relu_stable_factor)
 
 
 class ColtTraining(Objective):

@@ -7,11 +7,9 @@ A run directory holds ``model.safetensors`` (the latest weights with metadata), 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,101 +19,12 @@ from tqdm.auto import tqdm
 
 from certkit import graph as g
 from certkit.data import Dataset, load_dataset
-from certkit.errors import ConfigError
-from certkit.io import ResultsWriter, read_dataclass
+from certkit.io import ResultsWriter
 from certkit.models import build
 from certkit.train import checkpoint
-from certkit.train.objectives import OBJECTIVES, Objective, build_objective
+from certkit.train.config import TrainConfig, upgrade_config
+from certkit.train.objectives import Objective, build_objective
 from certkit.verify import certify
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (the TOML config's sections are flattened into these fields)."""
-
-    name: str = "run"
-    data: str = "mnist"
-    data_dir: str | None = None
-    train_n: int | None = None  # use only the first n training images (quick runs)
-    arch: str = "colt-mnist"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    normalize: bool = True  # a Normalize layer (the data set's mean and std) in front; false: raw pixels in [0, 1]
-    init: str | None = None  # a certkit checkpoint of the same architecture whose weights start the run (fine-tuning)
-    objective: str = "ibp"  # standard | pgd | ibp | colt | gaussian | stability | smoothadv
-    epochs: int = 20
-    batch_size: int = 128
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_milestones: list[float] = field(default_factory=list)  # epochs at which lr *= lr_gamma
-    lr_gamma: float = 0.1
-    eps: float = 0.1  # training radius (final value of the ramp)
-    norm: str = "inf"
-    warmup_epochs: float = 0.0  # epochs at eps = 0 (and kappa = kappa_start)
-    ramp_epochs: float = 0.0  # epochs over which eps and kappa go linearly to their final values
-    kappa_start: float = 1.0
-    kappa_end: float = 0.5
-    pgd_steps: int = 10
-    l1: float = 0.0
-    grad_clip: float | None = None
-    seed: int = 0
-    eval_eps: float = 0.1
-    eval_n: int = 1000  # test images evaluated (clean and IBP-certified) after every epoch
-    device: str = "cpu"
-    # COLT ([colt] section; see certkit.train.colt): epochs per stage, latent ReLU layers (1-based), factors
-    colt_stage_epochs: list[int] = field(default_factory=list)
-    colt_layers: list[int] | None = None
-    colt_start_eps_factor: float = 1.05
-    colt_eps_factor: float = 1.05
-    colt_mix_epochs: int = 1
-    colt_lr_stage_factor: float = 0.5
-    colt_lr_step: int = 10
-    colt_relu_stable: float | None = None
-    colt_relu_stable_factor: float = 1.0
-    colt_attack_steps: int = 10
-    colt_attack_step: float = 0.25
-    colt_projections: int = 50
-    colt_nat_factor: float = 0.0
-    # randomized smoothing base classifiers ([smoothing] section)
-    sigma: float = 0.25
-    stability_gamma: float = 1.0
-    smoothadv_m: int = 1
-    smoothadv_steps: int = 1
-    smoothadv_no_grad: bool = False  # SmoothAdv's attack without backprop through the base classifier
-
-    _SECTIONS = {
-        "data": {"dataset": "data", "dir": "data_dir", "train_n": "train_n"},
-        "model": {"arch": "arch", "kwargs": "arch_kwargs", "normalize": "normalize", "init": "init"},
-        "eval": {"eps": "eval_eps", "n": "eval_n"},
-        "smoothing": {"sigma": "sigma", "stability_gamma": "stability_gamma", "m": "smoothadv_m",
-                      "steps": "smoothadv_steps", "no_grad": "smoothadv_no_grad"},
-        "colt": {k: f"colt_{k}" for k in ("stage_epochs", "layers", "start_eps_factor", "eps_factor", "mix_epochs",
-                                          "lr_stage_factor", "lr_step", "relu_stable", "relu_stable_factor",
-                                          "attack_steps", "attack_step", "projections", "nat_factor")},
-    }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Read a TOML-style dict with optional [data], [model], [train] and [eval] sections."""
-        cfg, flat = read_dataclass(cls, d, cls._SECTIONS)
-        if cfg.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
-        if cfg.objective == "colt":
-            if not cfg.colt_stage_epochs:
-                raise ValueError("objective 'colt' needs [colt] stage_epochs (epochs per stage, input stage first)")
-            total = sum(cfg.colt_stage_epochs)
-            if "epochs" in flat and flat["epochs"] != total:
-                raise ValueError(f"epochs = {flat['epochs']} differs from the sum of colt stage_epochs ({total})")
-            cfg.epochs = total
-        if cfg.eps < 0 or cfg.eval_eps < 0:
-            raise ValueError("eps must be non-negative")
-        if cfg.epochs <= 0 or cfg.batch_size <= 0:
-            raise ValueError("epochs and batch_size must be positive")
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def lr_at(cfg: TrainConfig, objective: Objective, epoch_float: float) -> float:
@@ -218,7 +127,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adam or sgd")
 
     config = cfg.to_dict()
-    start_epoch = checkpoint.restore(out, config, model, opt, resume)
+    start_epoch = checkpoint.restore(out, config, model, opt, resume, upgrade_config)
     history = ResultsWriter(out / "history.jsonl", key="epoch")
 
     eval_set = test_set.subset(0, cfg.eval_n)

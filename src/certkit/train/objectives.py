@@ -24,7 +24,7 @@ from torch import nn
 from certkit.attacks.pgd import pgd
 from certkit.attacks.smoothed import smoothadv_attack
 from certkit.bounds.interval import interval_bounds
-from certkit.smoothing.smooth import noisy_forward
+from certkit.smoothing.smooth import Noise, noisy_forward
 from certkit.specs import ball, margin_spec, worst_case_logits
 from certkit.train.schedules import Ramp
 
@@ -98,34 +98,41 @@ class IBPTraining(Objective):
         return loss, metrics
 
 
+def _noise(noise: Noise | float) -> Noise:
+    return noise if isinstance(noise, Noise) else Noise("gaussian", float(noise))
+
+
 class GaussianAugmentation(Objective):
-    """Cohen et al. 2019: cross-entropy on inputs with Gaussian noise of standard deviation σ (pixel space)."""
+    """Cohen et al. 2019: cross-entropy on noisy inputs (pixel space). The noise is Gaussian of standard deviation
+    σ (a float), or any :class:`~certkit.smoothing.smooth.Noise` (Laplace and uniform bases for their L1
+    certificates); it is drawn from the global RNG, which the training loop seeds and checkpoints."""
 
     name = "gaussian"
     channels_last = True
 
-    def __init__(self, sigma: float):
-        self.sigma = sigma
+    def __init__(self, noise: Noise | float):
+        self.noise = _noise(noise)
 
     def __call__(self, model, x, y, step):
-        logits = model(x + self.sigma * torch.randn_like(x))
+        logits = model(x + self.noise.sample(x.shape, None, x.device, x.dtype))
         loss = F.cross_entropy(logits, y)
         return loss, {"loss": loss.detach(), "noisy_acc": (logits.argmax(1) == y).float().mean()}
 
 
 class StabilityTraining(Objective):
-    """STN (Li et al. 2019), stability training: ``CE(f(x), y) + γ·CE(softmax f(x), f(x + n))`` with
-    Gaussian n of standard deviation σ (the clean prediction is the soft target of the noisy one)."""
+    """STN (Li et al. 2019), stability training: ``CE(f(x), y) + γ·CE(softmax f(x), f(x + n))`` with n drawn from
+    ``noise`` (Gaussian of standard deviation σ for a float; the clean prediction is the soft target of the noisy
+    one)."""
 
     name = "stability"
     channels_last = True
 
-    def __init__(self, sigma: float, gamma: float = 1.0):
-        self.sigma, self.gamma = sigma, gamma
+    def __init__(self, noise: Noise | float, gamma: float = 1.0):
+        self.noise, self.gamma = _noise(noise), gamma
 
     def __call__(self, model, x, y, step):
         clean = model(x)
-        noisy = model(x + self.sigma * torch.randn_like(x))
+        noisy = model(x + self.noise.sample(x.shape, None, x.device, x.dtype))
         ce = F.cross_entropy(clean, y)
         stab = F.cross_entropy(noisy, F.softmax(clean, 1))
         loss = ce + self.gamma * stab
@@ -140,12 +147,12 @@ class SmoothAdvTraining(Objective):
     name = "smoothadv"
     channels_last = True
 
-    def __init__(self, eps: Ramp, sigma: float, m: int = 1, steps: int = 1, no_grad: bool = False):
-        self.eps, self.sigma, self.m, self.steps, self.no_grad = eps, sigma, m, steps, no_grad
+    def __init__(self, eps: Ramp, noise: Noise | float, m: int = 1, steps: int = 1, no_grad: bool = False):
+        self.eps, self.noise, self.m, self.steps, self.no_grad = eps, _noise(noise), m, steps, no_grad
 
     def __call__(self, model, x, y, step):
         eps = self.eps(step)
-        noise = self.sigma * torch.randn(x.shape[0], self.m, *x.shape[1:], dtype=x.dtype, device=x.device)
+        noise = self.noise.sample((x.shape[0], self.m, *x.shape[1:]), None, x.device, x.dtype)
         was = model.training
         if eps > 0:
             model.eval()
@@ -165,16 +172,16 @@ def build_objective(cfg: Any, steps_per_epoch: int, num_classes: int, model: nn.
     if cfg.objective == "colt":
         from certkit.train.colt import ColtTraining, colt_schedule, latent_layers
 
-        return ColtTraining(colt_schedule(cfg), latent_layers(model, cfg.colt_layers), steps_per_epoch,
-                            cfg.colt_attack_steps, cfg.colt_attack_step, cfg.colt_projections, cfg.colt_nat_factor,
-                            cfg.pgd_steps)
+        c = cfg.colt
+        return ColtTraining(colt_schedule(cfg), latent_layers(model, c.layers), steps_per_epoch, c.attack_steps,
+                            c.attack_step, c.projections, c.nat_factor, cfg.pgd_steps)
+    sm = cfg.smoothing
     builders = {
         "standard": lambda: Standard(),
-        "gaussian": lambda: GaussianAugmentation(cfg.sigma),
-        "stability": lambda: StabilityTraining(cfg.sigma, cfg.stability_gamma),
+        "gaussian": lambda: GaussianAugmentation(sm.as_noise()),
+        "stability": lambda: StabilityTraining(sm.as_noise(), sm.stability_gamma),
         # SmoothAdv: the L2 attack radius warms up like ε
-        "smoothadv": lambda: SmoothAdvTraining(eps, cfg.sigma, cfg.smoothadv_m, cfg.smoothadv_steps,
-                                               cfg.smoothadv_no_grad),
+        "smoothadv": lambda: SmoothAdvTraining(eps, sm.as_noise(), sm.m, sm.steps, sm.no_grad),
         "pgd": lambda: PGDTraining(eps, cfg.norm, cfg.pgd_steps),
         "ibp": lambda: IBPTraining(eps, Ramp(cfg.kappa_start, cfg.kappa_end, begin, length), num_classes, cfg.norm),
     }
