@@ -219,9 +219,9 @@ def cmd_smooth(args) -> int:
             xb, yb = x[i:i + 50], y[i:i + 50]
             attack = {
                 "smoothadv-pgd": lambda: sa.smoothadv_pgd(model, xb, yb, args.eps, args.sigma, args.m, args.steps,
-                                                          generator=gen),
+                                                          generator=gen, noise=args.noise),
                 "smoothadv-ddn": lambda: sa.smoothadv_ddn(model, xb, yb, args.eps, args.sigma, args.m, args.steps,
-                                                          generator=gen),
+                                                          generator=gen, noise=args.noise),
                 "eot-pgd": lambda: sa.eot_pgd(model, xb, yb, args.eps, args.sigma, args.m, args.steps,
                                               noise=args.noise, generator=gen),
                 "eot-cw": lambda: sa.eot_cw(model, xb, yb, args.sigma, samples=args.m, steps=args.steps,

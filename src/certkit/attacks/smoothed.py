@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certkit import rng
 from certkit.smoothing.smooth import Noise, noisy_forward
 from certkit.specs import L2Ball, LinfBall
 
@@ -61,16 +60,16 @@ def smoothadv_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: 
 
 
 def smoothadv_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, sigma: float, m: int = 1,
-                  steps: int = 10, step_size: float | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    noise = sigma * rng.normal((x.shape[0], m, *x.shape[1:]), generator, x.dtype, x.device)
-    return smoothadv_attack(model, x, y, noise, eps, steps, step_size)
+                  steps: int = 10, step_size: float | None = None, generator: torch.Generator | None = None,
+                  noise: str = "gaussian") -> torch.Tensor:
+    draws = Noise(noise, sigma).sample((x.shape[0], m, *x.shape[1:]), generator, x.device, x.dtype)
+    return smoothadv_attack(model, x, y, draws, eps, steps, step_size)
 
 
 def smoothadv_ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, sigma: float, m: int = 1,
                   steps: int = 10, gamma: float = 0.05, init_norm: float = 1.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    noise = sigma * rng.normal((x.shape[0], m, *x.shape[1:]), generator, x.dtype, x.device)
+                  generator: torch.Generator | None = None, noise: str = "gaussian") -> torch.Tensor:
+    draws = Noise(noise, sigma).sample((x.shape[0], m, *x.shape[1:]), generator, x.device, x.dtype)
     shape = (-1, *([1] * (x.dim() - 1)))
     delta = torch.zeros_like(x)
     norm = torch.full((x.shape[0],), min(init_norm, eps), dtype=x.dtype, device=x.device)
@@ -79,10 +78,10 @@ def smoothadv_ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         alpha = 0.01 + (alpha0 - 0.01) * (1 + torch.cos(torch.tensor(k / steps * torch.pi))) / 2  # cosine decay
         delta.requires_grad_(True)
         with torch.enable_grad():
-            loss = soft_smoothed_loss(model, x + delta, y, noise)
+            loss = soft_smoothed_loss(model, x + delta, y, draws)
             grad, = torch.autograd.grad(loss.sum(), delta)
         with torch.no_grad():
-            adv = F.softmax(noisy_forward(model, x + delta, noise), 2).mean(1).argmax(1) != y
+            adv = F.softmax(noisy_forward(model, x + delta, draws), 2).mean(1).argmax(1) != y
             norm = torch.where(adv, norm * (1 - gamma), norm * (1 + gamma)).clamp(max=eps)
             g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
             delta = delta.detach() + alpha * g
