@@ -129,3 +129,20 @@ def test_summaries_count_verdicts_and_stages():
     assert (st["attack"]["ran"], st["attack"]["falsified"], st["crown"]["verified"], st["bab"]["ran"]) == (3, 1, 1, 1)
     assert st["bab"]["seconds"] == 5.0 and st["attack"]["s/input"] == round(0.5 / 3, 3)
     assert "verified" not in summarize([{"eps": 0.1, "correct": True, "certified": True}])[0]
+
+
+def test_the_one_radius_bisection_finds_each_threshold_to_tol():
+    from certkit.verify.certify import bisect_radius
+
+    true = torch.tensor([0.0, 0.013, 0.2, 0.5, 0.31], dtype=torch.float64)  # certified exactly below these radii
+    correct = torch.tensor([True, True, True, True, False])
+    calls = []
+
+    def certified(idx, eps):
+        calls.append(len(idx))
+        return eps.double() < true[idx]
+
+    r = bisect_radius(certified, correct, 0.4, 1e-3)
+    assert r[3] == 0.4 and r[4] == 0 and r[0] == 0  # certified at hi; misclassified
+    assert ((true[:3] - 1e-3 <= r[:3]) & (r[:3] <= true[:3])).all()
+    assert calls[0] == 4 and max(calls[1:]) == 3  # misclassified inputs are never bounded

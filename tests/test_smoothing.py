@@ -11,7 +11,7 @@ from torch import nn
 
 from certkit.smoothing import CompiledBase, Noise, Smooth, certified_accuracy
 from certkit.smoothing import certificates as cert
-from certkit.smoothing.smooth import certified_accuracy_lower, max_radius
+from certkit.smoothing.smooth import certified_accuracy_lower, max_certifiable_radius
 
 
 def test_closed_forms_and_orderings():
@@ -47,7 +47,8 @@ def test_clopper_pearson_coverage_and_edges():
     lo, up = cert.clopper_pearson(np.array([0, 50, 100]), 100, 0.05)
     assert lo[0] == 0 and up[2] == 1 and lo[1] < 0.5 < up[1]
     assert cert.max_certifiable_pa(100_000, 0.001) == pytest.approx(0.001 ** 1e-5)
-    assert max_radius(Noise("gaussian", 0.25), 100_000, 0.001) == pytest.approx(0.25 * stats.norm.ppf(0.001 ** 1e-5))
+    largest = max_certifiable_radius(Noise("gaussian", 0.25), 100_000, 0.001)
+    assert largest == pytest.approx(0.25 * stats.norm.ppf(0.001 ** 1e-5))
 
 
 def halfplane() -> nn.Module:

@@ -35,6 +35,7 @@ from torch import nn
 from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import crown_bounds
 from certkit.specs import InputSet, LinearSpec, ball
+from certkit.verify.certify import bisect_radius
 
 
 def pairwise_spec(batch: int, k: int, dtype=torch.float32, device=None) -> tuple[LinearSpec, torch.Tensor]:
@@ -188,18 +189,11 @@ def hoeffding_confidence(margin: float | torch.Tensor, n_samples: int, num_class
 
 def max_radius_posterior(model, samples, x, y, method: str = "ibp", hi: float = 0.5, tol: float = 1e-3,
                          norm: str = "inf", domain=(0.0, 1.0), rule: str = "pairwise") -> torch.Tensor:
-    """The largest certified radius per input by bisection on ε (their Fig. 2)."""
-    lo_e = torch.zeros(len(y), dtype=torch.float64)
-    hi_e = torch.full((len(y),), float(hi), dtype=torch.float64)
-    top = certify_posterior(model, samples, x, y, hi, method, norm, domain, rule=rule).certified.cpu()
-    lo_e[top] = hi
-    correct = (predictive(model, samples, x).argmax(1) == y).cpu()
-    todo = correct & ~top
-    while todo.any() and (hi_e - lo_e)[todo].max() > tol:
-        idx = todo.nonzero().squeeze(1)
-        mid = (lo_e[idx] + hi_e[idx]) / 2
-        ok = certify_posterior(model, samples, x[idx], y[idx], mid.to(x), method, norm, domain,
-                             rule=rule).certified.cpu()
-        lo_e[idx[ok]], hi_e[idx[~ok]] = mid[ok], mid[~ok]
-        todo = todo & ((hi_e - lo_e) > tol)
-    return lo_e
+    """The largest certified radius per input by bisection on ε (their Fig. 2; :func:`~certkit.verify.certify.
+    bisect_radius`)."""
+
+    def certified(idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return certify_posterior(model, samples, x[idx.to(x.device)], y[idx.to(y.device)], eps.to(x), method, norm,
+                                 domain, rule=rule).certified.cpu()
+
+    return bisect_radius(certified, (predictive(model, samples, x).argmax(1) == y).cpu(), hi, tol)

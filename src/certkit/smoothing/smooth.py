@@ -216,7 +216,7 @@ def certified_accuracy_lower(radius: np.ndarray, correct: np.ndarray, radii, alp
     return np.array(out)
 
 
-def max_radius(noise: Noise, n: int, alpha: float) -> float:
+def max_certifiable_radius(noise: Noise, n: int, alpha: float) -> float:
     """The largest Cohen radius n draws can certify: σ·Φ⁻¹(α^(1/n))."""
     return float(noise.scale * stats.norm.ppf(cert.max_certifiable_pa(n, alpha))) if noise.kind == "gaussian" \
         else math.nan

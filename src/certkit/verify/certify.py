@@ -11,6 +11,7 @@ method.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -226,23 +227,40 @@ def max_radius(
     domain: tuple[float, float] | None = (0.0, 1.0),
     **options,
 ) -> torch.Tensor:
-    """The largest certified radius per input, by bisection on ε in [0, hi] to within ``tol`` (B,).
+    """The largest certified radius per input, by bisection on ε in [0, hi] to within ``tol`` (B,)
+    (:func:`bisect_radius`): a radius at which ``method`` certifies the input."""
+    def certified(idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return certify(model, x[idx.to(x.device)], y[idx.to(y.device)], eps.to(x), method, norm, domain,
+                       **options).certified.cpu()
 
-    Returns a radius at which ``method`` certifies the input (0 for misclassified inputs, ``hi`` if certified
-    there). Certification is not monotone in ε for every method, so this is a certified radius, not
-    necessarily the supremum of all certified ones.
-    """
-    lo_eps = torch.zeros(len(y), dtype=torch.float64)
-    hi_eps = torch.full((len(y),), float(hi), dtype=torch.float64)
     top = certify(model, x, y, hi, method, norm, domain, **options)
-    lo_eps[top.certified.cpu()] = hi
-    todo = top.correct.cpu() & ~top.certified.cpu()
-    while todo.any() and (hi_eps - lo_eps)[todo].max() > tol:
+    return bisect_radius(certified, top.correct.cpu(), hi, tol, top.certified.cpu())
+
+
+def bisect_radius(certified: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], correct: torch.Tensor, hi: float,
+                  tol: float, at_hi: torch.Tensor | None = None) -> torch.Tensor:
+    """The one bisection on the certified radius, for every certifier (deterministic, Bayesian):
+    ``certified(idx, eps)`` says which of the inputs ``idx`` are certified at the radii ``eps`` (one per input; a
+    bool tensor on the CPU); ``correct`` (n,) marks the correctly classified inputs, the only ones bisected;
+    ``at_hi``, the inputs certified at ``hi`` when already known. Returns per input the largest radius in
+    [0, hi] found certified, to within ``tol``: ``hi`` when certified there, 0 for misclassified inputs.
+    Certification is not monotone in ε for every method, so this is a certified radius, not necessarily the
+    supremum of all certified ones."""
+    n = len(correct)
+    lo = torch.zeros(n, dtype=torch.float64)
+    up = torch.full((n,), float(hi), dtype=torch.float64)
+    if at_hi is None:
+        at_hi = torch.zeros(n, dtype=torch.bool)
+        idx = correct.nonzero().squeeze(1)
+        if len(idx):
+            at_hi[idx] = certified(idx, up[idx])
+    lo[at_hi] = hi
+    todo = correct & ~at_hi
+    while todo.any() and (up - lo)[todo].max() > tol:
         idx = todo.nonzero().squeeze(1)
-        mid = (lo_eps[idx] + hi_eps[idx]) / 2
-        c = certify(model, x[idx.to(x.device)], y[idx.to(y.device)], mid.to(x), method, norm, domain, **options)
-        ok = c.certified.cpu()
-        lo_eps[idx[ok]] = mid[ok]
-        hi_eps[idx[~ok]] = mid[~ok]
-        todo = todo & ((hi_eps - lo_eps) > tol)
-    return lo_eps
+        mid = (lo[idx] + up[idx]) / 2
+        ok = certified(idx, mid)
+        lo[idx[ok]] = mid[ok]
+        up[idx[~ok]] = mid[~ok]
+        todo = todo & ((up - lo) > tol)
+    return lo
