@@ -57,6 +57,45 @@ class BabResult:
     seconds: float
 
 
+@dataclass
+class Domains:
+    """Open domains, one row each: the split signs per ReLU layer ``split[j]`` (D, unstable; +1 active, −1
+    inactive, 0 free), their optimised α and β (D, K, unstable), the split scores (D, candidates) and the lower
+    bounds ``low`` (D, K) of the clause's rows (the domain is proved when one row is positive)."""
+
+    split: dict[int, torch.Tensor]
+    alpha: dict[int, torch.Tensor]
+    beta: dict[int, torch.Tensor]
+    scores: torch.Tensor
+    low: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.low)
+
+    @property
+    def value(self) -> torch.Tensor:
+        """Each domain's bound on the clause (D,): the best of its rows."""
+        return self.low.max(1).values
+
+    def take(self, idx: torch.Tensor) -> Domains:
+        """The domains at ``idx`` (indices or a bool mask)."""
+        return Domains({j: t[idx] for j, t in self.split.items()}, {j: t[idx] for j, t in self.alpha.items()},
+                       {j: t[idx] for j, t in self.beta.items()}, self.scores[idx], self.low[idx])
+
+    def __add__(self, other: Domains) -> Domains:
+        def cat(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            return {j: torch.cat([a[j], b[j]]) for j in a}
+
+        return Domains(cat(self.split, other.split), cat(self.alpha, other.alpha), cat(self.beta, other.beta),
+                       torch.cat([self.scores, other.scores]), torch.cat([self.low, other.low]))
+
+
+@dataclass
+class _Counterexample:
+    x: torch.Tensor
+    value: float
+
+
 class _Problem:
     """One input set and one clause, with the root's intermediate bounds and the unstable neurons."""
 
@@ -218,7 +257,7 @@ def bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | None = No
         bound = min(worst_done, float(lows.min())) if len(lows) else worst_done
         return BabResult(verdict, bound, value, x, n_bounded, time.perf_counter() - t0)
 
-    def bound(split, alpha, beta, parent=None):
+    def bound(split, alpha, beta, parent=None) -> Domains | _Counterexample:
         """Bound the domains; drop the proved ones; a counterexample among the candidates ends the search."""
         nonlocal n_bounded, worst_done
         low, alpha, beta, scores, xs = prob.bound(split, alpha, beta, iterations, lr)
@@ -234,42 +273,35 @@ def bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | None = No
             xs, v = pgd_minimize(prob.clause_value, box, attack_steps, 1, start=xs[top])
         for k in v.argsort()[: int((v <= 0).sum())].tolist():
             if prob.violates(xs[k:k + 1]):
-                return xs[k:k + 1].detach(), float(v[k])
+                return _Counterexample(xs[k:k + 1].detach(), float(v[k]))
         proved = value > 0
         if proved.any():
             worst_done = min(worst_done, float(value[proved].min()))
-        keep = ~proved
-        return ({j: t[keep] for j, t in split.items()}, {j: t[keep] for j, t in alpha.items()},
-                {j: t[keep] for j, t in beta.items()}, scores[keep], low[keep])
+        return Domains(split, alpha, beta, scores, low).take(~proved)
 
     out = bound(split, alpha, beta)
     while True:
-        if isinstance(out[0], torch.Tensor):  # a counterexample
-            return BabResult("falsified", -math.inf, out[1], out[0], n_bounded, time.perf_counter() - t0)
-        split, alpha, beta, scores, low = out
-        value = low.max(1).values
+        if isinstance(out, _Counterexample):
+            return BabResult("falsified", -math.inf, out.value, out.x, n_bounded, time.perf_counter() - t0)
+        value = out.value
         if len(value) == 0:
             return finish("verified", value)
         if len(value) > max_domains or time.perf_counter() - t0 > time_limit:
             return finish("unknown", value)
         order = value.argsort()
-        now, rest = order[:batch], order[batch:]
-        best, neuron = scores[now].max(1)
+        now, rest = out.take(order[:batch]), out.take(order[batch:])
+        best, neuron = now.scores.max(1)
         if not (best > 0).all():  # a domain with every unstable neuron split or stable stays undecided
             return finish("unknown", value)
         # children: the chosen neuron active (+1) in the first half, inactive (−1) in the second
         child_split, offset, D = {}, 0, len(now)
         for j in js:
-            sj = split[j][now].repeat(2, 1)
+            sj = now.split[j].repeat(2, 1)
             rows = ((neuron >= offset) & (neuron < offset + sj.shape[1])).nonzero().squeeze(1)
             sj[rows, neuron[rows] - offset] = 1
             sj[rows + D, neuron[rows] - offset] = -1
             child_split[j] = sj
             offset += sj.shape[1]
-        res = bound(child_split, {j: t[now].repeat(2, 1, 1) for j, t in alpha.items()},
-                    {j: t[now].repeat(2, 1, 1) for j, t in beta.items()}, low[now].repeat(2, 1))
-        if isinstance(res[0], torch.Tensor):
-            out = res
-            continue
-        out = (*({j: torch.cat([old[j][rest], new[j]]) for j in js} for old, new in zip((split, alpha, beta), res[:3])),
-               torch.cat([scores[rest], res[3]]), torch.cat([low[rest], res[4]]))
+        children = bound(child_split, {j: t.repeat(2, 1, 1) for j, t in now.alpha.items()},
+                         {j: t.repeat(2, 1, 1) for j, t in now.beta.items()}, now.low.repeat(2, 1))
+        out = children if isinstance(children, _Counterexample) else rest + children
