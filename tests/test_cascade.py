@@ -146,3 +146,25 @@ def test_the_one_radius_bisection_finds_each_threshold_to_tol():
     assert r[3] == 0.4 and r[4] == 0 and r[0] == 0  # certified at hi; misclassified
     assert ((true[:3] - 1e-3 <= r[:3]) & (r[:3] <= true[:3])).all()
     assert calls[0] == 4 and max(calls[1:]) == 3  # misclassified inputs are never bounded
+
+
+def test_a_property_groups_rows_into_clauses_and_the_cascade_takes_it():
+    from certkit.specs import Property, SpecError
+
+    C = torch.eye(3).unsqueeze(0).repeat(2, 1, 1)
+    prop = Property(LinearSpec(C, None), torch.tensor([5, 5, 9]))  # any labels: two clauses, {0, 1} and {2}
+    rows = torch.tensor([[-1.0, 2.0, 0.5], [-1.0, -2.0, 3.0]])
+    assert prop.value(rows).tolist() == [0.5, -1.0] and prop.proved(rows).tolist() == [True, False]
+    assert prop.rows_of(0).tolist() == [0, 1] and prop.clause(1).C.shape == (2, 1, 3)
+    assert prop.subset(1).C.shape == (1, 3, 3) and torch.equal(prop.d, torch.zeros(2, 3))
+    with pytest.raises(SpecError, match="one integer clause index per spec row"):
+        Property(LinearSpec(C, None), torch.tensor([0.0, 1.0, 1.0]))
+    model = small_net()
+    x = torch.rand(2, 1, 4, 4)
+    s = LinfBall(x, 0.02)
+    spec = LinearSpec(torch.randn(2, 4, 4), torch.randn(2, 4))
+    clauses = torch.tensor([0, 0, 1, 1])
+    a = verify_property(model, s, Property(spec, clauses), stages=("attack", "crown"))
+    b = verify_property(model, s, spec, clauses, stages=("attack", "crown"))
+    assert [v.verdict for v in a] == [v.verdict for v in b]
+    assert all(torch.equal(u.lower, v.lower) for u, v in zip(a, b))

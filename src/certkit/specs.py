@@ -284,6 +284,63 @@ class LinearSpec:
         return c - r, c + r
 
 
+@dataclass
+class Property:
+    """For every point of the set, every clause has a positive row: ``min_q max_{k∈q} (C·f(x) + d)_k > 0``.
+
+    ``spec`` holds the rows (B inputs, K rows); ``clauses`` (K,) gives each row's clause (default: each row its own
+    clause, so every row must be positive — the classification margin). VNN-LIB's unsafe sets are disjunctions
+    of conjunctions of linear constraints: a clause is one conjunction, negated. ``d`` is never None here."""
+
+    spec: LinearSpec
+    clauses: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        B, K = self.spec.C.shape[:2]
+        clauses = torch.arange(K) if self.clauses is None else torch.as_tensor(self.clauses)
+        if clauses.shape != (K,) or clauses.dtype.is_floating_point or clauses.dtype == torch.bool:
+            raise SpecError(f"clauses must give one integer clause index per spec row ({K}), got shape "
+                            f"{tuple(clauses.shape)} and dtype {clauses.dtype}")
+        self.clauses = torch.unique(clauses, return_inverse=True)[1].to(self.spec.C.device)  # indices 0..Q-1
+        if self.spec.d is None:
+            self.spec = LinearSpec(self.spec.C, torch.zeros(B, K, dtype=self.spec.C.dtype, device=self.spec.C.device))
+
+    @property
+    def C(self) -> torch.Tensor:
+        return self.spec.C
+
+    @property
+    def d(self) -> torch.Tensor:
+        return self.spec.d
+
+    def value(self, rows: torch.Tensor) -> torch.Tensor:
+        """``min_q max_{k∈q} rows_k`` for rows (B, K) -> (B,): ≤ 0 iff some clause has every row ≤ 0 (for the
+        rows' values at a point: the point violates the property; for lower bounds: not proved)."""
+        n = int(self.clauses.max()) + 1
+        per = torch.full((rows.shape[0], n), -math.inf, dtype=rows.dtype, device=rows.device)
+        per = per.scatter_reduce(1, self.clauses.to(rows.device).expand_as(rows), rows, reduce="amax")
+        return per.min(1).values
+
+    def proved(self, lower: torch.Tensor) -> torch.Tensor:
+        """Every clause has a row whose lower bound is positive (B,) bool."""
+        return self.value(lower) > 0
+
+    def rows_of(self, q: int) -> torch.Tensor:
+        """The indices of clause q's rows."""
+        return (self.clauses == q).nonzero().squeeze(1)
+
+    def subset(self, idx) -> Property:
+        """The property of the inputs ``idx`` (indices or a mask; an int keeps a batch of one)."""
+        idx = [idx] if isinstance(idx, int) else idx
+        return Property(LinearSpec(self.C[idx], self.d[idx], validate=False), self.clauses)
+
+    def clause(self, q: int) -> Property:
+        """Clause q alone (its rows as one clause)."""
+        rq = self.rows_of(q)
+        one = torch.zeros(len(rq), dtype=torch.long)
+        return Property(LinearSpec(self.C[:, rq], self.d[:, rq], validate=False), one)
+
+
 def margin_spec(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> LinearSpec:
     """Rows ``e_y − e_j`` for every ``j ≠ y``: shape (B, num_classes − 1, num_classes)."""
     if y.dim() != 1:

@@ -22,7 +22,7 @@ from certkit import graph as g
 from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
-from certkit.specs import InputSet, LinearSpec, SpecError
+from certkit.specs import InputSet, LinearSpec, Property
 from certkit.verify.bab import SUPPORTED_OPS, bab
 from certkit.verify.input_bab import input_bab, splits_inputs
 from certkit.verify.milp import MilpEncoding, _select
@@ -55,24 +55,10 @@ class Verdict:
     lower: torch.Tensor | None = None
 
 
-def _clause_min(values: torch.Tensor, clauses: torch.Tensor) -> torch.Tensor:
-    """min over clauses of (max over the clause's rows): ≤ 0 iff some clause has all its rows ≤ 0, i.e. the
-    point violates the property. values: (B, K)."""
-    n = int(clauses.max()) + 1
-    per = torch.full((values.shape[0], n), -math.inf, dtype=values.dtype, device=values.device)
-    per = per.scatter_reduce(1, clauses.expand_as(values), values, reduce="amax")
-    return per.min(1).values
-
-
-def _proved(lower: torch.Tensor, clauses: torch.Tensor) -> torch.Tensor:
-    """Every clause has a row whose lower bound is positive. (B,) bool."""
-    return _clause_min(lower, clauses) > 0
-
-
 def verify_property(
     model: nn.Module,
     input_set: InputSet,
-    spec: LinearSpec,
+    spec: LinearSpec | Property,
     clauses: torch.Tensor | None = None,
     stages: tuple[str, ...] = STAGES,
     timeout: float = 60.0,
@@ -83,9 +69,10 @@ def verify_property(
     progress: Callable[[int], None] | None = None,
 ) -> list[Verdict]:
     """Decide, per input, the property "for every x' in the set, some row of every clause is positive", i.e.
-    ``min_q max_{k∈q} (C·f(x') + d)_k > 0``; ``clauses`` (K,) gives each spec row's clause (default: each row
-    its own clause, so every row must be positive — the classification margin). VNN-LIB's unsafe sets are
-    disjunctions of conjunctions: a clause is one conjunction, negated.
+    ``min_q max_{k∈q} (C·f(x') + d)_k > 0``: a :class:`~certkit.specs.Property`, or a spec whose rows ``clauses``
+    (K,) groups into clauses (default: each row its own clause, so every row must be positive — the
+    classification margin). VNN-LIB's unsafe sets are disjunctions of conjunctions: a clause is one
+    conjunction, negated.
 
     Stages run in order on the inputs still undecided: ``attack`` (PGD on the violation, re-checked in float64),
     ``ibp``, ``crown``, ``alpha`` (bounds; a clause is refuted when one of its rows is proved positive) and
@@ -98,13 +85,9 @@ def verify_property(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; available: {', '.join(STAGES)}")
-    B, K = spec.C.shape[:2]
-    clauses = torch.arange(K) if clauses is None else torch.as_tensor(clauses)
-    if clauses.shape != (K,):
-        raise SpecError(f"clauses must give one clause index per spec row ({K}), got shape {tuple(clauses.shape)}")
-    clauses = clauses.to(spec.C.device)
-    d = spec.d if spec.d is not None else torch.zeros(B, K, dtype=spec.C.dtype, device=spec.C.device)
-    lower = torch.full((B, K), -math.inf, dtype=spec.C.dtype, device=spec.C.device)
+    prop = spec if isinstance(spec, Property) else Property(spec, clauses)
+    B, K = prop.C.shape[:2]
+    lower = torch.full((B, K), -math.inf, dtype=prop.C.dtype, device=prop.C.device)
     verdicts = [Verdict("unknown", "", {}) for _ in range(B)]
     open_ = torch.ones(B, dtype=torch.bool)
     refined: dict[int, dict] = {}  # per input: α-CROWN-optimised intermediate bounds, shared by bab and milp
@@ -116,12 +99,8 @@ def verify_property(
             cache.append(copy.deepcopy(model).double().eval())
         return cache[0]
 
-    def sub(idx: torch.Tensor) -> tuple[InputSet, LinearSpec]:
-        s = input_set.subset(idx)
-        return s, LinearSpec(spec.C[idx], d[idx])
-
-    def objective(m, C, dd):
-        return lambda x: _clause_min(torch.einsum("bkn,bn->bk", C, m(x)) + dd, clauses)
+    def objective(m: nn.Module, p: Property, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: p.value(torch.einsum("bkn,bn->bk", p.C.to(dtype), m(x)) + p.d.to(dtype))
 
     for stage in stages:
         idx = open_.nonzero().squeeze(1)
@@ -133,23 +112,22 @@ def verify_property(
             for b in idx.tolist():
                 if not (piecewise_linear(model) or (stage == "bab" and splits_inputs(_select(input_set, b)))):
                     continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'
-                _complete_stage(stage, model, input_set, spec, d, clauses, b, lower, verdicts[b], timeout,
-                                max_binaries, refined, model64)
+                _complete_stage(stage, model, input_set, prop, b, lower, verdicts[b], timeout, max_binaries, refined,
+                                model64)
                 open_[b] = verdicts[b].verdict == "unknown"
                 if progress is not None and not open_[b]:
                     progress(1)
             continue
         t0 = time.perf_counter()
-        s, sp = sub(idx)
+        s, sp = input_set.subset(idx), prop.subset(idx)
         if stage == "attack":
-            x_adv, _ = pgd_minimize(objective(model, sp.C, sp.d), s, pgd_steps, pgd_restarts)
+            x_adv, _ = pgd_minimize(objective(model, sp, sp.C.dtype), s, pgd_steps, pgd_restarts)
             with torch.no_grad():
-                v64 = objective(model64(), sp.C.double(), sp.d.double())(x_adv.double())
+                v64 = objective(model64(), sp, torch.float64)(x_adv.double())
             for k, b in enumerate(idx.tolist()):
                 cex = None
                 if v64[k] <= 0:
-                    cex = _counterexample(model64(), input_set.subset([b]), spec.C[b], d[b], clauses,
-                                          x_adv[k:k + 1])
+                    cex = _counterexample(model64(), input_set.subset([b]), prop.subset(b), x_adv[k:k + 1])
                 verdicts[b].seconds[stage] = (time.perf_counter() - t0) / len(idx)
                 if cex is not None:
                     verdicts[b] = Verdict("falsified", stage, verdicts[b].seconds, cex)
@@ -162,7 +140,7 @@ def verify_property(
             lo = METHODS[method](model, s, LinearSpec(sp.C, None), iterations=alpha_iterations) + sp.d
         lower[idx] = torch.maximum(lower[idx], lo.nan_to_num(nan=-math.inf))
         dt = (time.perf_counter() - t0) / len(idx)
-        ok = _proved(lower[idx], clauses)
+        ok = prop.proved(lower[idx])
         for k, b in enumerate(idx.tolist()):
             verdicts[b].seconds[stage] = dt
             if ok[k]:
@@ -182,8 +160,9 @@ def piecewise_linear(model) -> bool:
     return all(isinstance(n.op, SUPPORTED_OPS) for n in g.to_graph(model).nodes)
 
 
-def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, verdict: Verdict, timeout,
-                    max_binaries, refined: dict[int, dict], model64: Callable[[], nn.Module]) -> None:
+def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: int, lower: torch.Tensor,
+                    verdict: Verdict, timeout: float, max_binaries: int | None, refined: dict[int, dict],
+                    model64: Callable[[], nn.Module]) -> None:
     """Decide input b per open clause (one with no row proved positive yet), weakest first, by branch and
     bound (``stage`` 'bab') or one MILP (HiGHS), with α-CROWN-optimised intermediate bounds:
     ``min_q max_{k∈q} row_k > 0`` proves the property, a point at or below 0 (re-checked in float64) is a
@@ -194,35 +173,37 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
     if left <= 0:
         return
     one = _select(input_set, b)
-    open_q = [q for q in clauses.unique().tolist() if not (lower[b][clauses == q] > 0).any()]
+    mine = prop.subset(b)
+    open_q = [q for q in range(int(prop.clauses.max()) + 1) if not (lower[b, prop.rows_of(q)] > 0).any()]
     if b not in refined:
-        rows = torch.cat([(clauses == q).nonzero().squeeze(1) for q in open_q])
+        rows = torch.cat([prop.rows_of(q) for q in open_q])
         with torch.no_grad():
             # at most half of what is left goes to the refined bounds (the optimisation stops early, soundly)
-            out, refined[b] = crown_bounds(model, one, LinearSpec(spec.C[b:b + 1, rows], None), return_all=True,
+            out, refined[b] = crown_bounds(model, one, LinearSpec(prop.C[b:b + 1, rows], None), return_all=True,
                                            intermediate="alpha", deadline=t0 + left / 2)
-        lower[b, rows] = torch.maximum(lower[b, rows], out.lower[0] + d[b, rows])
+        lower[b, rows] = torch.maximum(lower[b, rows], out.lower[0] + prop.d[b, rows])
     pre = refined[b]
     enc = None
-    open_q.sort(key=lambda q: float(lower[b][clauses == q].max()))
+    open_q.sort(key=lambda q: float(lower[b, prop.rows_of(q)].max()))
     for q in open_q:
-        rq = (clauses == q).nonzero().squeeze(1)
+        rq = prop.rows_of(q)
         if (lower[b, rq] > 0).any():
             continue
         budget = left - (time.perf_counter() - t0)
         if budget <= 0:
             break
+        clause = mine.clause(q)
+        C, d = clause.C[0], clause.d[0]
         if stage == "bab" and splits_inputs(one):  # few inputs: split the input box
-            r = input_bab(model, one, spec.C[b, rq], d[b, rq], time_limit=budget)
+            r = input_bab(model, one, C, d, time_limit=budget)
         elif stage == "bab":
-            r = bab(model, one, spec.C[b, rq], d[b, rq], time_limit=budget, pre=pre)
+            r = bab(model, one, C, d, time_limit=budget, pre=pre)
         else:
             enc = enc or MilpEncoding(model, one, pre, max_binaries)
-            r = enc.minimize_property(spec.C[b, rq], d[b, rq], None if len(rq) == 1 else torch.zeros(len(rq)),
-                                      time_limit=budget, row_lower=lower[b, rq])
+            r = enc.minimize_property(C, d, None if len(rq) == 1 else torch.zeros(len(rq)), time_limit=budget,
+                                      row_lower=lower[b, rq])
         if r.verdict == "falsified":
-            x = _counterexample(model64(), input_set.subset([b]), spec.C[b, rq], d[b, rq],
-                                torch.zeros(len(rq), dtype=torch.long), r.x)
+            x = _counterexample(model64(), input_set.subset([b]), clause, r.x)
             if x is not None:
                 verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, x
             break
@@ -235,10 +216,10 @@ def _complete_stage(stage: str, model, input_set, spec, d, clauses, b, lower, ve
     verdict.seconds[stage] = time.perf_counter() - t0
 
 
-def _counterexample(model64: nn.Module, one: InputSet, C: torch.Tensor, d: torch.Tensor, clauses: torch.Tensor,
-                    x: torch.Tensor) -> torch.Tensor | None:
+def _counterexample(model64: nn.Module, one: InputSet, prop: Property, x: torch.Tensor) -> torch.Tensor | None:
     """A point of the set ``one`` (as the user defined it: the float64 set, not its rounded box) that violates
-    the property (some clause with every row of ``C·f + d`` ≤ 0, by a float64 forward pass), from a candidate
+    the property ``prop`` of that one input (some clause with every row of ``C·f + d`` ≤ 0, by a float64 forward
+    pass), from a candidate
     ``x``: clamped into the set's float64 box, returned in the input's dtype if that rounding stays in the set
     and still violates, else in float64; None if the candidate is not a counterexample."""
     exact = one.to(dtype=torch.float64)
@@ -246,8 +227,8 @@ def _counterexample(model64: nn.Module, one: InputSet, C: torch.Tensor, d: torch
 
     def violates(p: torch.Tensor) -> bool:
         with torch.no_grad():
-            rows = C.double() @ model64(p).reshape(-1) + d.double()
-        return bool(exact.contains(p, tol=0.0)[0]) and float(_clause_min(rows[None], clauses)[0]) <= 0
+            rows = prop.C[0].double() @ model64(p).reshape(-1) + prop.d[0].double()
+        return bool(exact.contains(p, tol=0.0)[0]) and float(prop.value(rows[None])[0]) <= 0
 
     xr = x64.to(one.lower.dtype)
     if violates(xr.double()):

@@ -179,7 +179,7 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
 
     import torch
 
-    from certkit.specs import Box, LinearSpec
+    from certkit.specs import Box, LinearSpec, Property
     from certkit.verify import verify_property
 
     n_in = int(np.prod(input_shape[1:]))
@@ -212,19 +212,18 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
         d_lo = _round_out(torch.tensor(p.d, dtype=torch.float64, device=device), None, dt)[0]
         if dt == torch.float64:
             lo, up = lo64, up64
-        spec = LinearSpec(C64.to(dt).unsqueeze(0), d_lo.unsqueeze(0))
-        v = verify_property(net, Box(lo, up), spec, torch.tensor(p.clauses), timeout=left, **options)[0]
+        prop = Property(LinearSpec(C64.to(dt).unsqueeze(0), d_lo.unsqueeze(0)), torch.tensor(p.clauses))
+        v = verify_property(net, Box(lo, up), prop, timeout=left, **options)[0]
         if v.verdict == "falsified":
             # a counterexample of the rounded-out box, moved into the file's box and checked there in float64
             if model64 is None:
                 model64 = _double(model)
             x = torch.minimum(torch.maximum(v.counterexample.double().view_as(lo64), lo64), up64)
+            exact = Property(LinearSpec(C64[None], torch.tensor(p.d, dtype=torch.float64, device=device)[None]),
+                             torch.tensor(p.clauses))
             with torch.no_grad():
-                rows = torch.tensor(p.C, dtype=torch.float64, device=device) @ model64(x).reshape(-1) + \
-                    torch.tensor(p.d, dtype=torch.float64, device=device)
-            cl = torch.tensor(p.clauses, device=device)
-            if any(bool((rows[cl == q] <= 0).all()) for q in cl.unique()):
-                return "sat", x
+                if float(exact.value(exact.spec.apply(model64(x).reshape(1, -1)))[0]) <= 0:
+                    return "sat", x
             v.verdict = "unknown"
         if v.verdict == "unknown":
             answer = "timeout" if time.perf_counter() - t0 >= timeout * 0.99 else "unknown"
