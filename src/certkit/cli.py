@@ -514,7 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ba)
     ba.set_defaults(func=cmd_bayes)
 
-    methods = ["ibp", "crown", "crown-ibp", "alpha", "bab", "milp", "cascade"]
+    from certkit.verify.cascade import METHODS
+    from certkit.verify.certify import COMPLETE
+
+    methods = [*METHODS, *COMPLETE]  # the bound methods, then the complete ones
     for name, helptext in (("certify", "certify a checkpoint or ONNX net on a test set"),
                            ("radius", "largest certified radius per test input, by bisection"),
                            ("attack", "PGD-attack a checkpoint")):
