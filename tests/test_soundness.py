@@ -184,3 +184,18 @@ def test_milp_numerics_found_by_the_campaign(seed):
 
     st = fuzz.run_case(seed, ("verify", "milp"), 2.0)
     assert st.violations == [], st.violations
+
+
+def test_the_float64_copy_follows_every_change_of_the_model():
+    from certkit.nn import float64_copy
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.1), nn.Linear(4, 2))
+    x = torch.randn(5, 3, dtype=torch.float64)
+    first = float64_copy(model)
+    assert float64_copy(model) is first and first[0].weight.dtype == torch.float64
+    for change in (lambda: model[0].weight.data.mul_(2),  # no version bump
+                   lambda: model[2].load_state_dict({"weight": torch.randn(2, 4), "bias": torch.zeros(2)}),
+                   lambda: setattr(model[1], "negative_slope", 0.3)):
+        change()
+        again = float64_copy(model)
+        assert torch.allclose(again(x).float(), model(x.float()), atol=1e-5)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -97,3 +100,24 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.shortcut(x)
+
+
+_FLOAT64: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy of ``model`` in eval mode (where counterexamples and certificates are re-checked), made once
+    and reused while the model is the same: same modules and settings (its ``repr``) and every parameter and
+    buffer equal to the copy's (compared exactly, since float32 → float64 is exact; tensor versions are not
+    enough, as ``p.data.mul_(2)`` does not bump them)."""
+    hit = _FLOAT64.get(model)
+    if hit is not None and hit[0] == repr(model):
+        mine = list(itertools.chain(model.parameters(), model.buffers()))
+        theirs = list(itertools.chain(hit[1].parameters(), hit[1].buffers()))
+        same = all(a.shape == b.shape and a.device == b.device and torch.equal(a.to(b.dtype), b)
+                   for a, b in zip(mine, theirs))
+        if len(mine) == len(theirs) and same:
+            return hit[1]
+    copied = copy.deepcopy(model).double().eval()
+    _FLOAT64[model] = (repr(model), copied)
+    return copied

@@ -23,7 +23,6 @@ Only ReLU networks (Linear, Conv, AvgPool, Add, Flatten, per-channel affine) are
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.interval import Bounds
 from certkit.bounds.linear import _backward, crown_bounds
 from certkit.bounds.relax import relu_relaxation
+from certkit.nn import float64_copy
 from certkit.specs import Box, InputSet, LinearSpec, SpecError
 
 # the ops of the networks that branch and bound (and the MILP encoding) handle: piecewise-linear networks
@@ -137,7 +137,7 @@ class _Problem:
     def violates(self, x: torch.Tensor) -> bool:
         """The point is in the set and violates the clause in float64 (the model's dtype may round)."""
         if self._model64 is None:
-            self._model64 = copy.deepcopy(self.model).double()
+            self._model64 = float64_copy(self.model)
         inside = bool(((x >= self.lo) & (x <= self.hi)).all())
         with torch.no_grad():
             return inside and float(self.clause_value(x.double(), self._model64)[0]) <= 0

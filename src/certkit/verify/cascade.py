@@ -9,7 +9,6 @@ float64 forward pass.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from certkit import graph as g
 from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
+from certkit.nn import float64_copy
 from certkit.specs import InputSet, LinearSpec, Property
 from certkit.verify.bab import SUPPORTED_OPS, bab
 from certkit.verify.input_bab import input_bab, splits_inputs
@@ -91,13 +91,9 @@ def verify_property(
     verdicts = [Verdict("unknown", "", {}) for _ in range(B)]
     open_ = torch.ones(B, dtype=torch.bool)
     refined: dict[int, dict] = {}  # per input: α-CROWN-optimised intermediate bounds, shared by bab and milp
-    cache: list[nn.Module] = []
-
     def model64() -> nn.Module:
-        """One float64 copy of the model per call, made when first needed (counterexamples are checked on it)."""
-        if not cache:
-            cache.append(copy.deepcopy(model).double().eval())
-        return cache[0]
+        """The model's float64 copy (counterexamples are checked on it), made when first needed."""
+        return float64_copy(model)
 
     def objective(m: nn.Module, p: Property, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: p.value(torch.einsum("bkn,bn->bk", p.C.to(dtype), m(x)) + p.d.to(dtype))

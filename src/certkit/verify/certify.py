@@ -10,7 +10,6 @@ method.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from certkit import graph as g
+from certkit.nn import float64_copy
 from certkit.specs import SpecError, ball, check_finite, margin_spec
 from certkit.verify.bab import SUPPORTED_OPS
 from certkit.verify.cascade import METHODS, STAGES, piecewise_linear, verify_property
@@ -93,7 +93,7 @@ def certify(
     margin = lower.min(1).values.nan_to_num(nan=-torch.inf)  # overflowing bounds prove nothing
     certified = correct & (margin > 0) & verified
     if float64_check and certified.any() and x.dtype != torch.float64:
-        model64 = copy.deepcopy(model).double()
+        model64 = float64_copy(model)
         e = torch.as_tensor(eps, dtype=torch.float64)
         e = e[certified] if e.dim() > 0 else e
         quiet = {o: v for o, v in options.items() if o != "progress"}  # the re-check finishes no new input

@@ -21,7 +21,6 @@ Sigmoid, Tanh and MaxPool too.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 
@@ -29,6 +28,7 @@ import torch
 
 from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.linear import crown_bounds
+from certkit.nn import float64_copy
 from certkit.specs import Box, InputSet, LinearSpec, SpecError
 from certkit.verify.bab import BabResult
 
@@ -84,7 +84,7 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
     def violates(x: torch.Tensor) -> bool:
         nonlocal model64
         if model64 is None:
-            model64 = copy.deepcopy(model).double()
+            model64 = float64_copy(model)
         inside = bool(((x >= lo0) & (x <= hi0)).all())
         with torch.no_grad():
             return inside and float(clause(model64, x.double())[0]) <= 0

@@ -245,9 +245,9 @@ def _round_out(lo64, up64, dtype):
 
 
 def _double(model):
-    import copy
+    from certkit.nn import float64_copy
 
-    return copy.deepcopy(model).double()
+    return float64_copy(model)
 
 
 def format_result(answer: str, model=None, x=None) -> str:
