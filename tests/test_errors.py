@@ -134,3 +134,14 @@ def test_vae_rejects_shapes_it_cannot_reconstruct():
     with pytest.raises(SpecError, match="multiples of 4"):
         VAE((1, 6, 6))
     assert VAE((1, 8, 8), latent=2, hidden=8)(torch.rand(1, 1, 8, 8)).shape == (1, 1, 8, 8)
+
+
+def test_the_bayes_config_is_read_like_the_others():
+    from certkit.bayes.run import read_config
+
+    with pytest.raises(ConfigError, match="unknown key .data.datset."):
+        read_config({"data": {"datset": "mnist"}})  # was silently ignored
+    with pytest.raises(ConfigError, match="'model.kwargs' must be dict"):
+        read_config({"model": {"kwargs": 3}})
+    cfg = read_config({"name": "b", "data": {"dataset": "fashion-mnist"}, "bayes": {"method": "swag", "eps": 0}})
+    assert (cfg["name"], cfg["data"], cfg["method"], cfg["eps"], cfg["lam"]) == ("b", "fashion-mnist", "swag", 0, 0.25)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,28 +28,58 @@ from certkit.bayes import inference as inf
 from certkit.bayes.certify import certify_posterior
 from certkit.bayes.likelihood import ScheduledLoglik, robust_loglik, standard_loglik
 from certkit.data import load_dataset
-from certkit.errors import ConfigError
-from certkit.io import check_config_types
+from certkit.io import read_dataclass
 from certkit.models import build
 
 METHODS = {"map", "bbb", "noisy-adam", "vogn", "swag", "hmc"}
-DEFAULTS = {"method": "bbb", "likelihood": "ibp", "eps": 0.1, "lam": 0.25, "epochs": 10, "batch_size": 128,
-            "lr": 1e-3, "prior_std": 1.0, "n_samples": 10, "temperature": 1.0, "swa_start": None, "rank": 10,
-            "burn_in": 10, "leapfrog": 10, "step_size": 1e-3, "pgd_steps": 10, "seed": 0, "map_epochs": 0,
-            "map_lr": 1e-3, "map_finish_epochs": 0, "map_finish_lr": 1e-4, "hmc_batch": 10000, "mass": None,
-            "ramp_epochs": 0, "mix": "prob", "curvature_batch": None, "damping": 0.0}
+
+
+@dataclass
+class BayesConfig:
+    """A Bayesian run (module docstring): [data], [model] and the [bayes] section's inference settings."""
+
+    name: str = "bayes"
+    data: str = "mnist"
+    train_n: int | None = None
+    arch: str = "mlp"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    method: str = "bbb"
+    likelihood: str = "ibp"
+    eps: float = 0.1
+    lam: float = 0.25
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    prior_std: float = 1.0
+    n_samples: int = 10
+    temperature: float = 1.0
+    swa_start: float | None = None
+    rank: int = 10
+    burn_in: int = 10
+    leapfrog: int = 10
+    step_size: float = 1e-3
+    pgd_steps: int = 10
+    seed: int = 0
+    map_epochs: int = 0
+    map_lr: float = 1e-3
+    map_finish_epochs: int = 0
+    map_finish_lr: float = 1e-4
+    hmc_batch: int = 10000
+    mass: float | None = None
+    ramp_epochs: float = 0
+    mix: str = "prob"
+    curvature_batch: int | None = None
+    damping: float = 0.0
+
+
 
 
 def read_config(raw: dict) -> dict:
-    cfg = {"name": raw.get("name", "bayes"), "data": raw.get("data", {}).get("dataset", "mnist"),
-           "train_n": raw.get("data", {}).get("train_n"), "arch": raw.get("model", {}).get("arch", "mlp"),
-           "kwargs": raw.get("model", {}).get("kwargs", {}), **DEFAULTS}
-    unknown = set(raw.get("bayes", {})) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown [bayes] key(s): {', '.join(sorted(unknown))}")
-    types = {k: type(v) for k, v in DEFAULTS.items() if v is not None}  # keys defaulting to None take any type
-    check_config_types(raw.get("bayes", {}), types, {k: f"bayes.{k}" for k in DEFAULTS})
-    cfg.update(raw.get("bayes", {}))
+    """The run's settings from a TOML dict, by the one config reader (unknown keys and wrong types are errors that
+    name the key as written), as a plain dict."""
+    cfg, _ = read_dataclass(BayesConfig, raw, {"data": {"dataset": "data", "train_n": "train_n"},
+                                               "model": {"arch": "arch", "kwargs": "kwargs"}}, flat=("bayes",))
+    cfg = asdict(cfg)
     if cfg["method"] not in METHODS:
         raise ValueError(f"unknown method {cfg['method']!r}; use one of {', '.join(sorted(METHODS))}")
     if cfg["likelihood"] not in ("standard", "pgd", "ibp", "crown"):
