@@ -19,7 +19,7 @@ def test_ramp_reaches_its_end_exactly():
     assert r(0) == 0 and r(10) == 0 and abs(r(20) - 0.15) < 1e-12 and r(30) == 0.3 and r(1000) == 0.3
 
 
-@pytest.mark.parametrize("objective", ["standard", "pgd", "ibp"])
+@pytest.mark.parametrize("objective", ["standard", "pgd", "ibp", "crown-ibp", "sabr", "mtl-ibp"])
 def test_objectives_train_and_checkpoint(tmp_path, objective):
     cfg = tiny_cfg(objective=objective, epochs=2, pgd_steps=3, l1=1e-5)
     model, history = train(cfg, tmp_path, progress=False, log=False)

@@ -1,6 +1,7 @@
 """A training run's configuration, read from TOML: the [data], [model], [train] and [eval] sections give the fields
-of :class:`TrainConfig`; COLT's [colt] and randomized smoothing's [smoothing] sections are their own dataclasses
-(:class:`ColtConfig`, :class:`SmoothingConfig`), read by the same reader with the same unknown-key and type errors.
+of :class:`TrainConfig`; COLT's [colt], randomized smoothing's [smoothing] and the [certified] section (CROWN-IBP,
+SABR, MTL-IBP) are their own dataclasses (:class:`ColtConfig`, :class:`SmoothingConfig`, :class:`CertifiedConfig`),
+read by the same reader with the same unknown-key and type errors.
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ class SmoothingConfig:
 
 
 @dataclass
+class CertifiedConfig:
+    """The [certified] section: CROWN-IBP's β ramp (with ε's warm-up and ramp; β = 0: pure IBP), SABR's small-box
+    fraction λ (``sabr_lambda``) and MTL-IBP's weight α of the IBP loss and its ``combination`` (mtl, exp, cc)."""
+
+    beta_start: float = 1.0
+    beta_end: float = 0.0
+    sabr_lambda: float = 0.4
+    alpha: float = 0.5
+    combination: str = "mtl"
+
+
+@dataclass
 class TrainConfig:
     """Everything that defines a training run."""
 
@@ -66,7 +79,7 @@ class TrainConfig:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     normalize: bool = True  # a Normalize layer (the data set's mean and std) in front; false: raw pixels in [0, 1]
     init: str | None = None  # a certkit checkpoint of the same architecture whose weights start the run (fine-tuning)
-    objective: str = "ibp"  # standard | pgd | ibp | colt | gaussian | stability | smoothadv
+    objective: str = "ibp"  # one of certkit.train.objectives.OBJECTIVES
     epochs: int = 20
     batch_size: int = 128
     optimizer: str = "adam"  # adam | sgd
@@ -90,6 +103,7 @@ class TrainConfig:
     device: str = "cpu"
     colt: ColtConfig = field(default_factory=ColtConfig)
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    certified: CertifiedConfig = field(default_factory=CertifiedConfig)
 
     _SECTIONS = {
         "data": {"dataset": "data", "dir": "data_dir", "train_n": "train_n"},
@@ -107,6 +121,10 @@ class TrainConfig:
             raise ConfigError(f"unknown smoothing.noise {cfg.smoothing.noise!r}; use one of {', '.join(CERTIFICATES)}")
         if not cfg.smoothing.sigma > 0:
             raise ConfigError(f"smoothing.sigma must be positive, got {cfg.smoothing.sigma}")
+        c = cfg.certified
+        if c.combination not in ("mtl", "exp", "cc") or not 0 <= c.alpha <= 1 or not 0 < c.sabr_lambda <= 1:
+            raise ConfigError(f"[certified]: combination must be mtl, exp or cc (got {c.combination!r}), alpha in "
+                              f"[0, 1] (got {c.alpha}) and sabr_lambda in (0, 1] (got {c.sabr_lambda})")
         if cfg.objective == "colt":
             if not cfg.colt.stage_epochs:
                 raise ValueError("objective 'colt' needs [colt] stage_epochs (epochs per stage, input stage first)")
@@ -132,14 +150,14 @@ _LEGACY = {**{f"colt_{f.name}": ("colt", f.name) for f in dataclasses.fields(Col
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A saved config (a checkpoint's metadata or train state) in today's nested form: the flat ``colt_*``,
-    ``sigma``, ``stability_gamma`` and ``smoothadv_*`` entries of older runs move into ``colt`` and ``smoothing``
-    (their noise was Gaussian), so that older runs resume and their checkpoints say their training noise."""
-    if not any(k in config for k in _LEGACY):
-        return config
+    """A saved config (a checkpoint's metadata or train state) in today's form: the flat ``colt_*``, ``sigma``,
+    ``stability_gamma`` and ``smoothadv_*`` entries of older runs move into ``colt`` and ``smoothing`` (their noise
+    was Gaussian), and a section added since (``certified``) gets its defaults, so that older runs resume and
+    their checkpoints say their training noise."""
     out = {k: v for k, v in config.items() if k not in _LEGACY}
-    out["colt"] = {**dataclasses.asdict(ColtConfig()), **out.get("colt", {})}
-    out["smoothing"] = {**dataclasses.asdict(SmoothingConfig()), **out.get("smoothing", {})}
+    for name, cls in (("colt", ColtConfig), ("smoothing", SmoothingConfig), ("certified", CertifiedConfig)):
+        if name not in out or isinstance(out[name], dict):
+            out[name] = {**dataclasses.asdict(cls()), **(out.get(name) or {})}
     for key, (section, name) in _LEGACY.items():
         if key in config:
             out[section][name] = config[key]

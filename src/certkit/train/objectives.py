@@ -7,7 +7,7 @@
   ramped down from 1.
 * :class:`GaussianAugmentation`, :class:`StabilityTraining`, :class:`SmoothAdvTraining` — base classifiers for
   randomized smoothing (Cohen et al. 2019; Li et al. 2019; Salman et al. 2019).
-* COLT lives in :mod:`certkit.train.colt`.
+* CROWN-IBP, SABR and MTL-IBP live in :mod:`certkit.train.certified`, COLT in :mod:`certkit.train.colt`.
 
 An L1 penalty on the weights (``l1``) can be added to any objective by the training loop.
 """
@@ -28,7 +28,7 @@ from certkit.smoothing.smooth import Noise, noisy_forward
 from certkit.specs import ball, margin_spec, worst_case_logits
 from certkit.train.schedules import Ramp
 
-OBJECTIVES = ("standard", "pgd", "ibp", "colt", "gaussian", "stability", "smoothadv")
+OBJECTIVES = ("standard", "pgd", "ibp", "crown-ibp", "sabr", "mtl-ibp", "colt", "gaussian", "stability", "smoothadv")
 
 
 class Objective:
@@ -76,10 +76,18 @@ class PGDTraining(Objective):
 
 
 class IBPTraining(Objective):
+    """The robust loss ``κ·CE(f(x), y) + (1−κ)·CE(ẑ, y)`` with ẑ from :meth:`robust_lower` (IBP here; CROWN-IBP and
+    SABR in :mod:`certkit.train.certified` change only that method)."""
+
     name = "ibp"
+    metric = "ibp_acc"  # the fraction of the batch whose margins' lower bounds are positive
 
     def __init__(self, eps: Ramp, kappa: Ramp, num_classes: int = 10, norm: str = "inf"):
         self.eps, self.kappa, self.num_classes, self.norm = eps, kappa, num_classes, norm
+
+    def robust_lower(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: int) -> torch.Tensor:
+        """Lower bounds of the margins ``f_y − f_j`` (B, K − 1) over the ε-ball."""
+        return interval_bounds(model, ball(self.norm, x, eps), margin_spec(y, self.num_classes, x.dtype)).lower
 
     def __call__(self, model, x, y, step):
         eps, kappa = self.eps(step), self.kappa(step)
@@ -89,12 +97,11 @@ class IBPTraining(Objective):
         if eps <= 0 or kappa >= 1:
             metrics["loss"] = clean.detach()
             return clean, metrics
-        spec = margin_spec(y, self.num_classes, x.dtype)
-        lower = interval_bounds(model, ball(self.norm, x, eps), spec).lower
+        lower = self.robust_lower(model, x, y, eps, step)
         robust = F.cross_entropy(worst_case_logits(lower, y, self.num_classes), y)
         loss = kappa * clean + (1 - kappa) * robust
-        metrics.update(loss=loss.detach(), robust_loss=robust.detach(),
-                       ibp_acc=(lower.detach().min(1).values > 0).float().mean())
+        metrics.update({"loss": loss.detach(), "robust_loss": robust.detach(),
+                        self.metric: (lower.detach().min(1).values > 0).float().mean()})
         return loss, metrics
 
 
@@ -176,6 +183,16 @@ def build_objective(cfg: Any, steps_per_epoch: int, num_classes: int, model: nn.
         return ColtTraining(colt_schedule(cfg), latent_layers(model, c.layers), steps_per_epoch, c.attack_steps,
                             c.attack_step, c.projections, c.nat_factor, cfg.pgd_steps)
     sm = cfg.smoothing
+    kappa = Ramp(cfg.kappa_start, cfg.kappa_end, begin, length)
+    if cfg.objective in ("crown-ibp", "sabr", "mtl-ibp"):
+        from certkit.train.certified import CrownIbpTraining, MtlIbpTraining, SabrTraining
+
+        c = cfg.certified
+        return {"crown-ibp": lambda: CrownIbpTraining(eps, kappa, Ramp(c.beta_start, c.beta_end, begin, length),
+                                                      num_classes, cfg.norm),
+                "sabr": lambda: SabrTraining(eps, kappa, c.sabr_lambda, num_classes, cfg.norm, cfg.pgd_steps),
+                "mtl-ibp": lambda: MtlIbpTraining(eps, c.alpha, c.combination, num_classes, cfg.norm, cfg.pgd_steps),
+                }[cfg.objective]()
     builders = {
         "standard": lambda: Standard(),
         "gaussian": lambda: GaussianAugmentation(sm.as_noise()),
@@ -183,7 +200,7 @@ def build_objective(cfg: Any, steps_per_epoch: int, num_classes: int, model: nn.
         # SmoothAdv: the L2 attack radius warms up like ε
         "smoothadv": lambda: SmoothAdvTraining(eps, sm.as_noise(), sm.m, sm.steps, sm.no_grad),
         "pgd": lambda: PGDTraining(eps, cfg.norm, cfg.pgd_steps),
-        "ibp": lambda: IBPTraining(eps, Ramp(cfg.kappa_start, cfg.kappa_end, begin, length), num_classes, cfg.norm),
+        "ibp": lambda: IBPTraining(eps, kappa, num_classes, cfg.norm),
     }
     if cfg.objective not in builders:
         raise ValueError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
