@@ -184,3 +184,15 @@ def test_tiny_weights_do_not_make_the_encoding_infeasible(monkeypatch):
     c[0] = -1  # the class of the counterexample
     r = enc.minimize(c, stop_at_sign=False)
     assert r.verdict == "falsified" and r.value < -0.3
+
+
+def test_the_highs_banner_does_not_reach_stdout(capfd):
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom certkit import LinfBall\nfrom certkit.verify.milp import MilpEncoding\n"
+            "m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))\n"
+            "print(MilpEncoding(m, LinfBall(torch.zeros(1, 2), 0.5)).minimize(torch.ones(1), time_limit=5).verdict)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "HiGHS" not in out.stdout + out.stderr and out.stdout.strip() in (
+        "verified", "falsified")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -322,7 +324,7 @@ class MilpEncoding:
             # HiGHS's default feasibility tolerances: tighter ones (1e-8) made presolve call a feasible LP
             # infeasible (found by the fuzz campaign); looser is the safe side for a proof of infeasibility, and
             # every solution is re-checked exactly anyway
-            h = highspy.Highs()
+            h = _new_highs()
             h.setOptionValue("output_flag", False)
             h.setOptionValue("time_limit", float(max(deadline - 1.0 - time.perf_counter(), 0.01)))
             h.setOptionValue("small_matrix_value", _HIGHS_SMALL)
@@ -440,6 +442,27 @@ class MilpEncoding:
             lp.integrality_ = [highspy.HighsVarType.kInteger if t else highspy.HighsVarType.kContinuous
                                for t in integer]
         return lp, bool(integer.any())
+
+
+_BANNER_SHOWN = [False]
+
+
+def _new_highs() -> highspy.Highs:
+    """A HiGHS instance; the first one of the process is made with the C-level stdout closed, so that HiGHS's
+    copyright banner does not land in the middle of a progress bar or a results table."""
+    if _BANNER_SHOWN[0]:
+        return highspy.Highs()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _BANNER_SHOWN[0] = True
+    return h
 
 
 def _exact_objective(graph: g.Graph, x: torch.Tensor, C: np.ndarray, d: np.ndarray, clauses: np.ndarray) -> float:
