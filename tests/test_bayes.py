@@ -365,7 +365,9 @@ n_samples = 3
 """)
     run = tmp_path / "run"
     assert main(["bayes", "train", "--config", str(tmp_path / "b.toml"), "--out", str(run), "--data-dir",
-                 str(mnist_dir)]) == 0
+                 str(mnist_dir), "--set", "bayes.n_samples=4", "--epochs", "1"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["n_samples"] == 4 and saved["epochs"] == 1
     out = tmp_path / "eval.json"
     assert main(["bayes", "eval", "--run", str(run), "--count", "40", "--eps", "0.05", "--pgd-steps", "5",
                  "--ood", "fashion-mnist", "--out", str(out), "--data-dir", str(mnist_dir)]) == 0

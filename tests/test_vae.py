@@ -98,6 +98,9 @@ ramp_epochs = 1
 """)
     run = tmp_path / "run"
     base = ["--data-dir", str(mnist_dir)]
+    assert main(["vae", "train", "--config", str(tmp_path / "v.toml"), "--out", str(run), "--quiet", "--until", "1",
+                 *base]) == 0  # a time-boxed first part; the same command without --until goes on
+    assert len((run / "history.jsonl").read_text().splitlines()) == 1
     assert main(["vae", "train", "--config", str(tmp_path / "v.toml"), "--out", str(run), "--quiet", *base]) == 0
     hist = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [1, 2] and hist[-1]["eps"] == 0.05

@@ -288,18 +288,17 @@ def _need(args, **required) -> None:
 def cmd_vae(args) -> int:
     from certkit.data import load_dataset
     from certkit.generative.train import VAEConfig, evaluate_vae, load_vae, save_images, train_vae
-    from certkit.io import load_config
+    from certkit.io import apply_overrides, load_config
     from certkit.report import format_table
 
     _need(args, **({"config": "--config"} if args.action == "train" else {"checkpoint": "--checkpoint"}))
     if args.action == "train":
-        cfg = VAEConfig.from_dict(load_config(args.config))
-        if args.device:
-            cfg.device = args.device
-        if args.data_dir:
-            cfg.data_dir = args.data_dir
+        cfg = VAEConfig.from_dict(apply_overrides(load_config(args.config), args.set))
+        for key in ("device", "data_dir", "epochs"):  # command-line values override the config's
+            if getattr(args, key) is not None:
+                setattr(cfg, key, getattr(args, key))
         out = Path(args.out or Path("runs") / cfg.name)
-        _, history = train_vae(cfg, out, resume=not args.fresh, progress=not args.quiet)
+        _, history = train_vae(cfg, out, resume=not args.fresh, progress=not args.quiet, until=args.until)
         print(json.dumps(history[-1] if history else {}, indent=1))
         print(f"checkpoint: {out / 'model.safetensors'}")
         return 0
@@ -323,12 +322,14 @@ def cmd_vae(args) -> int:
 def cmd_bayes(args) -> int:
     from certkit.bayes import run
     from certkit.data import load_dataset
-    from certkit.io import load_config
+    from certkit.io import apply_overrides, load_config
     from certkit.report import format_table
 
     _need(args, **({"config": "--config"} if args.action == "train" else {"run": "--run"}))
     if args.action == "train":
-        cfg = run.read_config(load_config(args.config))
+        cfg = run.read_config(apply_overrides(load_config(args.config), args.set))
+        if args.epochs is not None:
+            cfg["epochs"] = args.epochs
         out = Path(args.out or Path("runs") / cfg["name"])
         model, post, seconds = run.run_inference(cfg, args.data_dir, cache_dir=out.parent / ".warm-start",
                                                  device=args.device or "cpu")
@@ -488,7 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--config", help="TOML config (train)")
     va.add_argument("--checkpoint", help="a proVAE checkpoint (eval)")
     va.add_argument("--out", default=None, help="run directory (train) or JSON results file (eval)")
-    va.add_argument("--fresh", action="store_true")
+    va.add_argument("--fresh", action="store_true", help="train: discard an earlier run in --out")
+    va.add_argument("--epochs", type=int, default=None, help="train: override the config's epochs")
+    va.add_argument("--until", type=int, default=None, metavar="EPOCH",
+                    help="train: stop after this epoch; the same command without it goes on")
+    va.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="train: override one config entry (TOML value); repeatable")
     va.add_argument("--quiet", action="store_true")
     va.add_argument("--data", default=None)
     va.add_argument("--count", type=int, default=1000, help="test images (eval)")
@@ -504,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("action", choices=["train", "eval"])
     ba.add_argument("--config", help="TOML config (train)")
     ba.add_argument("--run", help="run directory (eval)")
+    ba.add_argument("--epochs", type=int, default=None, help="train: override the config's epochs")
+    ba.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="train: override one config entry (TOML value), e.g. --set bayes.lam=0.5; repeatable")
     ba.add_argument("--out", default=None, help="run directory (train) or JSON results (eval)")
     ba.add_argument("--data", default=None)
     ba.add_argument("--count", type=int, default=1000)

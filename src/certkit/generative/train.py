@@ -72,15 +72,15 @@ def eps_ramp(cfg: VAEConfig) -> Ramp:
 
 
 def train_vae(cfg: VAEConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
-              train_set: Dataset | None = None, log: bool = True) -> tuple[VAE, list[dict]]:
+              train_set: Dataset | None = None, log: bool = True, until: int | None = None) -> tuple[VAE, list[dict]]:
     """Run (or resume) the proVAE training of ``cfg`` in ``out_dir`` (locked for the call, as
-    :func:`certkit.train.loop.train`); returns (model, history rows)."""
+    :func:`certkit.train.loop.train`; ``until``: stop after that epoch); returns (model, history rows)."""
     with checkpoint.run_directory(out_dir) as out:
-        return _train_vae(cfg, out, resume, progress, train_set, log)
+        return _train_vae(cfg, out, resume, progress, train_set, log, until)
 
 
 def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_set: Dataset | None,
-               log: bool) -> tuple[VAE, list[dict]]:
+               log: bool, until: int | None = None) -> tuple[VAE, list[dict]]:
     device = torch.device(cfg.device)
     data = train_set or load_dataset(cfg.data, "train", cfg.data_dir)
     if cfg.train_n:
@@ -93,7 +93,7 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_se
     history = ResultsWriter(out / "history.jsonl", key="epoch")
     steps = math.ceil(len(data) / cfg.batch_size)
     ramp = eps_ramp(cfg)
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, cfg.epochs if until is None else min(until, cfg.epochs)):
         t0 = time.time()
         vae.train()
         perm = checkpoint.epoch_order(len(data), cfg.seed, epoch)
