@@ -137,3 +137,32 @@ def test_a_few_steps_raise_certified_accuracy(digits, make):
         opt.step()
     after = float(certify(model.eval(), x, y, 0.1, "crown").certified.float().mean())
     assert after > before + 0.05, (before, after)
+
+
+def test_ibp_init_keeps_interval_widths_from_blowing_up_and_the_warmup_regulariser_trains():
+    from certkit import graph as g
+    from certkit.bounds.interval import interval_bounds
+    from certkit.train.fast_ibp import ibp_init, warmup_regularizer
+
+    x = torch.rand(16, 1, 28, 28)
+
+    def widths(model):
+        _, nodes = interval_bounds(model, ball("inf", x, 0.01), return_all=True)
+        graph = g.to_graph(model)
+        return [float((nodes[n.inputs[0]].upper - nodes[n.inputs[0]].lower).mean() / 0.02)
+                for n in graph.nodes if isinstance(n.op, g.ReLU)]
+
+    torch.manual_seed(0)
+    model = build("colt-mnist", (1, 28, 28), 10, [0.1307], [0.3081])
+    default = widths(model)
+    ibp_init(model)
+    ours = widths(model)
+    assert default[-1] > 20 * ours[-1] and max(ours) < 30, (default, ours)  # Normalize alone scales by 1/0.31
+    _, nodes = interval_bounds(model, ball("inf", x, 0.01), return_all=True)
+    reg = warmup_regularizer(model, nodes, 0.01)
+    assert torch.isfinite(reg) and reg >= 0 and reg.requires_grad
+    objective = IBPTraining(Ramp(0.0, 0.1, 0, 10), const(0.5), warmup_reg=0.5)
+    _, metrics = objective(model, x, torch.randint(0, 10, (16,)), 5)  # mid-ramp: the regulariser is on
+    assert metrics["warmup_reg"] > 0
+    _, metrics = objective(model, x, torch.randint(0, 10, (16,)), 10)  # ramp done: off
+    assert "warmup_reg" not in metrics

@@ -1,5 +1,7 @@
 """Certified training beyond plain IBP, on the one training loop:
 
+* IBP done well (Shi et al. 2021): :mod:`certkit.train.fast_ibp`, used by IBP, CROWN-IBP and SABR training.
+
 * :class:`CrownIbpTraining` — CROWN-IBP (Zhang et al. 2020, eq. 9): the robust cross-entropy on the margins'
   lower bound ``β·CROWN-IBP + (1 − β)·IBP``, β ramped from ``beta_start`` to ``beta_end`` with ε (IBP intermediate
   bounds, one CROWN backward pass from the margins).
@@ -33,8 +35,8 @@ class CrownIbpTraining(IBPTraining):
     name = "crown-ibp"
     metric = "crown_ibp_acc"
 
-    def __init__(self, eps: Ramp, kappa: Ramp, beta: Ramp, num_classes: int = 10, norm: str = "inf"):
-        super().__init__(eps, kappa, num_classes, norm)
+    def __init__(self, eps: Ramp, kappa: Ramp, beta: Ramp, num_classes: int = 10, norm: str = "inf", **fast):
+        super().__init__(eps, kappa, num_classes, norm, **fast)
         self.beta = beta
 
     def robust_lower(self, model, x, y, eps, step):
@@ -52,10 +54,10 @@ class SabrTraining(IBPTraining):
     metric = "small_box_acc"
 
     def __init__(self, eps: Ramp, kappa: Ramp, lam: float = 0.4, num_classes: int = 10, norm: str = "inf",
-                 steps: int = 8):
+                 steps: int = 8, **fast):
         if not 0 < lam <= 1:
             raise ValueError(f"SABR's λ must be in (0, 1], got {lam}")
-        super().__init__(eps, kappa, num_classes, norm)
+        super().__init__(eps, kappa, num_classes, norm, **fast)
         self.lam, self.steps = lam, steps
 
     def centre(self, model, x, y, eps: float) -> torch.Tensor:

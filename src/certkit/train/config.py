@@ -58,13 +58,18 @@ class SmoothingConfig:
 @dataclass
 class CertifiedConfig:
     """The [certified] section: CROWN-IBP's β ramp (with ε's warm-up and ramp; β = 0: pure IBP), SABR's small-box
-    fraction λ (``sabr_lambda``) and MTL-IBP's weight α of the IBP loss and its ``combination`` (mtl, exp, cc)."""
+    fraction λ (``sabr_lambda``), MTL-IBP's weight α of the IBP loss and its ``combination`` (mtl, exp, cc), and
+    Shi et al.'s IBP initialisation (``ibp_init``) and warm-up regulariser weight λ (``warmup_reg``, tolerance
+    τ = ``warmup_tol``) for IBP, CROWN-IBP and SABR training."""
 
     beta_start: float = 1.0
     beta_end: float = 0.0
     sabr_lambda: float = 0.4
     alpha: float = 0.5
     combination: str = "mtl"
+    ibp_init: bool = False
+    warmup_reg: float = 0.0
+    warmup_tol: float = 0.5
 
 
 @dataclass

@@ -116,6 +116,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set:
     n = len(train_set)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     objective = build_objective(cfg, steps_per_epoch, train_set.num_classes, model)
+    if not cfg.init:
+        objective.prepare(model)
     if objective.channels_last and len(train_set.shape) == 3:
         model = model.to(memory_format=torch.channels_last)  # plain forward passes: ~1.6x faster convolutions on CPU
     params = [p for p in model.parameters() if p.requires_grad]

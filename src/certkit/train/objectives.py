@@ -26,6 +26,7 @@ from certkit.attacks.smoothed import smoothadv_attack
 from certkit.bounds.interval import interval_bounds
 from certkit.smoothing.smooth import Noise, noisy_forward
 from certkit.specs import ball, margin_spec, worst_case_logits
+from certkit.train.fast_ibp import ibp_init, warmup_regularizer
 from certkit.train.schedules import Ramp
 
 OBJECTIVES = ("standard", "pgd", "ibp", "crown-ibp", "sabr", "mtl-ibp", "colt", "gaussian", "stability", "smoothadv")
@@ -45,6 +46,10 @@ class Objective:
         """The learning rate at a (fractional) epoch if the objective owns its schedule (COLT); None: the
         config's (``lr`` decayed by ``lr_gamma`` at ``lr_milestones``)."""
         return None
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called once on a freshly initialised model (not one fine-tuned from a checkpoint; a resumed run's
+        weights are restored afterwards), e.g. for an objective's own initialisation."""
 
     def end_epoch(self, epoch: int, out: Path) -> None:
         """Called once epoch ``epoch`` (0-based) is saved in ``out`` (``model.safetensors``)."""
@@ -82,8 +87,21 @@ class IBPTraining(Objective):
     name = "ibp"
     metric = "ibp_acc"  # the fraction of the batch whose margins' lower bounds are positive
 
-    def __init__(self, eps: Ramp, kappa: Ramp, num_classes: int = 10, norm: str = "inf"):
+    def __init__(self, eps: Ramp, kappa: Ramp, num_classes: int = 10, norm: str = "inf", init: bool = False,
+                 warmup_reg: float = 0.0, tol: float = 0.5):
         self.eps, self.kappa, self.num_classes, self.norm = eps, kappa, num_classes, norm
+        self.init, self.warmup_reg, self.tol = init, warmup_reg, tol
+
+    def prepare(self, model: nn.Module) -> None:
+        if self.init:
+            ibp_init(model)
+
+    def regularizer(self, model: nn.Module, x: torch.Tensor, eps: float) -> torch.Tensor | None:
+        """Shi et al.'s warm-up regulariser, λ·(1 − ε_t/ε)·(tightness + ReLU balance), while ε ramps up."""
+        if self.warmup_reg <= 0 or eps >= self.eps.end or eps <= 0:
+            return None
+        _, nodes = interval_bounds(model, ball(self.norm, x, eps), return_all=True)
+        return self.warmup_reg * (1 - eps / self.eps.end) * warmup_regularizer(model, nodes, eps, self.tol)
 
     def robust_lower(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: int) -> torch.Tensor:
         """Lower bounds of the margins ``f_y − f_j`` (B, K − 1) over the ε-ball."""
@@ -100,8 +118,13 @@ class IBPTraining(Objective):
         lower = self.robust_lower(model, x, y, eps, step)
         robust = F.cross_entropy(worst_case_logits(lower, y, self.num_classes), y)
         loss = kappa * clean + (1 - kappa) * robust
-        metrics.update({"loss": loss.detach(), "robust_loss": robust.detach(),
+        metrics.update({"robust_loss": robust.detach(),
                         self.metric: (lower.detach().min(1).values > 0).float().mean()})
+        reg = self.regularizer(model, x, eps)
+        if reg is not None:
+            loss = loss + reg
+            metrics["warmup_reg"] = reg.detach()
+        metrics["loss"] = loss.detach()
         return loss, metrics
 
 
@@ -188,9 +211,10 @@ def build_objective(cfg: Any, steps_per_epoch: int, num_classes: int, model: nn.
         from certkit.train.certified import CrownIbpTraining, MtlIbpTraining, SabrTraining
 
         c = cfg.certified
+        fast = {"init": c.ibp_init, "warmup_reg": c.warmup_reg, "tol": c.warmup_tol}
         return {"crown-ibp": lambda: CrownIbpTraining(eps, kappa, Ramp(c.beta_start, c.beta_end, begin, length),
-                                                      num_classes, cfg.norm),
-                "sabr": lambda: SabrTraining(eps, kappa, c.sabr_lambda, num_classes, cfg.norm, cfg.pgd_steps),
+                                                      num_classes, cfg.norm, **fast),
+                "sabr": lambda: SabrTraining(eps, kappa, c.sabr_lambda, num_classes, cfg.norm, cfg.pgd_steps, **fast),
                 "mtl-ibp": lambda: MtlIbpTraining(eps, c.alpha, c.combination, num_classes, cfg.norm, cfg.pgd_steps),
                 }[cfg.objective]()
     builders = {
@@ -200,7 +224,8 @@ def build_objective(cfg: Any, steps_per_epoch: int, num_classes: int, model: nn.
         # SmoothAdv: the L2 attack radius warms up like ε
         "smoothadv": lambda: SmoothAdvTraining(eps, sm.as_noise(), sm.m, sm.steps, sm.no_grad),
         "pgd": lambda: PGDTraining(eps, cfg.norm, cfg.pgd_steps),
-        "ibp": lambda: IBPTraining(eps, kappa, num_classes, cfg.norm),
+        "ibp": lambda: IBPTraining(eps, kappa, num_classes, cfg.norm, cfg.certified.ibp_init,
+                                   cfg.certified.warmup_reg, cfg.certified.warmup_tol),
     }
     if cfg.objective not in builders:
         raise ValueError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}")
