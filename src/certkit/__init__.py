@@ -10,9 +10,9 @@ except PackageNotFoundError:  # running from a source tree without installation
 from certkit.bounds import Bounds, interval_bounds  # noqa: E402
 from certkit.graph import UnsupportedOpError, to_graph  # noqa: E402
 from certkit.nn import Normalize, Residual  # noqa: E402
-from certkit.specs import Box, L1Ball, L2Ball, LinearSpec, LinfBall, ball, margin_spec  # noqa: E402
+from certkit.specs import Box, L1Ball, L2Ball, LinearSpec, LinfBall, Property, ball, margin_spec  # noqa: E402
 
 __all__ = [
-    "Bounds", "Box", "L1Ball", "L2Ball", "LinearSpec", "LinfBall", "Normalize", "Residual",
+    "Bounds", "Box", "L1Ball", "L2Ball", "LinearSpec", "LinfBall", "Normalize", "Property", "Residual",
     "UnsupportedOpError", "ball", "interval_bounds", "margin_spec", "to_graph", "__version__",
 ]

@@ -27,7 +27,7 @@ from certkit.attacks.pgd import pgd
 from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import crown_bounds
 from certkit.specs import ball, margin_spec, worst_case_logits
-from certkit.train.objectives import IBPTraining, Objective
+from certkit.train.objectives import IBPTraining, Objective, eval_mode
 from certkit.train.schedules import Ramp
 
 
@@ -65,12 +65,8 @@ class SabrTraining(IBPTraining):
         outer = (1 - self.lam) * eps
         if outer <= 0:
             return x
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             return pgd(model, x, y, outer, self.norm, self.steps).x_adv.detach()
-        finally:
-            model.train(was)
 
     def robust_lower(self, model, x, y, eps, step):
         spec = margin_spec(y, self.num_classes, x.dtype)
@@ -97,12 +93,8 @@ class MtlIbpTraining(Objective):
             loss = F.cross_entropy(logits, y)
             acc = (logits.argmax(1) == y).float().mean()  # at ε = 0 the attack and the bound are the point itself
             return loss, {"loss": loss.detach(), "eps": eps, "adv_acc": acc, "ibp_acc": acc}
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             x_adv = pgd(model, x, y, eps, self.norm, self.steps).x_adv.detach()
-        finally:
-            model.train(was)
         adv = model(x_adv)
         spec = margin_spec(y, self.num_classes, x.dtype)
         lower = interval_bounds(model, ball(self.norm, x, eps), spec).lower

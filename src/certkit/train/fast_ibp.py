@@ -44,10 +44,9 @@ def warmup_regularizer(model: nn.Module, nodes: list[Bounds], input_width: float
         rho_mean = (centre * act).mean() / (-(centre * inact).mean()).clamp_min(1e-12)
         rho_var = (spread * act).sum() / (spread * inact).sum().clamp_min(1e-12)
         balance = torch.zeros((), dtype=centre.dtype, device=centre.device)
-        for rho in (rho_mean, rho_var):
+        for rho in (rho_mean, rho_var):  # a layer without active or inactive neurons adds nothing (no device sync)
             rho = torch.minimum(rho, 1 / rho.clamp_min(1e-12))
-            if torch.isfinite(rho):
-                balance = balance + F.relu(tol - rho) / tol
+            balance = balance + torch.where(torch.isfinite(rho), F.relu(tol - rho) / tol, torch.zeros_like(rho))
         terms.append(tight + balance)
     if not terms:
         return torch.zeros(())

@@ -14,6 +14,8 @@ An L1 penalty on the weights (``l1``) can be added to any objective by the train
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,17 @@ from certkit.train.fast_ibp import ibp_init, warmup_regularizer
 from certkit.train.schedules import Ramp
 
 OBJECTIVES = ("standard", "pgd", "ibp", "crown-ibp", "sabr", "mtl-ibp", "colt", "gaussian", "stability", "smoothadv")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the block (an attack inside a training step), then back in its former mode."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 class Objective:
@@ -183,11 +196,9 @@ class SmoothAdvTraining(Objective):
     def __call__(self, model, x, y, step):
         eps = self.eps(step)
         noise = self.noise.sample((x.shape[0], self.m, *x.shape[1:]), None, x.device, x.dtype)
-        was = model.training
         if eps > 0:
-            model.eval()
-            x = smoothadv_attack(model, x, y, noise, eps, self.steps, no_grad=self.no_grad)
-            model.train(was)
+            with eval_mode(model):
+                x = smoothadv_attack(model, x, y, noise, eps, self.steps, no_grad=self.no_grad)
         logits = noisy_forward(model, x, noise).flatten(0, 1)
         yy = y.repeat_interleave(self.m)
         loss = F.cross_entropy(logits, yy)

@@ -91,9 +91,14 @@ def verify_property(
     verdicts = [Verdict("unknown", "", {}) for _ in range(B)]
     open_ = torch.ones(B, dtype=torch.bool)
     refined: dict[int, dict] = {}  # per input: α-CROWN-optimised intermediate bounds, shared by bab and milp
+    cache: list[nn.Module] = []
+
     def model64() -> nn.Module:
-        """The model's float64 copy (counterexamples are checked on it), made when first needed."""
-        return float64_copy(model)
+        """The model's float64 copy (counterexamples are checked on it), looked up once per call, when first
+        needed."""
+        if not cache:
+            cache.append(float64_copy(model))
+        return cache[0]
 
     def objective(m: nn.Module, p: Property, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: p.value(torch.einsum("bkn,bn->bk", p.C.to(dtype), m(x)) + p.d.to(dtype))
