@@ -19,6 +19,33 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
+def _add_scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run the inputs on a local Ray runtime with N worker processes, --threads torch threads "
+                        "each (default 1); needs pip install 'certkit[ray]' (default: in this process)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="run on the Ray cluster at ADDR instead ('auto': the one `ray start` made here; "
+                        "ray://HEAD:10001 for a remote head)")
+
+
+def _executor(args):
+    """The :class:`~certkit.parallel.Executor` of ``--workers/--address`` (in this process without them)."""
+    from certkit.parallel import Executor
+
+    workers, address = getattr(args, "workers", None), getattr(args, "address", None)
+    gpus = 0.0
+    if (workers or address) and str(args.device).startswith("cuda"):
+        gpus = 1.0 / (workers or 1)  # the workers share the GPUs
+    return Executor(workers, address, threads=args.threads or 1, gpus=gpus)
+
+
+def _said(executor) -> None:
+    """On stderr: where the tasks ran (nodes and tasks per node), for a run on Ray."""
+    if executor.distributed and executor.tasks_per_node:
+        nodes = ", ".join(f"{n[:8]}: {c}" for n, c in sorted(executor.tasks_per_node.items()))
+        print(f"ran on {executor.describe()}; tasks per node: {nodes}", file=sys.stderr)
+
+
 def _eps_list(values: list[float]) -> list[float]:
     if any(e < 0 for e in values):
         raise SystemExit("error: epsilon must be non-negative")
@@ -94,7 +121,8 @@ def cmd_certify(args) -> int:
     model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
     eps_list = _eps_list(args.eps)
-    per_method = {"crown": 16, "alpha": 32, "bab": 16, "milp": 16, "cascade": 100}
+    on_ray = args.workers or args.address  # the cascade's tasks stay short: 20 inputs each
+    per_method = {"crown": 16, "alpha": 32, "bab": 16, "milp": 16, "cascade": 20 if on_ray else 100}
     args.batch_size = args.batch_size or per_method.get(args.method, 256)
     out = Path(args.out) if args.out else _default_out(args, f"certify-{args.method}-{data.name}.jsonl")
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "method": args.method, "norm": args.norm,
@@ -103,9 +131,11 @@ def cmd_certify(args) -> int:
     writer = ResultsWriter(out, key="key", header=header)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
     t0 = time.time()
-    rows = certify_dataset(model, data.x, data.y, eps_list, args.method, args.norm, args.pgd_steps,
-                           batch_size=args.batch_size, indices=indices, writer=writer, progress=not args.quiet,
-                           float64_check=args.float64_check, **_options(args))
+    with _executor(args) as executor:
+        rows = certify_dataset(model, data.x, data.y, eps_list, args.method, args.norm, args.pgd_steps,
+                               batch_size=args.batch_size, indices=indices, writer=writer, progress=not args.quiet,
+                               float64_check=args.float64_check, executor=executor, **_options(args))
+        _said(executor)
     wanted = set(indices)
     rows = [r for r in rows if r["eps"] in eps_list and r["idx"] in wanted]  # the file may hold more
     summary = summarize(rows)
@@ -127,7 +157,7 @@ def cmd_radius(args) -> int:
     import statistics
 
     from certkit.io import ResultsWriter
-    from certkit.verify import max_radius
+    from certkit.verify import radius_dataset
 
     model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
@@ -137,14 +167,15 @@ def cmd_radius(args) -> int:
     writer = ResultsWriter(out, key="idx", header=header)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
     bs = args.batch_size or {"crown": 16, "alpha": 32, "bab": 4, "milp": 4, "cascade": 16}.get(args.method, 256)
-    for i in range(0, len(indices), bs):
-        ids = [k for k in range(i, min(i + bs, len(indices))) if indices[k] not in writer.done]
-        if not ids:
-            continue
-        x, y = data.x[ids].to(args.device), data.y[ids].to(args.device)
-        r = max_radius(model, x, y, args.method, args.norm, args.hi, args.tol, **_options(args))
-        writer.write([{"idx": indices[k], "label": int(data.y[k]), "radius": float(v)} for k, v in zip(ids, r)])
-    radii = [row["radius"] for row in writer.results if row["idx"] in set(indices)]
+    with _executor(args) as executor:
+        radius_dataset(model, data.x, data.y, args.method, args.norm, args.hi, args.tol, bs, indices, writer,
+                       progress=not args.quiet, executor=executor, **_options(args))
+        _said(executor)
+    wanted = set(indices)
+    radii = [row["radius"] for row in writer.results if row["idx"] in wanted and "error" not in row]
+    errors = sum("error" in row for row in writer.results if row["idx"] in wanted)
+    if errors:
+        print(f"{errors} inputs raised (rows with an 'error' field in {out})", file=sys.stderr)
     print(f"{len(radii)} inputs, {args.method} max certified L{args.norm} radius: mean {statistics.mean(radii):.4f}, "
           f"median {statistics.median(radii):.4f}, max {max(radii):.4f} (0 = misclassified or not certified)")
     print(f"results: {out}")
@@ -169,8 +200,10 @@ def cmd_vnncomp(args) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / "vnncomp" / f"{Path(args.bench).resolve().name}.csv"
     print(f"results: {out}", file=sys.stderr)
-    rows = run_benchmark(args.bench, out, args.timeout_scale, args.instances, args.device or "cpu",
-                         every=args.every, max_binaries=args.max_binaries)
+    with _executor(args) as executor:
+        rows = run_benchmark(args.bench, out, args.timeout_scale, args.instances, args.device or "cpu",
+                             every=args.every, executor=executor, max_binaries=args.max_binaries)
+        _said(executor)
     table = score_table(rows, args.bench)
     print(table)
     out.with_suffix(".score.txt").write_text(table + "\n")
@@ -242,8 +275,11 @@ def cmd_smooth(args) -> int:
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "noise": args.noise, "sigma": args.sigma,
               "certificate": args.certificate, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
               "certkit_version": __version__}
-    rows = certify_dataset(smooth, data.x.to(args.device), data.y, indices, args.n0, args.n, args.alpha,
-                           args.certificate, out, header, seed=args.seed, progress=not args.quiet)
+    with _executor(args) as executor:
+        rows = certify_dataset(smooth, data.x.to(args.device), data.y, indices, args.n0, args.n, args.alpha,
+                               args.certificate, out, header, batch_size=args.shard, seed=args.seed,
+                               progress=not args.quiet, executor=executor, compile=args.compile)
+        _said(executor)
     wanted = set(indices)
     rows = [r for r in rows if r["idx"] in wanted]
     print(format_table(report(rows, args.radii, args.alpha)))
@@ -340,7 +376,9 @@ def cmd_bayes(args) -> int:
     model, post, cfg = run.load_run(Path(args.run), args.device)
     data = load_dataset(args.data or cfg["data"], "test", args.data_dir).subset(0, args.count)
     x, y = data.x.to(args.device), data.y.to(args.device)
-    res = run.evaluate(model, post, x, y, args.eps, tuple(args.methods), args.pgd_steps)
+    with _executor(args) as executor:
+        res = run.evaluate(model, post, x, y, args.eps, tuple(args.methods), args.pgd_steps, executor=executor)
+        _said(executor)
     if args.ood:
         ood = load_dataset(args.ood, "test", args.data_dir).subset(0, args.count)
         h_in, h_out = run.predictive_entropy(post, x), run.predictive_entropy(post, ood.x.to(args.device))
@@ -443,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     vc.add_argument("--every", type=int, default=1, help="only every k-th instance (a spread-out sample)")
     vc.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
     _add_common(vc)
+    _add_scale(vc)
     vc.set_defaults(func=cmd_vnncomp)
 
     sm = sub.add_parser("smooth", help="randomized smoothing: certify, predict, attack, report")
@@ -481,7 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", default=None, help="output prefix (.tsv and .jsonl)")
     sm.add_argument("--plot", default=None)
     sm.add_argument("--quiet", action="store_true")
+    sm.add_argument("--shard", type=int, default=1, help="certify: inputs per task, written together (default 1)")
     _add_common(sm)
+    _add_scale(sm)
     sm.set_defaults(func=cmd_smooth)
 
     va = sub.add_parser("vae", help="provably robust VAE: train (maximise the certified ELBO bound), eval")
@@ -521,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--pgd-steps", type=int, default=20)
     ba.add_argument("--ood", default=None, help="out-of-distribution data set for the entropy AUROC")
     _add_common(ba)
+    _add_scale(ba)
     ba.set_defaults(func=cmd_bayes)
 
     from certkit.verify.cascade import METHODS
@@ -541,7 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--n", type=int, default=None, help="number of test inputs (default: all)")
         c.add_argument("--start", type=int, default=0)
         c.add_argument("--step", type=int, default=1, help="take every step-th test input")
-        c.add_argument("--batch-size", type=int, default=None, help="default: 256 (IBP, PGD), 16 (CROWN)")
+        c.add_argument("--batch-size", type=int, default=None,
+                       help="inputs per batch, and per Ray task with --workers (default: 256 for IBP and PGD, 16 "
+                            "for CROWN, 100 for the cascade, 20 with --workers)")
         _add_common(c)
         if name in ("certify", "radius"):
             c.add_argument("--method", default="ibp", choices=methods)
@@ -549,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
             c.add_argument("--iterations", type=int, default=None, help="alpha: slope optimisation steps (20)")
             c.add_argument("--out", default=None, help="results JSONL (resumed if it exists)")
+            c.add_argument("--quiet", action="store_true", help="no progress bar")
+            _add_scale(c)
         if name == "radius":
             c.add_argument("--hi", type=float, default=0.5, help="largest radius tried")
             c.add_argument("--tol", type=float, default=1e-3, help="bisection tolerance")
@@ -558,7 +604,6 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--plot", default=None, help="PNG of accuracy vs eps")
             c.add_argument("--float64-check", action="store_true",
                            help="confirm every certificate again on a float64 copy of the model")
-            c.add_argument("--quiet", action="store_true")
             c.set_defaults(func=cmd_certify)
         else:
             c.add_argument("--steps", type=int, default=40)
@@ -587,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
             InUseError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the rows written so far are on disk; workers are cancelled on the way out
+        print("interrupted: what finished is saved; the same command resumes from it", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

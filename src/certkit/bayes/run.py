@@ -13,6 +13,7 @@ predictor), ``config.json`` and the evaluation ``eval.json``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -172,38 +173,70 @@ def run_inference(cfg: dict, data_dir=None, cache_dir: Path | None = None,
     return model, post, time.time() - t0
 
 
+class Predictive(nn.Module):
+    """The posterior predictive as one network: log of the mean softmax over the weight samples (what PGD
+    attacks)."""
+
+    def __init__(self, model: nn.Module, samples: list[dict[str, torch.Tensor]]):
+        super().__init__()
+        self.model, self.samples = model, samples
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call
+
+        return torch.log(torch.stack([torch.softmax(functional_call(self.model, s, (z,)), 1)
+                                      for s in self.samples]).mean(0).clamp_min(1e-30))
+
+
 @torch.no_grad()
 def evaluate(model, post: inf.Posterior, x, y, eps: float, methods=("ibp", "crown"), pgd_steps: int = 20,
-             batch_size: int = 100) -> dict:
+             batch_size: int = 100, executor=None) -> dict:
     """Accuracy, PGD accuracy of the predictive (true label, projected every step, EOT over the samples), and
     IBP-/LBP-certified accuracy: ``<method>_certified`` with the pairwise rule, ``<method>_theorem1_certified``
-    with the paper's Theorem 1 (same bounds)."""
-    from torch.func import functional_call
+    with the paper's Theorem 1 (same bounds). Batches of ``batch_size`` inputs are the tasks of ``executor``
+    (:class:`~certkit.parallel.Executor`; in this process by default)."""
+    from certkit.parallel import Executor, shards
 
-    from certkit.attacks.pgd import pgd
-
-    class Predictive(nn.Module):
-        def forward(self, z):
-            return torch.log(torch.stack([torch.softmax(functional_call(model, s, (z,)), 1)
-                                          for s in post.samples]).mean(0).clamp_min(1e-30))
-
-    net = Predictive()
+    executor = executor or Executor()
+    device = str(x.device)
+    shared = {"model": model, "samples": post.samples, "x": x, "y": y}
+    if executor.distributed:  # the network and the samples travel on the CPU
+        shared = {"model": copy.deepcopy(model).cpu(), "samples": [{k: v.cpu() for k, v in s.items()}
+                                                                     for s in post.samples],
+                  "x": x.cpu(), "y": y.cpu()}
     n = len(y)
-    acc = pgd_ok = 0
-    cert = {k: 0 for m in methods for k in (m, f"{m}_theorem1")}
-    for i in range(0, n, batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        acc += int((net(xb).argmax(1) == yb).sum())
-        with torch.enable_grad():
-            pgd_ok += int((~pgd(net, xb, yb, eps, "inf", pgd_steps).success).sum())
-        for m in methods:
-            c = certify_posterior(model, post.samples, xb, yb, eps, m)
-            cert[m] += int(c.certified.sum())
-            cert[f"{m}_theorem1"] += int((c.theorem1_margin > 0).sum())
-    out = {"n": n, "eps": eps, "accuracy": acc / n, "pgd_accuracy": pgd_ok / n,
+    total: dict[str, int] = {}
+    for _, counts in executor.map(evaluate_shard, shared, shards(range(n), batch_size, eps=eps, methods=methods,
+                                                                  pgd_steps=pgd_steps, device=device)):
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+    out = {"n": n, "eps": eps, "accuracy": total["accuracy"] / n, "pgd_accuracy": total["pgd_accuracy"] / n,
            "posterior_std": posterior_std(post)}
-    out.update({f"{m}_certified": c / n for m, c in cert.items()})  # e.g. ibp_certified, ibp_theorem1_certified
+    out.update({f"{m}_certified": total[m] / n for m in [k for m in methods for k in (m, f"{m}_theorem1")]})
     return out
+
+
+@torch.no_grad()
+def evaluate_shard(shared: dict, items: list[int], eps: float, methods, pgd_steps: int, device: str) -> dict:
+    """The counts of :func:`evaluate` on the inputs at positions ``items`` (its task function)."""
+    from certkit.attacks.pgd import pgd
+    from certkit.parallel import seeded
+
+    if next(shared["model"].parameters()).device != torch.device(device):
+        shared["model"] = shared["model"].to(device)
+        shared["samples"] = [{k: v.to(device) for k, v in s.items()} for s in shared["samples"]]
+    model, samples = shared["model"], shared["samples"]
+    sel = torch.tensor(items)
+    xb, yb = shared["x"][sel].to(device), shared["y"][sel].to(device)
+    net = Predictive(model, samples)
+    counts = {"accuracy": int((net(xb).argmax(1) == yb).sum())}
+    with torch.enable_grad(), seeded("bayes-eval", items):  # PGD's random starts: the same in any process
+        counts["pgd_accuracy"] = int((~pgd(net, xb, yb, eps, "inf", pgd_steps).success).sum())
+    for m in methods:
+        c = certify_posterior(model, samples, xb, yb, eps, m)
+        counts[m] = int(c.certified.sum())
+        counts[f"{m}_theorem1"] = int((c.theorem1_margin > 0).sum())
+    return counts
 
 
 def posterior_std(post: inf.Posterior) -> float:

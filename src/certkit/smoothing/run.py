@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from certkit.io import ResultsWriter
-from certkit.smoothing.smooth import Smooth, certified_accuracy, certified_accuracy_lower, certify_counts
+from certkit.smoothing.smooth import CompiledBase, Smooth, certified_accuracy, certified_accuracy_lower, certify_counts
 
 TSV_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
@@ -26,38 +26,72 @@ def _rewrite_tsv(path: Path, rows: list[dict]) -> None:
 
 def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, indices: list[int], n0: int, n: int,
                     alpha: float, certificate: str, out: str | Path, header: dict | None = None,
-                    batch_size: int = 1, seed: int = 0, progress: bool = True) -> list[dict]:
+                    batch_size: int = 1, seed: int = 0, progress: bool = True, executor=None,
+                    compile: bool = False) -> list[dict]:
     """Certify every input; rows go to ``out.jsonl`` (the record, resumable) and ``out.tsv`` (Cohen's format:
     ``idx label predict radius correct time``, radius 0 and predict −1 when abstaining). A killed run resumes
     after the last written batch, without duplicated rows; each input's noise comes from a generator on x's device
-    seeded by (seed, idx), so a resumed run gives the same numbers as an uninterrupted one on that device."""
+    seeded by (seed, idx), so a resumed run gives the same numbers as an uninterrupted one on that device, and a
+    run on Ray workers (an :class:`~certkit.parallel.Executor`; ``batch_size`` inputs per task) the same counts
+    as one in this process. ``compile``: each worker compiles its copy of the base model
+    (:class:`~certkit.smoothing.smooth.CompiledBase`)."""
+    import copy
+
+    from certkit.parallel import Executor, shards
+
+    executor = executor or Executor()
     out = Path(out)
     writer = ResultsWriter(out.with_suffix(".jsonl"), key="idx", header=header)
     rows = [r for r in writer.results if "idx" in r]
     todo = [k for k, i in enumerate(indices) if i not in writer.done]
-    for s in tqdm(range(0, len(todo), batch_size), desc=f"certify ({certificate})", disable=not progress):
-        ks = todo[s:s + batch_size]
-        batch_rows = []
-        for k in ks:  # one generator per input, on the input's device (the noise is drawn where it is used):
-            gen = torch.Generator(x.device).manual_seed(seed * 1_000_003 + indices[k])  # reproducible per device
-            t0 = time.perf_counter()
-            res = smooth.certify(x[k:k + 1], n0, n, alpha, certificate, gen)
-            pred, radius = int(res.pred[0]), float(np.nan_to_num(res.radius[0], nan=0.0))
-            batch_rows.append({"idx": indices[k], "label": int(y[k]), "predict": pred, "radius": radius,
-                               "correct": int(pred == int(y[k])), "time": time.perf_counter() - t0,
-                               "pa_lower": float(res.pa_lower[0]), "pb_upper": float(res.pb_upper[0]),
-                               "counts": res.counts[0].tolist(), "top": int(res.top[0]), "norm": res.norm})
+    shared = {"smooth": smooth, "x": x, "y": y, "ids": list(indices), "compile": False}
+    if executor.distributed:  # the base model travels on the CPU, uncompiled; each worker compiles its own
+        base = smooth.base.model if isinstance(smooth.base, CompiledBase) else smooth.base
+        shared.update(smooth=Smooth(copy.deepcopy(base).cpu(), smooth.num_classes, smooth.noise, smooth.batch_size),
+                      x=x.cpu(), compile=compile or isinstance(smooth.base, CompiledBase))
+    args = {"n0": n0, "n": n, "alpha": alpha, "certificate": certificate, "seed": seed, "device": str(x.device)}
+    bar = tqdm(total=len(todo), desc=f"certify ({certificate})", unit="input", disable=not progress)
+    def error_row(k: int, args: dict, message: str) -> dict:  # an input whose task raised on a worker
+        return {"idx": indices[k], "label": int(y[k]), "error": message}
+
+    for shard, batch_rows in executor.map(certify_shard, shared, shards(todo, batch_size, **args), error_row):
         writer.write(batch_rows)
         rows += batch_rows
-        _rewrite_tsv(out.with_suffix(".tsv"), rows)
-    _rewrite_tsv(out.with_suffix(".tsv"), rows)
+        _rewrite_tsv(out.with_suffix(".tsv"), [r for r in rows if "error" not in r])
+        bar.update(len(shard.items))
+    bar.close()
+    order = {i: k for k, i in enumerate(indices)}
+    rows.sort(key=lambda r: order.get(r["idx"], len(order)))  # as certified in one process, whatever finished first
+    _rewrite_tsv(out.with_suffix(".tsv"), [r for r in rows if "error" not in r])
+    return rows
+
+
+def certify_shard(shared: dict, items: list[int], n0: int, n: int, alpha: float, certificate: str, seed: int,
+                  device: str) -> list[dict]:
+    """The rows of the inputs at positions ``items`` (the task function of :func:`certify_dataset`)."""
+    smooth, x, y, ids = shared["smooth"], shared["x"], shared["y"], shared["ids"]
+    if shared["compile"]:  # a worker compiles once, for every task it runs
+        smooth.base, shared["compile"] = CompiledBase(smooth.base), False
+    if next(smooth.base.parameters()).device != torch.device(device):
+        smooth.base = smooth.base.to(device)
+    rows = []
+    for k in items:  # one generator per input, on the input's device (the noise is drawn where it is used):
+        gen = torch.Generator(device).manual_seed(seed * 1_000_003 + ids[k])  # reproducible per device
+        t0 = time.perf_counter()
+        res = smooth.certify(x[k:k + 1].to(device), n0, n, alpha, certificate, gen)
+        pred, radius = int(res.pred[0]), float(np.nan_to_num(res.radius[0], nan=0.0))
+        rows.append({"idx": ids[k], "label": int(y[k]), "predict": pred, "radius": radius,
+                     "correct": int(pred == int(y[k])), "time": time.perf_counter() - t0,
+                     "pa_lower": float(res.pa_lower[0]), "pb_upper": float(res.pb_upper[0]),
+                     "counts": res.counts[0].tolist(), "top": int(res.top[0]), "norm": res.norm})
     return rows
 
 
 def report(rows: list[dict], radii, alpha: float) -> list[dict]:
-    """Certified accuracy per radius: approximate, and a high-probability lower bound."""
-    radius = np.array([r["radius"] if r["predict"] >= 0 else np.nan for r in rows])
-    correct = np.array([bool(r["correct"]) for r in rows])
+    """Certified accuracy per radius: approximate, and a high-probability lower bound (a row with an ``error``,
+    an input whose task raised, counts as not certified)."""
+    radius = np.array([r["radius"] if r.get("predict", -1) >= 0 else np.nan for r in rows])
+    correct = np.array([bool(r.get("correct", False)) for r in rows])
     approx = certified_accuracy(radius, correct, radii)
     lower = certified_accuracy_lower(radius, correct, radii, alpha)
     return [{"radius": float(r), "n": len(rows), "certified": float(a), "certified_hp_lower": float(b)}
@@ -69,6 +103,9 @@ def recertify(rows: list[dict], certificate: str, alpha: float, scale: float) ->
     (e.g. Cohen's bound on the counts of a Renyi run: STN's comparison)."""
     if not rows:
         return []
+    if any("error" in r for r in rows):
+        ok = [r for r in rows if "error" not in r]
+        return recertify(ok, certificate, alpha, scale) + [r for r in rows if "error" in r]
     if any("top" not in r or "counts" not in r for r in rows):
         raise ValueError("these rows lack the stored counts or the selected class (written by an older certkit): "
                          "certify again")

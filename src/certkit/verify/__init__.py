@@ -10,7 +10,15 @@
 """
 
 from certkit.verify.cascade import METHODS, STAGES, Verdict, verify_property
-from certkit.verify.certify import Certificate, certify, certify_dataset, max_radius, stage_summary, summarize
+from certkit.verify.certify import (
+    Certificate,
+    certify,
+    certify_dataset,
+    max_radius,
+    radius_dataset,
+    stage_summary,
+    summarize,
+)
 
-__all__ = ["METHODS", "STAGES", "Certificate", "Verdict", "certify", "certify_dataset", "max_radius", "stage_summary",
-           "summarize", "verify_property"]
+__all__ = ["METHODS", "STAGES", "Certificate", "Verdict", "certify", "certify_dataset", "max_radius", "radius_dataset",
+           "stage_summary", "summarize", "verify_property"]

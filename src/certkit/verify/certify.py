@@ -10,6 +10,7 @@ method.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -117,36 +118,71 @@ def certify_dataset(
     writer=None,
     progress: bool = False,
     float64_check: bool = False,
+    executor=None,
     **options,
 ) -> list[dict]:
     """Per-input rows ``{key, idx, eps, label, pred, correct, pgd_robust, certified, margin_lb, time_s}``, and
     for the cascade ``verdict``, ``stage`` and ``seconds`` per stage. ``options`` go to :func:`certify`.
 
     With a :class:`~certkit.io.ResultsWriter`, rows are written per batch and rows already in it are skipped,
-    so a killed run resumes where it stopped. A certified input that PGD breaks is a soundness bug: it raises.
+    so a killed run resumes where it stopped. A certified input that PGD breaks is a soundness bug: it raises
+    :class:`~certkit.parallel.UnsoundError`. An :class:`~certkit.parallel.Executor` with workers certifies the
+    batches (``batch_size`` inputs: one task each) on Ray; an input whose task raises there becomes a row with an
+    ``error`` field.
     """
-    import time
-
     from tqdm.auto import tqdm
 
-    from certkit.attacks.pgd import pgd
+    from certkit.parallel import Executor, Shard
 
+    executor = executor or Executor()
     device = next(model.parameters()).device
     idx_all = list(range(len(y))) if indices is None else list(indices)
     done = writer.done if writer is not None else set()
     rows: list[dict] = []
-    jobs = [(e, i) for e in eps_list for i in range(0, len(y), batch_size)]
     bar = tqdm(total=len(eps_list) * len(y), desc=f"certify ({method})", unit="input", disable=not progress)
-    if method in COMPLETE:  # the cascade reports every input it finishes
+    if method in COMPLETE and not executor.distributed:  # the cascade reports every input it finishes
         options = {**options, "progress": bar.update}
-    for eps, start in jobs:
-        ids = idx_all[start:start + batch_size]
-        keep = [k for k, i in enumerate(ids) if f"{eps}:{i}" not in done]
-        bar.update(len(ids) - len(keep))  # already in the results file
-        if not keep:
-            continue
-        sel = torch.tensor([start + k for k in keep])
-        xb, yb = x[sel].to(device), y[sel].to(device)
+    args = {"method": method, "norm": norm, "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts,
+            "float64_check": float64_check, "device": str(device), "options": options}
+    work = []
+    for eps in eps_list:
+        for start in range(0, len(y), batch_size):
+            keep = [k for k in range(start, min(start + batch_size, len(y))) if f"{eps}:{idx_all[k]}" not in done]
+            bar.update(min(batch_size, len(y) - start) - len(keep))  # already in the results file
+            if keep:
+                work.append(Shard(keep, {"eps": eps, **args}))
+    shared = {"model": model, "x": x, "y": y, "ids": idx_all}
+    if executor.distributed:  # what travels to the workers: the model on the CPU, the data
+        shared["model"] = copy.deepcopy(model).cpu()
+    def error_row(k: int, args: dict, message: str) -> dict:  # an input whose task raised on a worker
+        return {"key": f"{args['eps']}:{idx_all[k]}", "idx": idx_all[k], "eps": args["eps"], "label": int(y[k]),
+                "method": method, "error": message}
+
+    for shard, batch_rows in executor.map(certify_shard, shared, work, error_row):
+        if writer is not None:
+            writer.write(batch_rows)
+        rows += batch_rows
+        if method not in COMPLETE or executor.distributed:
+            bar.update(len(shard.items))
+    bar.close()
+    return writer.results if writer is not None else rows
+
+
+def certify_shard(shared: dict, items: list[int], eps: float, method: str, norm: str, pgd_steps: int,
+                  pgd_restarts: int, float64_check: bool, device: str, options: dict) -> list[dict]:
+    """The rows of :func:`certify_dataset` for the inputs at positions ``items`` of ``shared['x']`` (one
+    batch; the task function of :class:`~certkit.parallel.Executor`)."""
+    import time
+
+    from certkit.attacks.pgd import pgd
+    from certkit.parallel import UnsoundError, seeded
+
+    model, ids = shared["model"], shared["ids"]
+    if next(model.parameters()).device != torch.device(device):
+        model = shared["model"] = model.to(device)
+    sel = torch.tensor(items)
+    xb, yb = shared["x"][sel].to(device), shared["y"][sel].to(device)
+    with seeded(eps, [ids[k] for k in items]):  # PGD's random starts: the same in any process and order
         t0 = time.time()
         cert = certify(model, xb, yb, eps, method, norm, float64_check=float64_check, **options)
         t_cert = (time.time() - t0) / len(sel)
@@ -154,48 +190,46 @@ def certify_dataset(
         if pgd_steps > 0:
             res = pgd(model, xb, yb, eps, norm, steps=pgd_steps, restarts=pgd_restarts) if eps > 0 else None
             robust = cert.correct if res is None else ~res.success
-            if (cert.certified & ~robust).any():
-                bad = [ids[keep[k]] for k in (cert.certified & ~robust).nonzero().flatten().tolist()]
-                raise AssertionError(f"unsound certificate: inputs {bad} certified at eps={eps} but broken by PGD")
-        with torch.no_grad():
-            pred = model(xb).argmax(1)
-        cols = zip(yb.tolist(), pred.tolist(), cert.correct.tolist(), cert.certified.tolist(),
-                   cert.margin_lower.tolist(), (robust if robust is not None else cert.correct).tolist())
-        batch_rows = []
-        for k, (label, p, ok, cert_ok, margin, rob) in enumerate(cols):
-            i = ids[keep[k]]
-            row = {"key": f"{eps}:{i}", "idx": i, "eps": eps, "label": label, "pred": p, "correct": ok,
-                   "certified": cert_ok, "margin_lb": margin, "method": method, "time_s": round(t_cert, 6)}
-            if robust is not None:
-                row["pgd_robust"] = rob
-            if cert.verdicts is not None:
-                v = cert.verdicts[k]
-                row.update(verdict=v.verdict, stage=v.stage, seconds={s: round(t, 4) for s, t in v.seconds.items()})
-                row["time_s"] = round(sum(v.seconds.values()), 4)
-            batch_rows.append(row)
-        if writer is not None:
-            writer.write(batch_rows)
-        rows += batch_rows
-        if method not in COMPLETE:
-            bar.update(len(sel))
-    bar.close()
-    return writer.results if writer is not None else rows
+    if robust is not None and (cert.certified & ~robust).any():
+        bad = [ids[items[k]] for k in (cert.certified & ~robust).nonzero().flatten().tolist()]
+        raise UnsoundError(f"unsound certificate: inputs {bad} certified at eps={eps} but broken by PGD")
+    with torch.no_grad():
+        pred = model(xb).argmax(1)
+    cols = zip(yb.tolist(), pred.tolist(), cert.correct.tolist(), cert.certified.tolist(),
+               cert.margin_lower.tolist(), (robust if robust is not None else cert.correct).tolist())
+    rows = []
+    for k, (label, p, ok, cert_ok, margin, rob) in enumerate(cols):
+        i = ids[items[k]]
+        row = {"key": f"{eps}:{i}", "idx": i, "eps": eps, "label": label, "pred": p, "correct": ok,
+               "certified": cert_ok, "margin_lb": margin, "method": method, "time_s": round(t_cert, 6)}
+        if robust is not None:
+            row["pgd_robust"] = rob
+        if cert.verdicts is not None:
+            v = cert.verdicts[k]
+            row.update(verdict=v.verdict, stage=v.stage, seconds={s: round(t, 4) for s, t in v.seconds.items()})
+            row["time_s"] = round(sum(v.seconds.values()), 4)
+        rows.append(row)
+    return rows
 
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per radius: number of inputs, clean / PGD / certified accuracy; for the complete methods (rows with a
     ``verdict``) also the counts of verified, falsified (a checked counterexample) and unknown (a timeout or a
-    budget spent: neither proved nor refuted) inputs."""
+    budget spent: neither proved nor refuted) inputs; ``errors``, the inputs whose task raised (rows with an
+    ``error``, counted as neither correct nor certified), when there are any."""
     out = []
     for eps in sorted({r["eps"] for r in rows}):
         rs = [r for r in rows if r["eps"] == eps]
-        row = {"eps": eps, "n": len(rs), "clean": sum(r["correct"] for r in rs) / len(rs)}
-        if all("pgd_robust" in r for r in rs):
-            row["pgd"] = sum(r["pgd_robust"] for r in rs) / len(rs)
-        row["certified"] = sum(r["certified"] for r in rs) / len(rs)
-        if all("verdict" in r for r in rs):
+        ok = [r for r in rs if "error" not in r]
+        row = {"eps": eps, "n": len(rs), "clean": sum(r["correct"] for r in ok) / len(rs)}
+        if ok and all("pgd_robust" in r for r in ok):
+            row["pgd"] = sum(r["pgd_robust"] for r in ok) / len(rs)
+        row["certified"] = sum(r["certified"] for r in ok) / len(rs)
+        if ok and all("verdict" in r for r in ok):
             for verdict in ("verified", "falsified", "unknown"):
-                row[verdict] = sum(r["verdict"] == verdict for r in rs)
+                row[verdict] = sum(r["verdict"] == verdict for r in ok)
+        if len(ok) < len(rs):
+            row["errors"] = len(rs) - len(ok)
         out.append(row)
     return out
 
@@ -214,6 +248,51 @@ def stage_summary(rows: list[dict]) -> list[dict]:
                         "falsified": sum(r["stage"] == stage and r["verdict"] == "falsified" for r in rs),
                         "seconds": round(total, 2), "s/input": round(total / len(ran), 3)})
     return out
+
+
+def radius_dataset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str = "ibp", norm: str = "inf",
+                   hi: float = 0.5, tol: float = 1e-3, batch_size: int = 256, indices: list[int] | None = None,
+                   writer=None, progress: bool = False, executor=None, **options) -> list[dict]:
+    """Per-input rows ``{idx, label, radius}``: :func:`max_radius` on batches of ``batch_size`` inputs (one task
+    each on an :class:`~certkit.parallel.Executor` with workers), written to ``writer`` and resumed from it like
+    :func:`certify_dataset`."""
+    from tqdm.auto import tqdm
+
+    from certkit.parallel import Executor, shards
+
+    executor = executor or Executor()
+    ids = list(range(len(y))) if indices is None else list(indices)
+    done = writer.done if writer is not None else set()
+    todo = [k for k in range(len(y)) if ids[k] not in done]
+    shared = {"model": copy.deepcopy(model).cpu() if executor.distributed else model, "x": x, "y": y, "ids": ids}
+    args = {"method": method, "norm": norm, "hi": hi, "tol": tol, "options": options,
+            "device": str(next(model.parameters()).device)}
+    rows: list[dict] = []
+    bar = tqdm(total=len(y), initial=len(y) - len(todo), desc=f"radius ({method})", unit="input",
+               disable=not progress)
+    for shard, batch_rows in executor.map(radius_shard, shared, shards(todo, batch_size, **args),
+                                          lambda k, a, msg: {"idx": ids[k], "label": int(y[k]), "error": msg}):
+        if writer is not None:
+            writer.write(batch_rows)
+        rows += batch_rows
+        bar.update(len(shard.items))
+    bar.close()
+    return writer.results if writer is not None else rows
+
+
+def radius_shard(shared: dict, items: list[int], method: str, norm: str, hi: float, tol: float, options: dict,
+                 device: str) -> list[dict]:
+    """The rows of :func:`radius_dataset` for the inputs at positions ``items`` (its task function)."""
+    model = shared["model"]
+    if next(model.parameters()).device != torch.device(device):
+        model = shared["model"] = model.to(device)
+    from certkit.parallel import seeded
+
+    sel = torch.tensor(items)
+    with seeded("radius", [shared["ids"][k] for k in items]):
+        r = max_radius(model, shared["x"][sel].to(device), shared["y"][sel].to(device), method, norm, hi, tol,
+                       **options)
+    return [{"idx": shared["ids"][k], "label": int(shared["y"][k]), "radius": float(v)} for k, v in zip(items, r)]
 
 
 def max_radius(

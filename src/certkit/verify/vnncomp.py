@@ -119,60 +119,80 @@ def decide_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: flo
 
 def run_benchmark(root: str | Path, out: str | Path, timeout_scale: float = 1.0, instances: int | None = None,
                   device: str = "cpu", progress: Callable[[str], None] | None = print, every: int = 1,
-                  **options) -> list[dict]:
+                  executor=None, **options) -> list[dict]:
     """Decide the first ``instances`` instances of the benchmark in ``root`` (all by default; with ``every`` = k,
     every k-th of them, a sample that spreads over the networks and properties), each within its
     timeout times ``timeout_scale`` (counted from the start of loading its files), appending rows to the CSV
-    ``out``; instances already there are skipped. Counterexamples go to ``<out stem>_cex/``. Returns all rows."""
-    import torch
+    ``out``; instances already there are skipped. Counterexamples go to ``<out stem>_cex/``. Returns all rows.
+    With an :class:`~certkit.parallel.Executor` that has workers, each instance is one Ray task (every node must
+    see ``root`` at the same path) and rows are appended as instances finish."""
+    from certkit.parallel import Executor, Shard
 
-    from certkit.onnx_io import load_onnx
-
+    executor = executor or Executor()
     root, out = Path(root), Path(out)
     todo = read_instances(root)[:instances][::every]
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = _read_rows(out)
     done = {int(r["index"]) for r in rows}
     cex_dir = out.with_name(out.stem + "_cex")
-    models: dict[Path, torch.nn.Module] = {}
     new = not out.exists() or out.stat().st_size == 0
+    work = [Shard([inst], {"root": str(root), "scale": timeout_scale, "device": device, "options": options})
+            for inst in todo if inst.index not in done]
     with open(out, "a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
         if new:
             writer.writeheader()
-        for inst in todo:
-            if inst.index in done:
-                continue
-            budget = inst.timeout * timeout_scale
-            t0 = time.perf_counter()
-            answer, cex, note = "error", "", ""
-            try:
-                net_path = _file(root, inst.onnx)
-                if net_path not in models:
-                    models[net_path] = load_onnx(net_path).to(device)
-                left = budget - (time.perf_counter() - t0)
-                answer, text, note = decide_instance(net_path, _file(root, inst.vnnlib), left, models[net_path],
-                                                     **options)
-                if answer == "sat":
-                    cex_dir.mkdir(exist_ok=True)
-                    p = cex_dir / f"{inst.index:04d}.txt"
-                    p.write_text(text)
-                    cex = str(p)
-            except (CertkitError, OSError, ValueError, RuntimeError) as e:  # the instance ends, the run goes on
-                note = f"{type(e).__name__}: {e}"[:300]
-            seconds = time.perf_counter() - t0
-            if answer == "unknown" and seconds >= budget:
-                answer = "timeout"
-            row = {"index": inst.index, "onnx": inst.onnx, "vnnlib": inst.vnnlib, "timeout": f"{budget:g}",
-                   "answer": answer, "seconds": f"{seconds:.2f}", "counterexample": cex, "note": note}
+        for _, [(row, text)] in executor.map(decide_shard, {"models": {}}, work, _error_row):
+            if row["answer"] == "sat":
+                cex_dir.mkdir(exist_ok=True)
+                p = cex_dir / f"{row['index']:04d}.txt"
+                p.write_text(text)
+                row["counterexample"] = str(p)
             writer.writerow(row)
             f.flush()
             os.fsync(f.fileno())
             rows.append({k: str(v) for k, v in row.items()})
             if progress:
-                progress(f"{inst.index:4d} {Path(inst.onnx).stem[:34]:34s} {Path(inst.vnnlib).stem[:28]:28s} "
-                         f"{answer:8s} {seconds:7.1f} s" + (f"  {note}" if note else ""))
+                progress(f"{row['index']:4d} {Path(row['onnx']).stem[:34]:34s} {Path(row['vnnlib']).stem[:28]:28s} "
+                         f"{row['answer']:8s} {row['seconds']:>7s} s" + (f"  {row['note']}" if row["note"] else ""))
     return rows
+
+
+def _error_row(inst: Instance, args: dict, message: str) -> tuple[dict, str]:
+    """The row of an instance whose task raised on a worker: answered 'error', the reason in its note."""
+    budget = inst.timeout * args["scale"]
+    return {"index": inst.index, "onnx": inst.onnx, "vnnlib": inst.vnnlib, "timeout": f"{budget:g}",
+            "answer": "error", "seconds": "0.00", "counterexample": "", "note": message[:300]}, ""
+
+
+def decide_shard(shared: dict, items: list[Instance], root: str, scale: float, device: str,
+                 options: dict) -> list[tuple[dict, str]]:
+    """The results row (and result file text) of each instance in ``items``, each within its timeout times
+    ``scale``; the networks are loaded once per process (``shared['models']``). An instance that fails to load
+    or raises is answered 'error' with the reason in its note; the run goes on."""
+    from certkit.onnx_io import load_onnx
+
+    models = shared["models"]
+    out = []
+    for inst in items:
+        budget = inst.timeout * scale
+        t0 = time.perf_counter()
+        answer, text, note = "error", "", ""
+        try:
+            net_path = _file(Path(root), inst.onnx)
+            if net_path not in models:
+                models[net_path] = load_onnx(net_path).to(device)
+            left = budget - (time.perf_counter() - t0)
+            answer, text, note = decide_instance(net_path, _file(Path(root), inst.vnnlib), left, models[net_path],
+                                                 **options)
+        except (CertkitError, OSError, ValueError, RuntimeError) as e:  # the instance ends, the run goes on
+            note = f"{type(e).__name__}: {e}"[:300]
+        seconds = time.perf_counter() - t0
+        if answer == "unknown" and seconds >= budget:
+            answer = "timeout"
+        out.append(({"index": inst.index, "onnx": inst.onnx, "vnnlib": inst.vnnlib, "timeout": f"{budget:g}",
+                     "answer": answer, "seconds": f"{seconds:.2f}", "counterexample": "", "note": note}, text))
+    return out
 
 
 @dataclass

@@ -1,0 +1,225 @@
+"""The execution layer: shards in this process and on Ray workers give the same rows; faults lose nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from certkit.io import ResultsWriter
+from certkit.parallel import Executor, Shard, UnsoundError, run_isolated, shards
+from certkit.verify import certify_dataset, radius_dataset
+
+TIMING = {"time_s", "seconds", "time"}
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(),
+                         nn.Linear(24, 3)).eval()
+
+
+def _data(n: int = 24, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 4, 4, generator=g)
+    y = _net()(x).argmax(1)
+    y[::5] = (y[::5] + 1) % 3  # some misclassified inputs
+    return x, y
+
+
+def _stable(rows):
+    return sorted(({k: v for k, v in r.items() if k not in TIMING} for r in rows), key=lambda r: json.dumps(r))
+
+
+def test_shards_and_the_in_process_executor():
+    work = shards(range(7), 3, scale=2)
+    assert [s.items for s in work] == [[0, 1, 2], [3, 4, 5], [6]] and all(s.args == {"scale": 2} for s in work)
+    out = list(Executor().map(lambda shared, items, scale: [shared + scale * i for i in items], 10, work))
+    assert [r for _, r in out] == [[10, 12, 14], [16, 18, 20], [22]]  # in order, in this process
+    with pytest.raises(Exception, match="at least 1"):
+        shards([1], 0)
+    with pytest.raises(Exception, match="at least 1"):
+        Executor(workers=0)
+
+
+def test_a_failing_input_is_narrowed_down_to_one_error_row():
+    def fn(shared, items):
+        if 4 in items:
+            raise RuntimeError("input 4 is bad")
+        return [{"idx": i} for i in items]
+
+    rows = run_isolated(fn, None, Shard([3, 4, 5]), lambda i, args, msg: {"idx": i, "error": msg})
+    assert rows == [{"idx": 3}, {"idx": 4, "error": "RuntimeError: input 4 is bad"}, {"idx": 5}]
+    with pytest.raises(RuntimeError):  # without an error row the exception propagates
+        run_isolated(fn, None, Shard([4]), None)
+
+    def unsound(shared, items):
+        raise UnsoundError("certified but broken")
+
+    with pytest.raises(UnsoundError):  # never turned into a row
+        run_isolated(unsound, None, Shard([1, 2]), lambda i, args, msg: {})
+
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers get this module's functions
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "cascade"])
+def test_ray_rows_are_the_single_process_rows(local_ray, method, tmp_path):
+    model, (x, y) = _net(), _data()
+    opts = {"timeout": 5.0} if method == "cascade" else {}
+    plain = certify_dataset(model, x, y, [0.02, 0.1], method, batch_size=5, pgd_steps=5, **opts)
+    with ResultsWriter(tmp_path / "r.jsonl", key="key") as w:
+        ex = Executor(workers=2)
+        rows = certify_dataset(model, x, y, [0.02, 0.1], method, batch_size=5, pgd_steps=5, writer=w, executor=ex,
+                               **opts)
+    assert len(rows) == 2 * len(y) and len({r["key"] for r in rows}) == len(rows)
+    assert _stable(rows) == _stable(plain)  # the same verdicts, margins and PGD results
+    assert sum(ex.tasks_per_node.values()) == 2 * 5  # 2 radii x 5 shards of 5 (the last of 4)
+    if method == "cascade":
+        assert {r["verdict"] for r in rows} <= {"verified", "falsified", "unknown"}
+
+
+def test_ray_radius_and_smoothing_match_the_single_process_run(local_ray, tmp_path):
+    from certkit.smoothing import Noise, Smooth
+    from certkit.smoothing.run import certify_dataset as smooth_certify
+
+    model, (x, y) = _net(), _data(10)
+    plain = radius_dataset(model, x, y, "crown", hi=0.3, tol=1e-3, batch_size=4)
+    on_ray = radius_dataset(model, x, y, "crown", hi=0.3, tol=1e-3, batch_size=4, executor=Executor(workers=2))
+    assert _stable(on_ray) == _stable(plain) and len(on_ray) == 10
+
+    smooth = Smooth(model, 3, Noise("gaussian", 0.25), batch_size=500)
+    ids = list(range(100, 110))
+    a = smooth_certify(smooth, x, y, ids, 50, 2000, 0.01, "cohen", tmp_path / "one", progress=False, seed=3)
+    b = smooth_certify(smooth, x, y, ids, 50, 2000, 0.01, "cohen", tmp_path / "two", progress=False, seed=3,
+                       batch_size=3, executor=Executor(workers=2))
+    assert [r["counts"] for r in a] == [r["counts"] for r in b]  # noise of input i from the (seed, i) generator
+    assert _stable(a) == _stable(b)
+    assert (tmp_path / "one.tsv").read_text().split("\n")[1].split("\t")[:4] == \
+        (tmp_path / "two.tsv").read_text().split("\n")[1].split("\t")[:4]  # Cohen's TSV, in the order of the inputs
+
+
+def _dies_once(shared, items, marker):
+    """Certifies like certify_shard, but the first task to run kills its own worker process (kill -9)."""
+    from certkit.verify.certify import certify_shard
+
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL)
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+    except FileExistsError:
+        pass
+    return certify_shard(shared, items, 0.05, "crown", "inf", 0, 1, False, "cpu", {})
+
+
+def _fails_on_seven(shared, items):
+    if 7 in items:
+        raise ValueError("seven is not accepted")
+    return [{"idx": i} for i in items]
+
+
+def test_a_killed_worker_is_retried_and_every_row_is_written_once(local_ray, tmp_path):
+    model, (x, y) = _net(), _data()
+    plain = certify_dataset(model, x, y, [0.05], "crown", batch_size=4)
+    shared = {"model": model, "x": x, "y": y, "ids": list(range(len(y)))}
+    ex = Executor(workers=2)
+    with ResultsWriter(tmp_path / "r.jsonl", key="key") as w:
+        for _, rows in ex.map(_dies_once, shared, shards(range(len(y)), 4, marker=str(tmp_path / "died"))):
+            w.write(rows)
+    assert (tmp_path / "died").exists()  # a worker did die
+    lines = [json.loads(s) for s in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(r["idx"] for r in lines) == list(range(len(y)))  # every input exactly once
+    assert _stable(lines) == _stable(plain)
+
+    errors = [r for _, rs in ex.map(_fails_on_seven, None, shards(range(10), 4),
+                                    lambda i, a, m: {"idx": i, "error": m}) for r in rs]
+    assert sorted(r["idx"] for r in errors) == list(range(10))
+    assert [r for r in errors if "error" in r] == [{"idx": 7, "error": "ValueError: seven is not accepted"}]
+
+
+def _unsound(shared, items):
+    raise UnsoundError("input 3 certified at eps=0.1 but broken by PGD")
+
+
+def test_an_unsound_certificate_stops_a_ray_run(local_ray):
+    with pytest.raises(UnsoundError, match="broken by PGD"):
+        list(Executor(workers=2).map(_unsound, None, shards(range(4), 2), lambda i, a, m: {"idx": i}))
+
+
+def test_the_vnncomp_runner_and_bayes_eval_on_ray(local_ray, shared, tmp_path):
+    from certkit.bayes.inference import Posterior
+    from certkit.bayes.run import evaluate
+    from certkit.verify.vnncomp import run_benchmark, score
+
+    root = shared / "vnncomp" / "2021" / "test"
+    if not root.exists():
+        pytest.skip("no VNN-COMP benchmarks in ../shared")
+    ex = Executor(workers=2)
+    rows = run_benchmark(root, tmp_path / "r.csv", timeout_scale=0.5, progress=None, executor=ex)
+    assert sorted(int(r["index"]) for r in rows) == list(range(5)) and sum(ex.tasks_per_node.values()) == 5
+    ours, _, wrong = score(rows, root)
+    assert ours.correct == 5 and not wrong  # as in one process (tests/test_vnncomp.py)
+    sat = [r for r in rows if r["answer"] == "sat"]
+    assert len(sat) == 1 and Path(sat[0]["counterexample"]).read_text().startswith("sat\n")
+
+    model, (x, y) = _net(), _data(12)
+    samples = [{k: v + 0.01 * s * torch.randn_like(v) for k, v in model.state_dict().items()} for s in range(3)]
+    post = Posterior(model, samples, "test")
+    plain = evaluate(model, post, x, y, 0.02, ("ibp", "crown"), pgd_steps=5, batch_size=5)
+    assert evaluate(model, post, x, y, 0.02, ("ibp", "crown"), pgd_steps=5, batch_size=5, executor=ex) == plain
+
+
+@pytest.mark.slow
+def test_the_cli_on_ray_resumes_after_kill_9_of_the_driver(tmp_path):
+    from certkit.io import save_model
+    from certkit.models import build
+
+    torch.manual_seed(0)
+    model = build("small-conv", (1, 8, 8), 10, [0.3054], [0.3884])
+    ckpt = save_model(tmp_path / "model.safetensors", model, {"name": "small-conv", "in_shape": [1, 8, 8],
+                                                              "num_classes": 10, "mean": [0.3054],
+                                                              "std": [0.3884], "kwargs": {}})
+    out = tmp_path / "rows.jsonl"
+    cmd = [sys.executable, "-m", "certkit.cli", "certify", "--checkpoint", str(ckpt), "--data", "digits", "--n",
+           "120", "--eps", "0.01", "0.02", "--method", "crown", "--batch-size", "4", "--out", str(out), "--quiet"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+
+    def interrupt(sig: int, rows: int) -> subprocess.Popen:
+        driver = subprocess.Popen([*cmd, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < rows):
+            time.sleep(0.05)
+        driver.send_signal(sig)
+        driver.wait(timeout=60)
+        return driver
+
+    ctrl_c = interrupt(signal.SIGINT, 12)  # Ctrl-C: the workers are cancelled, the file stays resumable
+    assert ctrl_c.returncode == 130 and "resumes" in ctrl_c.stderr.read()
+    first = len(out.read_text().splitlines()) - 1
+    interrupt(signal.SIGKILL, first + 12)  # kill -9 of the driver, mid-run
+    partial = len(out.read_text().splitlines()) - 1
+    assert first < partial < 240, (first, partial)
+    done = subprocess.run([*cmd, "--workers", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "tasks per node" in done.stderr
+    rows = [json.loads(s) for s in out.read_text().splitlines()][1:]
+    assert len(rows) == 240 and len({r["key"] for r in rows}) == 240  # complete, nothing twice
+    single = tmp_path / "single.jsonl"
+    assert subprocess.run([*cmd[:-3], "--out", str(single), "--quiet"], env=env, timeout=300).returncode == 0
+    assert _stable(rows) == _stable([json.loads(s) for s in single.read_text().splitlines()][1:])
