@@ -431,6 +431,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_configs(args) -> int:
+    """The shipped configs by name, with the first line of each one's comment (``--config NAME`` takes them)."""
+    from certkit.io import CONFIGS
+
+    for path in sorted(CONFIGS.glob("*.toml")):
+        if args.filter and args.filter not in path.stem:
+            continue
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        print(f"{path.stem:36s} {first[:100]}")
+    print(f"(in {CONFIGS}; use one with --config NAME, or copy it and pass the file)", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from certkit.demo import run_demo
 
@@ -451,8 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(d)
     d.set_defaults(func=cmd_demo)
 
+    cf = sub.add_parser("configs", help="list the shipped TOML configs (--config NAME takes them by name)")
+    cf.add_argument("filter", nargs="?", default=None, help="only names containing this, e.g. mnist or colt")
+    cf.set_defaults(func=cmd_configs)
+
     t = sub.add_parser("train", help="train a model from a TOML config (resumes an interrupted run)")
-    t.add_argument("--config", required=True)
+    t.add_argument("--config", required=True, help="a TOML file, or a shipped config's name (certkit configs)")
     t.add_argument("--out", default=None, help="run directory (default: runs/<name>)")
     t.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     t.add_argument("--fresh", action="store_true", help="discard an earlier run in the same directory")
@@ -614,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from certkit.data import DataError
+    from certkit.errors import MissingDependencyError
     from certkit.graph import UnsupportedOpError
     from certkit.io import CheckpointError, InUseError
     from certkit.specs import SpecError
@@ -621,15 +639,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    if args.command != "train":
+    if args.command != "train" and hasattr(args, "device"):
         args.device = args.device or "cpu"
-    if (args.device or "").startswith("cuda") and not torch.cuda.is_available():
+    if (getattr(args, "device", None) or "").startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda requested but CUDA is not available", file=sys.stderr)
         return 2
     try:
         return args.func(args)
     except (DataError, CheckpointError, SpecError, UnsupportedOpError, FileNotFoundError, ValueError,
-            InUseError) as e:
+            InUseError, MissingDependencyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the rows written so far are on disk; workers are cancelled on the way out

@@ -15,3 +15,19 @@ class ConfigError(CertkitError, ValueError):
 
 class OnnxError(CertkitError, ValueError):
     """An ONNX file that cannot be read or whose tensors do not fit together (the message names the file)."""
+
+
+class MissingDependencyError(CertkitError, ImportError):
+    """An optional dependency that a feature needs is not installed (the message names the extra to install)."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import ``module`` (an optional dependency) or raise :class:`MissingDependencyError` saying which extra
+    of ``pip install 'certkit[...]'`` brings it, for ``purpose`` (e.g. "loading ONNX networks")."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(f"{purpose} needs {module}, which is not installed: "
+                                     f"pip install 'certkit[{extra}]'") from None

@@ -94,10 +94,29 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), meta
 
 
+CONFIGS = Path(__file__).with_name("configs")  # the shipped configs (the repository's configs/ links here)
+
+
+def config_path(name: str | os.PathLike) -> Path:
+    """``name`` as a file, else a shipped config by name (``mnist-ibp-0.1`` or ``mnist-ibp-0.1.toml``, as
+    listed by ``certkit configs``); a name that is neither is an error suggesting the closest shipped names."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIGS / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if len(path.parts) == 1 and shipped.is_file():
+        return shipped
+    import difflib
+
+    names = sorted(p.stem for p in CONFIGS.glob("*.toml"))
+    close = difflib.get_close_matches(path.stem, names, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `certkit configs` lists the shipped ones"
+    raise FileNotFoundError(f"config not found: {name} (neither a file nor a shipped config){hint}")
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
+    """A TOML config: a file, or a shipped config by name (:func:`config_path`)."""
+    path = config_path(path)
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

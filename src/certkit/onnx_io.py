@@ -170,7 +170,9 @@ def _channel_constant(c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | Non
 
 def load_onnx(path: str | Path) -> OnnxModel:
     """Load an ONNX network (``.onnx`` or ``.onnx.gz``) as an :class:`OnnxModel` in eval mode."""
-    import onnx
+    from certkit.errors import require
+
+    onnx = require("onnx", "onnx", "loading ONNX networks")
     from onnx import numpy_helper
 
     path = Path(path)

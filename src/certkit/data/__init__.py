@@ -242,11 +242,12 @@ def _load_svhn(folder, split, download, verify, mirrors):
 
 
 def _load_digits(split: str, seed: int = 0):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
-    y = torch.from_numpy(d.target.astype(np.int64))
+    """The 1,797 8×8 digits (UCI optical recognition of handwritten digits, test part; as scikit-learn ships
+    them), bundled as ``digits.npz``: pixel counts 0–16 and labels."""
+    with np.load(Path(__file__).with_name("digits.npz")) as d:
+        images, target = d["images"], d["target"]
+    x = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)
+    y = torch.from_numpy(target.astype(np.int64))
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_train = 1437  # 80 % / 20 %
     idx = perm[:n_train] if split == "train" else perm[n_train:]

@@ -146,7 +146,9 @@ def evaluate_vae(vae: VAE, x: torch.Tensor, eps_bound: float, attack_eps: list[f
 def save_images(vae: VAE, x: torch.Tensor, eps: float, path: str | os.PathLike, seed: int = 0) -> Path:
     """One PNG: inputs, their reconstructions, PGD-attacked inputs (radius eps) and their reconstructions, and
     samples from the prior (the paper's Fig. 1, 2, 4 in one sheet)."""
-    import matplotlib
+    from certkit.errors import require
+
+    matplotlib = require("matplotlib", "plot", "the image sheet")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

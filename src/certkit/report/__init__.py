@@ -25,7 +25,9 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None, flo
 def plot_accuracy_vs_eps(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,
                          title: str = "", xlabel: str = "ε (L∞)") -> Path:
     """One line per curve name: accuracy (y) against radius (x); written as PNG."""
-    import matplotlib
+    from certkit.errors import require
+
+    matplotlib = require("matplotlib", "plot", "plotting")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

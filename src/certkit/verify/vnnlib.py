@@ -270,7 +270,9 @@ def check_counterexample(onnx_path: str | Path, props: list[VnnProperty], x, y) 
     (or, where it is not installed, by onnx's reference evaluator), must give outputs within 1e-4 (relative and
     absolute) of ``y``, and ``(x, y)`` must lie in one of the properties' unsafe sets. Returns None when it
     passes, else the reason."""
-    import onnx
+    from certkit.errors import require
+
+    onnx = require("onnx", "onnx", "checking counterexamples on the ONNX file")
 
     path = Path(onnx_path)
     data = path.read_bytes()
