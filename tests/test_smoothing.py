@@ -1,5 +1,6 @@
 """Randomized smoothing: certificates against closed forms and each other, and statistical soundness."""
 
+import json
 import math
 import tempfile
 
@@ -9,6 +10,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from certkit.cli import main
 from certkit.smoothing import CompiledBase, Noise, Smooth, certified_accuracy
 from certkit.smoothing import certificates as cert
 from certkit.smoothing.smooth import certified_accuracy_lower, max_certifiable_radius
@@ -354,3 +356,51 @@ def test_recertify_from_stored_counts_reproduces_and_compares_certificates():
     assert sum(r["radius"] > 0 for r in rows) >= 4
     with pytest.raises(ValueError, match="selected class"):
         recertify([{k: v for k, v in r.items() if k != "top"} for r in rows], "cohen", 0.01, 0.5)
+
+
+def _results_file(path, sigma, radii, correct, data="mnist", n=100_000):
+    header = {"_header": True, "checkpoint": f"runs/lenet-{sigma}/model.safetensors", "data": data,
+              "noise": "gaussian", "sigma": sigma, "certificate": "cohen", "n0": 100, "n": n, "alpha": 0.001}
+    rows = [{"idx": i, "label": 0, "predict": 0 if r > 0 else -1, "radius": r, "correct": int(c), "time": 0.1,
+             "norm": "2"} for i, (r, c) in enumerate(zip(radii, correct))]
+    path.write_text("\n".join(json.dumps(x) for x in [header, *rows]) + "\n")
+    return path
+
+
+def test_report_compares_several_files_in_every_table_format_and_plots_step_curves(tmp_path, capsys, monkeypatch):
+    import certkit.report as rep
+
+    a = _results_file(tmp_path / "a.jsonl", 0.25, [0.1, 0.3, 0.6, 0.0], [1, 1, 1, 0])
+    b = _results_file(tmp_path / "b.jsonl", 0.5, [0.2, 0.9, 1.2, 0.4], [1, 0, 1, 1])
+    figures = []
+    monkeypatch.setattr(rep, "plot_accuracy_vs_eps", lambda curves, path, **kw: figures.append(
+        rep.accuracy_figure(curves, **kw)) or path)
+    args = ["smooth", "report", "--results", str(a), str(b), "--radii", "0", "0.25", "0.5", "1.0"]
+    assert main([*args, "--plot", str(tmp_path / "c.png"), "--table", str(tmp_path / "t.md")]) == 0
+    out = capsys.readouterr().out
+    header, row_a, row_b = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][:3]
+    assert "model" in header and "r=0.25" in header and "r=1" in header
+    assert "lenet-0.25, gaussian σ=0.25, N=100,000, cohen" in row_a
+    assert row_a.split("|")[-2].strip() == "0.0000" and row_b.split("|")[-2].strip() == "0.2500"  # at r = 1
+    assert row_a.split("|")[4].strip() == "0.5000"  # r=0.25: inputs 1 and 2 of file a
+    assert (tmp_path / "t.md").read_text().startswith("| ")
+    ax = figures[0].axes[0]  # the figure as drawn: title, labels, one step curve per file, a legend
+    assert "mnist" in ax.get_title() and "4 inputs" in ax.get_title()
+    assert ax.get_xlabel() == "radius (L2)" and "accuracy" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "lenet-0.25, gaussian σ=0.25, N=100,000, cohen", "lenet-0.5, gaussian σ=0.5, N=100,000, cohen"]
+    lines = ax.get_lines()
+    assert len(lines) == 2 and all(ln.get_drawstyle() == "steps-post" and ln.get_marker() in ("None", None, "")
+                                   for ln in lines)
+    xs = lines[1].get_xdata()
+    assert len(xs) > 100 and xs[0] == 0 and xs[-1] >= 1.2  # a fine grid past the largest radius
+
+    assert main([*args, "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert latex.startswith("\\begin{tabular}{lrrrrr}") and "\\toprule" in latex and "lenet-0.25" in latex
+    assert main([*args, "--format", "tsv", "--labels", "small", "large"]) == 0
+    tsv = capsys.readouterr().out.splitlines()
+    assert tsv[0].split("\t") == ["model", "n", "r=0", "r=0.25", "r=0.5", "r=1"] and tsv[1].startswith("small\t4\t")
+    (tmp_path / "bad.jsonl").write_text("idx\tlabel\n")
+    assert main(["smooth", "report", "--results", str(tmp_path / "bad.jsonl")]) == 2
+    assert "not the .tsv" in capsys.readouterr().err

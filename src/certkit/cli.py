@@ -144,7 +144,9 @@ def cmd_certify(args) -> int:
     if stages:
         print(format_table(stages))
     print(f"{len(rows)} results in {out} ({time.time() - t0:.1f} s this run)")
-    if args.plot and len(summary) > 1:
+    if args.plot and len(summary) < 2:
+        print("plot skipped: a curve needs two or more radii (--eps A B ...)", file=sys.stderr)
+    elif args.plot:
         curves = {f"{args.method.upper()}-certified": ([s["eps"] for s in summary], [s["certified"] for s in summary])}
         if all("pgd" in s for s in summary):
             curves["PGD"] = ([s["eps"] for s in summary], [s["pgd"] for s in summary])
@@ -213,26 +215,11 @@ def cmd_vnncomp(args) -> int:
 def cmd_smooth(args) -> int:
     from certkit.report import format_table
     from certkit.smoothing import CompiledBase, Noise, Smooth
-    from certkit.smoothing.run import certify_dataset, load_rows, recertify, report
+    from certkit.smoothing.run import certify_dataset, report
 
     _need(args, **({"results": "--results"} if args.action == "report" else {"checkpoint": "--checkpoint"}))
     if args.action == "report":
-        rows = load_rows(args.results)
-        if args.recertify:
-            if args.sigma is None:  # the σ the results were certified with, from the file's header
-                lines = Path(args.results).read_text().splitlines()
-                args.sigma = json.loads(lines[0]).get("sigma") if lines else None
-                _need(args, sigma="--sigma (the results file records no sigma)")
-            rows = recertify(rows, args.recertify, args.alpha, args.sigma)
-        table = report(rows, args.radii, args.alpha)
-        print(format_table(table))
-        if args.plot:
-            from certkit.report import plot_accuracy_vs_eps
-
-            curves = {"certified (approx.)": (args.radii, [t["certified"] for t in table]),
-                      "certified (high-prob. lower)": (args.radii, [t["certified_hp_lower"] for t in table])}
-            print(f"plot: {plot_accuracy_vs_eps(curves, args.plot, title=Path(args.results).stem, xlabel='radius')}")
-        return 0
+        return _smooth_report(args)
     model, meta = _load_any(args)
     _smoothing_noise(args, meta)
     data = _load_eval_data(args, meta)
@@ -285,6 +272,67 @@ def cmd_smooth(args) -> int:
     print(format_table(report(rows, args.radii, args.alpha)))
     print(f"{len(rows)} rows in {out.with_suffix('.tsv')} and {out.with_suffix('.jsonl')}")
     return 0
+
+
+def _smooth_report(args) -> int:
+    """``smooth report``: one results file gives certified accuracy per radius (approximate and the
+    high-probability lower bound); several give one row per file (Cohen et al.'s tables). ``--format`` picks
+    Markdown, LaTeX or TSV, ``--table`` writes it to a file too; ``--plot`` draws every file's certified accuracy
+    as a step curve over a fine grid of radii."""
+    from certkit.report import format_table, plot_accuracy_vs_eps
+    from certkit.smoothing.run import compare, curve, load_results, recertify, report
+
+    labels = args.labels or []
+    if labels and len(labels) != len(args.results):
+        raise SystemExit(f"error: --labels gives {len(labels)} names for {len(args.results)} results files")
+    runs, headers = {}, []
+    for k, path in enumerate(args.results):
+        header, rows = load_results(path)
+        if args.recertify:  # the σ each file was certified with, from its header
+            sigma = args.sigma if args.sigma is not None else header.get("sigma")
+            if sigma is None:
+                raise SystemExit(f"error: {path} records no sigma; give --sigma to recertify it")
+            rows = recertify(rows, args.recertify, args.alpha, sigma)
+        label = labels[k] if labels else _run_label(path, header, args.recertify)
+        if label in runs:
+            label = f"{label} ({Path(path).stem})"
+        runs[label] = rows
+        headers.append(header)
+    if len(runs) == 1:
+        table = report(next(iter(runs.values())), args.radii, args.alpha)
+    else:
+        table = compare(runs, args.radii, args.alpha)
+    text = format_table(table, style=args.format)
+    print(text)
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(text + "\n")
+        print(f"table: {args.table}", file=sys.stderr)
+    if args.plot:
+        norms = {r.get("norm", "2") for rows in runs.values() for r in rows if "error" not in r}
+        data = {h.get("data") for h in headers if h.get("data")}
+        n = {len(rows) for rows in runs.values()}
+        title = f"certified accuracy of smoothed classifiers on {', '.join(sorted(data)) or 'the test set'}" + (
+            f" ({n.pop()} inputs)" if len(n) == 1 else "")
+        xlabel = f"radius (L{'/L'.join(sorted(str(v) for v in norms)) or '2'})"
+        curves = {label: curve(rows) for label, rows in runs.items()}
+        print(f"plot: {plot_accuracy_vs_eps(curves, args.plot, title=title, xlabel=xlabel, step=True)}")
+    return 0
+
+
+def _run_label(path: str, header: dict, recertified: str | None) -> str:
+    """A legend label from a results file's header: the model's run folder, noise, σ, N and certificate."""
+    ck = Path(str(header.get("checkpoint", path)))
+    name = ck.parent.name if ck.name in ("model.safetensors", "model.onnx") else ck.stem
+    parts = [name or Path(path).stem]
+    if "sigma" in header:
+        parts.append(f"{header.get('noise', 'gaussian')} σ={header['sigma']:g}")
+    if "n" in header:
+        parts.append(f"N={header['n']:,}")
+    cert = recertified or header.get("certificate")
+    if cert:
+        parts.append(cert)
+    return ", ".join(parts)
 
 
 def _smoothing_noise(args, meta: dict) -> None:
@@ -509,7 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--m", type=int, default=8, help="attack: noise draws per step")
     sm.add_argument("--steps", type=int, default=20, help="attack steps")
     sm.add_argument("--checkpoint", help="base classifier: certkit checkpoint or .onnx (certify, predict)")
-    sm.add_argument("--results", help="JSON-lines results of 'smooth certify' (report)")
+    sm.add_argument("--results", nargs="+", help="report: JSON-lines results of 'smooth certify' (one or several)")
+    sm.add_argument("--labels", nargs="+", default=None,
+                    help="report: one name per results file (default: run folder, noise, σ, N, certificate)")
+    sm.add_argument("--format", default="markdown", choices=["markdown", "latex", "tsv"], help="report: table format")
+    sm.add_argument("--table", default=None, help="report: also write the table to this file")
     sm.add_argument("--mean", type=float, nargs="+", default=None)
     sm.add_argument("--std", type=float, nargs="+", default=None)
     sm.add_argument("--data", default=None)
@@ -535,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "faster LeNet on CPU; falls back to eager with a warning)")
     sm.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     sm.add_argument("--out", default=None, help="output prefix (.tsv and .jsonl)")
-    sm.add_argument("--plot", default=None)
+    sm.add_argument("--plot", default=None, help="report: PNG of certified accuracy vs radius, a step curve per file")
     sm.add_argument("--quiet", action="store_true")
     sm.add_argument("--shard", type=int, default=1, help="certify: inputs per task, written together (default 1)")
     _add_common(sm)
@@ -631,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from certkit.data import DataError
-    from certkit.errors import MissingDependencyError
+    from certkit.errors import CertkitError
     from certkit.graph import UnsupportedOpError
     from certkit.io import CheckpointError, InUseError
     from certkit.specs import SpecError
@@ -647,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (DataError, CheckpointError, SpecError, UnsupportedOpError, FileNotFoundError, ValueError,
-            InUseError, MissingDependencyError) as e:
+            InUseError, CertkitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the rows written so far are on disk; workers are cancelled on the way out

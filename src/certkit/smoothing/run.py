@@ -116,5 +116,48 @@ def recertify(rows: list[dict], certificate: str, alpha: float, scale: float) ->
              "pa_lower": float(a), "pb_upper": float(b)} for r, p, rad, a, b in zip(rows, pred, radius, pa, pb)]
 
 
+def load_results(path: str | Path) -> tuple[dict, list[dict]]:
+    """The header (checkpoint, data, noise, σ, certificate, N, α; empty if the file has none) and the rows of
+    a results file of ``smooth certify``; anything else is a :class:`~certkit.errors.CertkitError` naming it."""
+    from certkit.errors import CertkitError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file {path} (the .jsonl that `certkit smooth certify` writes)")
+    try:
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CertkitError(f"{path} is not a JSON-lines results file of `smooth certify` ({e}); give its .jsonl, "
+                           "not the .tsv") from None
+    header = lines[0] if lines and isinstance(lines[0], dict) and lines[0].get("_header") else {}
+    rows = [r for r in lines if isinstance(r, dict) and "idx" in r]
+    if any("radius" not in r and "error" not in r for r in rows):
+        raise CertkitError(f"{path} holds rows without a radius: not a results file of `smooth certify`")
+    return header, rows
+
+
 def load_rows(path: str | Path) -> list[dict]:
-    return [r for r in (json.loads(line) for line in Path(path).read_text().splitlines()) if "idx" in r]
+    return load_results(path)[1]
+
+
+def compare(results: dict[str, list[dict]], radii, alpha: float, lower: bool = False) -> list[dict]:
+    """One row per results file (``results``: label → rows): the number of inputs and the certified accuracy
+    at each radius (approximate, or with ``lower`` the high-probability lower bound), as in Cohen et al.'s
+    tables."""
+    out = []
+    for label, rows in results.items():
+        table = report(rows, radii, alpha)
+        key = "certified_hp_lower" if lower else "certified"
+        out.append({"model": label, "n": len(rows), **{f"r={t['radius']:g}": t[key] for t in table}})
+    return out
+
+
+def curve(rows: list[dict], points: int = 400) -> tuple[list[float], list[float]]:
+    """Approximate certified accuracy on a fine grid of radii from 0 to just past the largest certified one,
+    every input's radius among them (a step function: it changes only there)."""
+    radius = np.array([r["radius"] if r.get("predict", -1) >= 0 else np.nan for r in rows])
+    correct = np.array([bool(r.get("correct", False)) for r in rows])
+    certified = radius[correct & ~np.isnan(radius)]
+    top = float(certified.max()) * 1.05 if len(certified) and certified.max() > 0 else 1.0
+    grid = np.unique(np.concatenate([np.linspace(0.0, top, points), certified]))
+    return grid.tolist(), certified_accuracy(radius, correct, grid).tolist()
