@@ -140,9 +140,51 @@ def test_radius_and_verify_commands(shared, mnist_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, flag", [(["vae", "eval"], "--checkpoint"), (["bayes", "train"], "--config"),
                                         (["smooth", "report"], "--results"), (["smooth", "certify"], "--checkpoint")])
-def test_missing_required_options_give_clear_errors(argv, flag):
-    with pytest.raises(SystemExit, match=flag):
+def test_missing_required_options_give_clear_errors(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(argv)
+    assert exit_.value.code == 2 or flag in str(exit_.value.code)
+    assert flag in capsys.readouterr().err + str(exit_.value.code)
+
+
+def _parsers(parser, path=()):
+    """Every (sub-)command parser under ``parser``, with the words that reach it."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_option_has_help_and_shows_its_default():
+    from certkit.cli import build_parser
+
+    seen = 0
+    for path, parser in _parsers(build_parser()):
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"certkit {' '.join(path)} {action.option_strings[0]} has no help"
+                seen += 1
+        if "--threads" in text:
+            assert "--threads" in text and "default" in text
+    assert seen > 150
+    help_ = build_parser()._subparsers._group_actions[0].choices["smooth"]
+    certify = help_._subparsers._group_actions[0].choices["certify"].format_help()
+    assert "(default: 100000)" in certify and "--attack" not in certify  # smooth certify lists only its options
+    assert "--radii" not in help_._subparsers._group_actions[0].choices["attack"].format_help()
+
+
+@pytest.mark.parametrize("argv, hint", [(["smooth", "certify", "--checkpoint", "m", "--sigmaa", "0.25"], "--sigma"),
+                                        (["certfy"], "certify"), (["certify", "--method", "crwn", "--eps", "0.1"],
+                                                                  "crown"), (["smooth", "certfy"], "certify")])
+def test_typos_get_a_did_you_mean(argv, hint, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert "did you mean" in err and hint in err.split("did you mean")[1]
 
 
 def test_results_never_go_into_a_folder_of_released_models(tmp_path, monkeypatch, capsys):
@@ -156,3 +198,21 @@ def test_results_never_go_into_a_folder_of_released_models(tmp_path, monkeypatch
     run = argparse.Namespace(checkpoint="runs/ibp/model.safetensors")
     assert _default_out(run, "c.jsonl") == Path("runs/ibp/c.jsonl")
     assert "results: runs/ibp/c.jsonl" in capsys.readouterr().err
+
+
+def test_choices_named_before_torch_loads_match_the_engine_and_help_needs_no_torch():
+    import subprocess
+    import sys
+
+    from certkit import cli
+    from certkit.smoothing.smooth import RULES
+    from certkit.verify.cascade import METHODS
+    from certkit.verify.certify import COMPLETE
+
+    assert list(cli.CERTIFICATES) == list(RULES)
+    assert list(cli.BOUND_METHODS) == list(METHODS) and list(cli.COMPLETE_METHODS) == list(COMPLETE)
+    probe = ("import sys; from certkit.cli import main\n"
+             "try: main(['certify', '--help'])\nexcept SystemExit: pass\n"
+             "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")  # --help (and a typo) answer before torch is imported

@@ -7,12 +7,27 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+local"
 
-from certkit.bounds import Bounds, interval_bounds  # noqa: E402
-from certkit.graph import UnsupportedOpError, to_graph  # noqa: E402
-from certkit.nn import Normalize, Residual  # noqa: E402
-from certkit.specs import Box, L1Ball, L2Ball, LinearSpec, LinfBall, Property, ball, margin_spec  # noqa: E402
+# The public names load on first use (PEP 562), so that ``certkit --help`` answers before torch is imported.
+_EXPORTS = {
+    "Bounds": "certkit.bounds", "interval_bounds": "certkit.bounds",
+    "UnsupportedOpError": "certkit.graph", "to_graph": "certkit.graph",
+    "Normalize": "certkit.nn", "Residual": "certkit.nn",
+    **dict.fromkeys(["Box", "L1Ball", "L2Ball", "LinearSpec", "LinfBall", "Property", "ball", "margin_spec"],
+                    "certkit.specs"),
+}
 
-__all__ = [
-    "Bounds", "Box", "L1Ball", "L2Ball", "LinearSpec", "LinfBall", "Normalize", "Property", "Residual",
-    "UnsupportedOpError", "ball", "interval_bounds", "margin_spec", "to_graph", "__version__",
-]
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'certkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

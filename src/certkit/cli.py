@@ -8,15 +8,59 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from certkit import __version__
 
+# Choices named before torch is imported (so that --help and a typo answer at once); tests check them against
+# certkit.smoothing.smooth.RULES, certkit.verify.cascade.METHODS and certkit.verify.certify.COMPLETE.
+CERTIFICATES = ("cohen", "cohen2", "renyi", "pixeldp", "laplace", "laplace1", "uniform")
+BOUND_METHODS = ("ibp", "crown", "crown-ibp", "alpha")
+COMPLETE_METHODS = ("bab", "milp", "cascade")
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu, or the config's)")
+
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default, unless the help already says it or there is none (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if "default" in text or d is None or d is False or d == [] or d is argparse.SUPPRESS:
+            return text
+        if not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """certkit's argument parser: every option's default in its help, and a "did you mean" for a mistyped
+    option or sub-command."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        bad = re.search(r"unrecognized arguments: (\S+)", message) or re.search(r"invalid choice: '([^']+)'", message)
+        if bad:
+            word = bad.group(1).split("=")[0]
+            known = [o for a in self._actions for o in a.option_strings]
+            known += [c for a in self._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices]
+            known += [c for a in self._actions if a.choices and not isinstance(a, argparse._SubParsersAction)
+                      for c in a.choices if isinstance(c, str)]
+            close = difflib.get_close_matches(word, known, n=3, cutoff=0.6)
+            if close:
+                message += f" (did you mean {' or '.join(close)}?)"
+        super().error(message)
+
+
+def _add_common(p: argparse.ArgumentParser, config: bool = False) -> None:
+    where = "cpu, or the config's" if config else "cpu"
+    p.add_argument("--device", default=None, help=f"torch device, e.g. cpu or cuda (default: {where})")
     p.add_argument("--data-dir", default=None, help="folder holding <dataset>/ (default: $CERTKIT_DATA or a cache)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (with --workers: per worker, default 1)")
 
 
 def _add_scale(p: argparse.ArgumentParser) -> None:
@@ -72,6 +116,8 @@ def _load_eval_data(args, meta):
 
 def _load_any(args):
     """A certkit checkpoint, or an ONNX network (``--mean/--std`` put a Normalize layer in front of it)."""
+    import torch
+
     from certkit.io import load_model
 
     path = str(args.checkpoint)
@@ -131,7 +177,7 @@ def cmd_certify(args) -> int:
     writer = ResultsWriter(out, key="key", header=header)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
     t0 = time.time()
-    with _executor(args) as executor:
+    with writer, _executor(args) as executor:
         rows = certify_dataset(model, data.x, data.y, eps_list, args.method, args.norm, args.pgd_steps,
                                batch_size=args.batch_size, indices=indices, writer=writer, progress=not args.quiet,
                                float64_check=args.float64_check, executor=executor, **_options(args))
@@ -169,7 +215,7 @@ def cmd_radius(args) -> int:
     writer = ResultsWriter(out, key="idx", header=header)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
     bs = args.batch_size or {"crown": 16, "alpha": 32, "bab": 4, "milp": 4, "cascade": 16}.get(args.method, 256)
-    with _executor(args) as executor:
+    with writer, _executor(args) as executor:
         radius_dataset(model, data.x, data.y, args.method, args.norm, args.hi, args.tol, bs, indices, writer,
                        progress=not args.quiet, executor=executor, **_options(args))
         _said(executor)
@@ -213,11 +259,12 @@ def cmd_vnncomp(args) -> int:
 
 
 def cmd_smooth(args) -> int:
+    import torch
+
     from certkit.report import format_table
     from certkit.smoothing import CompiledBase, Noise, Smooth
     from certkit.smoothing.run import certify_dataset, report
 
-    _need(args, **({"results": "--results"} if args.action == "report" else {"checkpoint": "--checkpoint"}))
     if args.action == "report":
         return _smooth_report(args)
     model, meta = _load_any(args)
@@ -226,7 +273,7 @@ def cmd_smooth(args) -> int:
     if len(data.shape) == 3:  # images: channels-last convolutions are 2-4x faster on CPU (smoothing_speed.py)
         model = model.to(memory_format=torch.channels_last)
     batch = args.batch_size or (250 if str(args.device).startswith("cpu") else 1000)
-    base = CompiledBase(model) if args.compile and args.action in ("certify", "predict") else model
+    base = CompiledBase(model) if getattr(args, "compile", False) else model
     smooth = Smooth(base, data.num_classes, Noise(args.noise, args.sigma), batch)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
     if args.action == "attack":
@@ -500,15 +547,13 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from certkit.smoothing.smooth import RULES as CERTIFICATE_RULES
-
-    p = argparse.ArgumentParser(prog="certkit", description="Certified adversarial robustness.")
+    p = _Parser(prog="certkit", description="Certified adversarial robustness.")
     p.add_argument("--version", action="version", version=f"certkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="IBP-train a small net on the bundled 8x8 digits, certify it, plot")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--out", default="runs/demo", help="run directory")
+    d.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
     _add_common(d)
     d.set_defaults(func=cmd_demo)
 
@@ -525,13 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one config entry (TOML value), e.g. --set colt.stage_epochs=[0,0,2,2]; repeatable")
     t.add_argument("--until", type=int, default=None, metavar="EPOCH",
                    help="stop after this epoch; the same command without it resumes the run later")
-    t.add_argument("--quiet", action="store_true")
-    _add_common(t)
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_common(t, config=True)
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("verify", help="decide a VNN-LIB property of an ONNX network (VNN-COMP answer)")
-    v.add_argument("onnx")
-    v.add_argument("vnnlib")
+    v.add_argument("onnx", help="the network (.onnx or .onnx.gz)")
+    v.add_argument("vnnlib", help="the property (.vnnlib or .vnnlib.gz)")
     v.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole instance, loading included")
     v.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
     v.add_argument("--out", default=None, help="result file (VNN-COMP format, with the counterexample if sat)")
@@ -550,52 +595,67 @@ def build_parser() -> argparse.ArgumentParser:
     vc.set_defaults(func=cmd_vnncomp)
 
     sm = sub.add_parser("smooth", help="randomized smoothing: certify, predict, attack, report")
-    sm.add_argument("action", choices=["certify", "predict", "attack", "report"])
-    sm.add_argument("--attack", default="smoothadv-pgd",
-                    choices=["smoothadv-pgd", "smoothadv-ddn", "eot-pgd", "eot-cw"])
-    sm.add_argument("--eps", type=float, default=0.5, help="attack radius (L2 for smoothadv-*, L∞ for eot-pgd)")
-    sm.add_argument("--m", type=int, default=8, help="attack: noise draws per step")
-    sm.add_argument("--steps", type=int, default=20, help="attack steps")
-    sm.add_argument("--checkpoint", help="base classifier: certkit checkpoint or .onnx (certify, predict)")
-    sm.add_argument("--results", nargs="+", help="report: JSON-lines results of 'smooth certify' (one or several)")
-    sm.add_argument("--labels", nargs="+", default=None,
-                    help="report: one name per results file (default: run folder, noise, σ, N, certificate)")
-    sm.add_argument("--format", default="markdown", choices=["markdown", "latex", "tsv"], help="report: table format")
-    sm.add_argument("--table", default=None, help="report: also write the table to this file")
-    sm.add_argument("--mean", type=float, nargs="+", default=None)
-    sm.add_argument("--std", type=float, nargs="+", default=None)
-    sm.add_argument("--data", default=None)
-    sm.add_argument("--noise", default=None, choices=["gaussian", "laplace", "uniform"],
-                    help="noise distribution; default: the checkpoint's training noise, else gaussian")
-    sm.add_argument("--sigma", type=float, default=None,
-                    help="noise scale (σ, or λ for laplace/uniform); default: the checkpoint's training σ")
-    sm.add_argument("--certificate", default=None, choices=list(CERTIFICATE_RULES),
-                    help="radius certificate; default: cohen for gaussian, laplace for laplace, uniform for uniform")
-    sm.add_argument("--recertify", default=None, choices=list(CERTIFICATE_RULES),
-                    help="report: recompute the radii with this certificate from the stored counts (--sigma, --alpha)")
-    sm.add_argument("--n0", type=int, default=100)
-    sm.add_argument("--n", type=int, default=100_000, help="noise draws for the bound (CERTIFY) or the vote")
-    sm.add_argument("--alpha", type=float, default=0.001)
-    sm.add_argument("--seed", type=int, default=0)
-    sm.add_argument("--start", type=int, default=0)
-    sm.add_argument("--step", type=int, default=1, help="take every step-th test input (20: Cohen's 500 of 10k)")
-    sm.add_argument("--count", type=int, default=None, help="number of test inputs (default: all)")
-    sm.add_argument("--batch-size", type=int, default=None,
-                    help="noisy copies per forward pass (default: 250 on CPU, where it fits the cache; 1000 otherwise)")
-    sm.add_argument("--compile", action="store_true",
-                    help="certify/predict: run the base classifier through torch.compile (needs a C compiler; 2x "
-                         "faster LeNet on CPU; falls back to eager with a warning)")
-    sm.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    sm.add_argument("--out", default=None, help="output prefix (.tsv and .jsonl)")
-    sm.add_argument("--plot", default=None, help="report: PNG of certified accuracy vs radius, a step curve per file")
-    sm.add_argument("--quiet", action="store_true")
-    sm.add_argument("--shard", type=int, default=1, help="certify: inputs per task, written together (default 1)")
-    _add_common(sm)
-    _add_scale(sm)
-    sm.set_defaults(func=cmd_smooth)
+    sms = sm.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, helptext in (("certify", "Cohen's CERTIFY on test inputs: resumable JSON lines and Cohen's TSV"),
+                             ("predict", "Cohen's PREDICT: accuracy and abstentions of the smoothed classifier"),
+                             ("attack", "attack the smoothed classifier (SmoothAdv PGD/DDN, EOT-PGD, EOT-CW)")):
+        a = sms.add_parser(action, help=helptext, description=helptext)
+        a.add_argument("--checkpoint", required=True, help="base classifier: certkit checkpoint or .onnx")
+        a.add_argument("--mean", type=float, nargs="+", default=None, help="ONNX nets: normalise inputs first")
+        a.add_argument("--std", type=float, nargs="+", default=None, help="ONNX nets: with --mean")
+        a.add_argument("--data", default=None, help="test set (default: the checkpoint's)")
+        a.add_argument("--noise", default=None, choices=["gaussian", "laplace", "uniform"],
+                       help="noise distribution; default: the checkpoint's training noise, else gaussian")
+        a.add_argument("--sigma", type=float, default=None,
+                       help="noise scale (σ, or λ for laplace/uniform); default: the checkpoint's training σ")
+        a.add_argument("--n", type=int, default=100_000,
+                       help="noise draws for the bound (certify) or the majority vote (predict, attack)")
+        a.add_argument("--seed", type=int, default=0, help="seed of the noise (input i: seeded by (seed, i))")
+        a.add_argument("--start", type=int, default=0, help="first test input")
+        a.add_argument("--step", type=int, default=1, help="take every step-th test input (20: Cohen's 500 of 10k)")
+        a.add_argument("--count", type=int, default=None, help="number of test inputs (default: all)")
+        a.add_argument("--batch-size", type=int, default=None,
+                       help="noisy copies per forward pass (default: 250 on CPU, where it fits the cache; 1000 else)")
+        a.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_common(a)
+        if action in ("certify", "predict"):
+            a.add_argument("--alpha", type=float, default=0.001, help="failure probability of each answer")
+            a.add_argument("--compile", action="store_true",
+                           help="run the base classifier through torch.compile (needs a C compiler; 2x faster LeNet "
+                                "on CPU; falls back to eager with a warning)")
+        if action == "certify":
+            a.add_argument("--n0", type=int, default=100, help="draws that select the class")
+            a.add_argument("--certificate", default=None, choices=list(CERTIFICATES),
+                           help="radius certificate; default: cohen (gaussian), laplace (laplace), uniform (uniform)")
+            a.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                           help="radii of the summary table")
+            a.add_argument("--out", default=None, help="output prefix (.tsv and .jsonl; default: runs/<model>/...)")
+            a.add_argument("--shard", type=int, default=1, help="inputs per task, written together")
+            _add_scale(a)
+        if action == "attack":
+            a.add_argument("--attack", default="smoothadv-pgd",
+                           choices=["smoothadv-pgd", "smoothadv-ddn", "eot-pgd", "eot-cw"], help="the attack")
+            a.add_argument("--eps", type=float, default=0.5, help="attack radius (L2 for smoothadv-*, L∞ for eot-pgd)")
+            a.add_argument("--m", type=int, default=8, help="noise draws per attack step")
+            a.add_argument("--steps", type=int, default=20, help="attack steps")
+        a.set_defaults(func=cmd_smooth, certificate=None)
+    r = sms.add_parser("report", help="tables and plots of 'smooth certify' results (one or several files)",
+                       description="tables and plots of 'smooth certify' results (one or several files)")
+    r.add_argument("--results", nargs="+", required=True, help="JSON-lines results of 'smooth certify'")
+    r.add_argument("--labels", nargs="+", default=None,
+                   help="one name per results file (default: run folder, noise, σ, N, certificate)")
+    r.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="radii of the table")
+    r.add_argument("--alpha", type=float, default=0.001, help="α of the high-probability lower bound (and recertify)")
+    r.add_argument("--recertify", default=None, choices=list(CERTIFICATES),
+                   help="recompute the radii with this certificate from the stored counts")
+    r.add_argument("--sigma", type=float, default=None, help="recertify: noise scale (default: each file's)")
+    r.add_argument("--format", default="markdown", choices=["markdown", "latex", "tsv"], help="table format")
+    r.add_argument("--table", default=None, help="also write the table to this file")
+    r.add_argument("--plot", default=None, help="PNG of certified accuracy vs radius, a step curve per file")
+    r.set_defaults(func=cmd_smooth)
 
     va = sub.add_parser("vae", help="provably robust VAE: train (maximise the certified ELBO bound), eval")
-    va.add_argument("action", choices=["train", "eval"])
+    va.add_argument("action", choices=["train", "eval"], help="train a proVAE from a config, or evaluate a checkpoint")
     va.add_argument("--config", help="TOML config (train)")
     va.add_argument("--checkpoint", help="a proVAE checkpoint (eval)")
     va.add_argument("--out", default=None, help="run directory (train) or JSON results file (eval)")
@@ -605,11 +665,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train: stop after this epoch; the same command without it goes on")
     va.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="train: override one config entry (TOML value); repeatable")
-    va.add_argument("--quiet", action="store_true")
-    va.add_argument("--data", default=None)
+    va.add_argument("--quiet", action="store_true", help="no progress output")
+    va.add_argument("--data", default=None, help="eval: test set (default: the checkpoint's)")
     va.add_argument("--count", type=int, default=1000, help="test images (eval)")
     va.add_argument("--eps-bound", type=float, default=None, help="radius of the certified bound (default ε_train)")
-    va.add_argument("--attack-eps", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
+    va.add_argument("--attack-eps", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2],
+                    help="eval: radii of the ELBO attack")
     va.add_argument("--crown", action="store_true", help="also the certified bound with CROWN (tighter, slower)")
     va.add_argument("--steps", type=int, default=20, help="PGD steps of the ELBO attack")
     va.add_argument("--images", default=None, help="PNG of inputs, reconstructions, attacks and prior samples")
@@ -617,47 +678,46 @@ def build_parser() -> argparse.ArgumentParser:
     va.set_defaults(func=cmd_vae)
 
     ba = sub.add_parser("bayes", help="Bayesian NNs: train (inference with a robust likelihood), eval")
-    ba.add_argument("action", choices=["train", "eval"])
+    ba.add_argument("action", choices=["train", "eval"], help="run inference from a config, or evaluate a run")
     ba.add_argument("--config", help="TOML config (train)")
     ba.add_argument("--run", help="run directory (eval)")
     ba.add_argument("--epochs", type=int, default=None, help="train: override the config's epochs")
     ba.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="train: override one config entry (TOML value), e.g. --set bayes.lam=0.5; repeatable")
     ba.add_argument("--out", default=None, help="run directory (train) or JSON results (eval)")
-    ba.add_argument("--data", default=None)
-    ba.add_argument("--count", type=int, default=1000)
-    ba.add_argument("--eps", type=float, default=0.1)
-    ba.add_argument("--methods", nargs="+", default=["ibp", "crown"], choices=["ibp", "crown"])
-    ba.add_argument("--pgd-steps", type=int, default=20)
+    ba.add_argument("--data", default=None, help="eval: test set (default: the run's)")
+    ba.add_argument("--count", type=int, default=1000, help="eval: number of test inputs")
+    ba.add_argument("--eps", type=float, default=0.1, help="eval: L∞ radius of the certificate and the attack")
+    ba.add_argument("--methods", nargs="+", default=["ibp", "crown"], choices=["ibp", "crown"],
+                    help="eval: bounds of the posterior-predictive certificate")
+    ba.add_argument("--pgd-steps", type=int, default=20, help="eval: PGD steps on the predictive")
     ba.add_argument("--ood", default=None, help="out-of-distribution data set for the entropy AUROC")
     _add_common(ba)
     _add_scale(ba)
     ba.set_defaults(func=cmd_bayes)
 
-    from certkit.verify.cascade import METHODS
-    from certkit.verify.certify import COMPLETE
-
-    methods = [*METHODS, *COMPLETE]  # the bound methods, then the complete ones
+    methods = [*BOUND_METHODS, *COMPLETE_METHODS]  # the bound methods, then the complete ones
     for name, helptext in (("certify", "certify a checkpoint or ONNX net on a test set"),
                            ("radius", "largest certified radius per test input, by bisection"),
                            ("attack", "PGD-attack a checkpoint")):
         c = sub.add_parser(name, help=helptext)
         c.add_argument("--checkpoint", required=True, help="certkit .safetensors checkpoint or .onnx network")
         c.add_argument("--mean", type=float, nargs="+", default=None, help="ONNX nets: normalise inputs first")
-        c.add_argument("--std", type=float, nargs="+", default=None)
+        c.add_argument("--std", type=float, nargs="+", default=None, help="ONNX nets: with --mean")
         c.add_argument("--data", default=None, help="mnist, fashion-mnist, cifar10, svhn, digits")
         if name != "radius":
-            c.add_argument("--eps", type=float, nargs="+", required=True)
-        c.add_argument("--norm", default="inf", choices=["inf", "2"])
+            c.add_argument("--eps", type=float, nargs="+", required=True, help="radii (one or more)")
+        c.add_argument("--norm", default="inf", choices=["inf", "2"], help="norm of the ball")
         c.add_argument("--n", type=int, default=None, help="number of test inputs (default: all)")
-        c.add_argument("--start", type=int, default=0)
+        c.add_argument("--start", type=int, default=0, help="first test input")
         c.add_argument("--step", type=int, default=1, help="take every step-th test input")
         c.add_argument("--batch-size", type=int, default=None,
                        help="inputs per batch, and per Ray task with --workers (default: 256 for IBP and PGD, 16 "
                             "for CROWN, 100 for the cascade, 20 with --workers)")
         _add_common(c)
         if name in ("certify", "radius"):
-            c.add_argument("--method", default="ibp", choices=methods)
+            c.add_argument("--method", default="ibp", choices=methods,
+                           help="bound, or complete verifier (cascade: all stages)")
             c.add_argument("--timeout", type=float, default=None, help="seconds per input (bab, milp, cascade)")
             c.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
             c.add_argument("--iterations", type=int, default=None, help="alpha: slope optimisation steps (20)")
@@ -675,20 +735,35 @@ def build_parser() -> argparse.ArgumentParser:
                            help="confirm every certificate again on a float64 copy of the model")
             c.set_defaults(func=cmd_certify)
         else:
-            c.add_argument("--steps", type=int, default=40)
-            c.add_argument("--restarts", type=int, default=1)
+            c.add_argument("--steps", type=int, default=40, help="PGD steps")
+            c.add_argument("--restarts", type=int, default=1, help="PGD restarts")
             c.set_defaults(func=cmd_attack)
     return p
 
 
+def _subparser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The innermost sub-command parser that ``args`` went through (``certkit smooth certify``'s, say)."""
+    for dest in ("command", "action"):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or getattr(args, dest, None) not in subs[0].choices:
+            break
+        parser = subs[0].choices[getattr(args, dest)]
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the sub-command that got them, with its own options to suggest from
+        _subparser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    import torch  # only now: the arguments are checked before the seconds torch takes to load
+
     from certkit.data import DataError
     from certkit.errors import CertkitError
     from certkit.graph import UnsupportedOpError
     from certkit.io import CheckpointError, InUseError
     from certkit.specs import SpecError
 
-    args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.command != "train" and hasattr(args, "device"):

@@ -93,26 +93,27 @@ def _train_vae(cfg: VAEConfig, out: Path, resume: bool, progress: bool, train_se
     history = ResultsWriter(out / "history.jsonl", key="epoch")
     steps = math.ceil(len(data) / cfg.batch_size)
     ramp = eps_ramp(cfg)
-    for epoch in range(start, cfg.epochs if until is None else min(until, cfg.epochs)):
-        t0 = time.time()
-        vae.train()
-        perm = checkpoint.epoch_order(len(data), cfg.seed, epoch)
-        tot_bound = 0.0
-        for b in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
-            x = data.x[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]].to(device)
-            eps = ramp(epoch + b / steps)
-            nu = torch.randn(x.shape[0], cfg.latent, device=device)
-            bound = vae.elbo_bound(x, eps, nu) if eps > 0 else vae.elbo(x, nu)
-            loss = -bound.mean() / math.prod(data.shape)  # per pixel: a step size independent of the image size
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot_bound += bound.detach().mean().item()
-        row = {"epoch": epoch + 1, "train_bound": tot_bound / steps, "eps": ramp(epoch + 1),
-               "time_s": round(time.time() - t0, 1)}
-        checkpoint.end_epoch(out, epoch + 1, config, vae, opt, _arch(cfg, data.shape), history, row)
-        if log:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    with history:  # the file's lock is released when the loop ends, whatever happens
+        for epoch in range(start, cfg.epochs if until is None else min(until, cfg.epochs)):
+            t0 = time.time()
+            vae.train()
+            perm = checkpoint.epoch_order(len(data), cfg.seed, epoch)
+            tot_bound = 0.0
+            for b in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
+                x = data.x[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]].to(device)
+                eps = ramp(epoch + b / steps)
+                nu = torch.randn(x.shape[0], cfg.latent, device=device)
+                bound = vae.elbo_bound(x, eps, nu) if eps > 0 else vae.elbo(x, nu)
+                loss = -bound.mean() / math.prod(data.shape)  # per pixel: a step size independent of the image size
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot_bound += bound.detach().mean().item()
+            row = {"epoch": epoch + 1, "train_bound": tot_bound / steps, "eps": ramp(epoch + 1),
+                   "time_s": round(time.time() - t0, 1)}
+            checkpoint.end_epoch(out, epoch + 1, config, vae, opt, _arch(cfg, data.shape), history, row)
+            if log:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return vae.eval(), history.results
 
 

@@ -54,11 +54,12 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor, indices: l
     def error_row(k: int, args: dict, message: str) -> dict:  # an input whose task raised on a worker
         return {"idx": indices[k], "label": int(y[k]), "error": message}
 
-    for shard, batch_rows in executor.map(certify_shard, shared, shards(todo, batch_size, **args), error_row):
-        writer.write(batch_rows)
-        rows += batch_rows
-        _rewrite_tsv(out.with_suffix(".tsv"), [r for r in rows if "error" not in r])
-        bar.update(len(shard.items))
+    with writer:  # the file's lock is released at the end, whatever happens
+        for shard, batch_rows in executor.map(certify_shard, shared, shards(todo, batch_size, **args), error_row):
+            writer.write(batch_rows)
+            rows += batch_rows
+            _rewrite_tsv(out.with_suffix(".tsv"), [r for r in rows if "error" not in r])
+            bar.update(len(shard.items))
     bar.close()
     order = {i: k for k, i in enumerate(indices)}
     rows.sort(key=lambda r: order.get(r["idx"], len(order)))  # as certified in one process, whatever finished first

@@ -133,44 +133,46 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set:
     history = ResultsWriter(out / "history.jsonl", key="epoch")
 
     eval_set = test_set.subset(0, cfg.eval_n)
-    for epoch in range(start_epoch, cfg.epochs if until is None else min(until, cfg.epochs)):
-        t0 = time.time()
-        model.train()
-        perm = checkpoint.epoch_order(n, cfg.seed, epoch)
-        sums: dict[str, float | torch.Tensor] = {}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=False)
-        for b in bar:
-            step = epoch * steps_per_epoch + b
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, objective, step / steps_per_epoch)
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x, y = train_set.x[idx].to(device), train_set.y[idx].to(device)
-            loss, metrics = objective(model, x, y, step)
-            if cfg.l1 > 0:
-                loss = loss + cfg.l1 * l1_penalty(model)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {b}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            for k, v in metrics.items():  # summed on the device; read once per epoch
-                sums[k] = sums.get(k, 0.0) + v
-            if progress and b % 20 == 0:
-                bar.set_postfix({k: f"{float(v):.3f}" for k, v in metrics.items()})
-        train_time = time.time() - t0
-        ev = evaluate(model, eval_set, cfg.eval_eps, cfg.norm)
-        row = {"epoch": epoch + 1, **{f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()},
-               "lr": lr_at(cfg, objective, epoch), f"test_clean_acc@{cfg.eval_n}": ev["clean_acc"],
-               f"test_ibp_acc@{cfg.eval_eps}": ev["cert_acc"], "train_time_s": round(train_time, 1),
-               "time_s": round(time.time() - t0, 1)}
-        checkpoint.end_epoch(out, epoch + 1, config, model, opt, _arch_meta(cfg, train_set), history, row, metrics=row)
-        objective.end_epoch(epoch, out)
-        if log:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
-                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"),
-                flush=True)
+    with history:  # the file's lock is released when the loop ends, whatever happens
+        for epoch in range(start_epoch, cfg.epochs if until is None else min(until, cfg.epochs)):
+            t0 = time.time()
+            model.train()
+            perm = checkpoint.epoch_order(n, cfg.seed, epoch)
+            sums: dict[str, float | torch.Tensor] = {}
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                       leave=False)
+            for b in bar:
+                step = epoch * steps_per_epoch + b
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg, objective, step / steps_per_epoch)
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                x, y = train_set.x[idx].to(device), train_set.y[idx].to(device)
+                loss, metrics = objective(model, x, y, step)
+                if cfg.l1 > 0:
+                    loss = loss + cfg.l1 * l1_penalty(model)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {b}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                for k, v in metrics.items():  # summed on the device; read once per epoch
+                    sums[k] = sums.get(k, 0.0) + v
+                if progress and b % 20 == 0:
+                    bar.set_postfix({k: f"{float(v):.3f}" for k, v in metrics.items()})
+            train_time = time.time() - t0
+            ev = evaluate(model, eval_set, cfg.eval_eps, cfg.norm)
+            row = {"epoch": epoch + 1, **{f"train_{k}": float(v) / steps_per_epoch for k, v in sums.items()},
+                   "lr": lr_at(cfg, objective, epoch), f"test_clean_acc@{cfg.eval_n}": ev["clean_acc"],
+                   f"test_ibp_acc@{cfg.eval_eps}": ev["cert_acc"], "train_time_s": round(train_time, 1),
+                   "time_s": round(time.time() - t0, 1)}
+            checkpoint.end_epoch(out, epoch + 1, config, model, opt, _arch_meta(cfg, train_set), history, row,
+                                 metrics=row)
+            objective.end_epoch(epoch, out)
+            if log:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
+                    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"),
+                    flush=True)
     model.eval()
     return model, history.results
