@@ -33,6 +33,22 @@ def test_the_package_data_covers_what_the_code_reads():
     assert "configs/*.toml" in data["certkit"] and "*.npz" in data["certkit.data"]
     assert "scikit-learn" not in " ".join(meta["project"]["dependencies"])
     assert meta["project"]["license"] == "Apache-2.0"  # an SPDX expression
+    assert "Apache License" in (ROOT / "LICENSE").read_text()[:200] and meta["project"]["license-files"] == ["LICENSE"]
+
+
+def test_declared_lower_bounds_are_the_ones_ci_tests():
+    """Every core dependency's lower bound in pyproject.toml is the version .ci/lowest installs (torch: 2.13.0)."""
+    import re
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = dict(re.match(r"([a-z]+)>=([0-9.]+)", d).groups() for d in meta["project"]["dependencies"]
+                    if ">=" in d and ";" not in d)
+    lowest = dict(line.split("==") for line in (ROOT / ".ci/lowest.txt").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert declared.pop("torch") == "2.13" and "torch==2.13.0" in (ROOT / ".ci/lowest").read_text()
+    for name, version in declared.items():
+        tested = [int(p) for p in lowest[name].split(".")]
+        assert tested[:len(version.split("."))] == [int(p) for p in version.split(".")], (name, version, lowest[name])
 
 
 def test_bundled_digits_load_without_scikit_learn(monkeypatch):
