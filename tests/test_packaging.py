@@ -81,3 +81,14 @@ def test_a_missing_extra_is_named(monkeypatch, tmp_path, capsys):
 
     with pytest.raises(MissingDependencyError, match=r"certkit\[plot\]"):
         plot_accuracy_vs_eps({"a": ([0, 1], [1, 0])}, tmp_path / "a.png")
+
+
+def test_results_data_follows_the_rule():
+    """benchmarks/results/README.md: no file over 5 MB, the folder under 60 MB, no optimiser state or caches."""
+    root = ROOT / "benchmarks/results"
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert files and (root / "README.md").exists()
+    big = [str(p.relative_to(root)) for p in files if p.stat().st_size > 5 * 2**20]
+    assert not big, f"over 5 MB (gzip it or keep it elsewhere): {big}"
+    assert sum(p.stat().st_size for p in files) < 60 * 2**20
+    assert not [p for p in files if p.name == "train_state.pt" or ".warm-start" in p.parts]
