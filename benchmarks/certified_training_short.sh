@@ -12,6 +12,6 @@ for m in ${METHODS:-ibp ibp-fast sabr mtl-ibp}; do
   run=runs/mnist-$m-0.1-short
   certkit train --config configs/mnist-$m-0.1-short.toml --out "$run" --quiet 2>&1 | tee "$OUT/$m-train.log"
   cp "$run/history.jsonl" "$OUT/$m-history.jsonl"
-  certkit certify --checkpoint "$run/model.safetensors" --data mnist --eps 0.1 --method crown --n 1000 \
+  certkit certify --checkpoint "$run/model.safetensors" --data mnist --eps 0.1 --method crown --count 1000 \
     --out "$OUT/$m-crown" --quiet 2>&1 | tee "$OUT/$m-certify.log"
 done

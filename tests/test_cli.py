@@ -216,3 +216,22 @@ def test_choices_named_before_torch_loads_match_the_engine_and_help_needs_no_tor
              "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")  # --help (and a typo) answer before torch is imported
+
+
+def test_one_vocabulary_across_commands():
+    from certkit.cli import build_parser
+
+    leaves = {" ".join(path): parser for path, parser in _parsers(build_parser())
+              if path and not parser._subparsers and path not in (("configs",), ("smooth", "report"))}  # these only read files
+    for name, parser in leaves.items():
+        opts = parser._option_string_actions
+        assert {"--quiet", "--device", "--threads"} <= set(opts), name
+        assert ("--seed" in opts) == (name != "train"), name  # training seeds from its config
+        if "--data" in opts and name not in ("train",):
+            assert "--count" in opts, f"{name}: images are --count"
+        assert "--steps" not in opts or name == "smooth attack" or opts["--steps"].dest == "pgd_steps", name
+    assert "--data-dir" not in leaves["verify"]._option_string_actions
+    args = build_parser().parse_args(["certify", "--checkpoint", "m", "--eps", "0.1", "--n", "7"])
+    assert args.count == 7  # the old spelling still works
+    args = build_parser().parse_args(["attack", "--checkpoint", "m", "--eps", "0.1", "--steps", "9"])
+    assert args.pgd_steps == 9

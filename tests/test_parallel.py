@@ -81,7 +81,7 @@ def local_ray():
 @pytest.mark.parametrize("method", ["ibp", "crown", "cascade"])
 def test_ray_rows_are_the_single_process_rows(local_ray, method, tmp_path):
     model, (x, y) = _net(), _data()
-    opts = {"timeout": 5.0} if method == "cascade" else {}
+    opts = {"timeout": 60.0} if method == "cascade" else {}  # every input decides in < 1 s: no verdict hangs on time
     plain = certify_dataset(model, x, y, [0.02, 0.1], method, batch_size=5, pgd_steps=5, **opts)
     with ResultsWriter(tmp_path / "r.jsonl", key="key") as w:
         ex = Executor(workers=2)

@@ -55,10 +55,17 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _add_common(p: argparse.ArgumentParser, config: bool = False) -> None:
+def _add_common(p: argparse.ArgumentParser, config: bool = False, data: bool = True) -> None:
+    """The options every command has: --device, --threads, --quiet, --seed (and --data-dir where data is read)."""
     where = "cpu, or the config's" if config else "cpu"
     p.add_argument("--device", default=None, help=f"torch device, e.g. cpu or cuda (default: {where})")
-    p.add_argument("--data-dir", default=None, help="folder holding <dataset>/ (default: $CERTKIT_DATA or a cache)")
+    if data:
+        p.add_argument("--data-dir", default=None,
+                       help="folder holding <dataset>/ (default: $CERTKIT_DATA or a cache)")
+    if "--quiet" not in p._option_string_actions:
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+    if not config and "--seed" not in p._option_string_actions:  # training seeds from its config ([train] seed)
+        p.add_argument("--seed", type=int, default=None, help="seed of torch's random draws (PGD starts, sampling)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (with --workers: per worker, default 1)")
 
@@ -106,7 +113,7 @@ def _load_eval_data(args, meta):
     if trained_on and name != trained_on:
         print(f"warning: {args.checkpoint} was trained on {trained_on}, evaluated here on {name}", file=sys.stderr)
     data = load_dataset(name, "test", args.data_dir)
-    count = args.count if hasattr(args, "count") else args.n  # 'smooth' uses --n for noise draws
+    count = args.count  # images are --count everywhere; 'smooth' uses --n for noise draws (Cohen's N)
     data = data.subset(args.start, None if count is None else args.start + count * args.step, args.step)
     expected = tuple(meta["arch"]["in_shape"])
     if data.shape != expected:
@@ -237,7 +244,8 @@ def cmd_verify(args) -> int:
     answer, text, note = decide_instance(args.onnx, args.vnnlib, args.timeout, device=args.device or "cpu",
                                          max_binaries=args.max_binaries)
     print(answer)
-    print(f"{time.perf_counter() - t0:.1f} s" + (f"; {note}" if note else ""), file=sys.stderr)
+    if not args.quiet:
+        print(f"{time.perf_counter() - t0:.1f} s" + (f"; {note}" if note else ""), file=sys.stderr)
     if args.out:
         Path(args.out).write_text(text)
     return 0
@@ -250,7 +258,8 @@ def cmd_vnncomp(args) -> int:
     print(f"results: {out}", file=sys.stderr)
     with _executor(args) as executor:
         rows = run_benchmark(args.bench, out, args.timeout_scale, args.instances, args.device or "cpu",
-                             every=args.every, executor=executor, max_binaries=args.max_binaries)
+                             progress=None if args.quiet else print, every=args.every, executor=executor,
+                             max_binaries=args.max_binaries)
         _said(executor)
     table = score_table(rows, args.bench)
     print(table)
@@ -437,7 +446,7 @@ def cmd_vae(args) -> int:
     data = load_dataset(args.data or meta["config"]["data"], "test", args.data_dir).subset(0, args.count)
     x = data.x.to(args.device)
     eps_bound = meta["config"]["eps"] if args.eps_bound is None else args.eps_bound
-    res = evaluate_vae(vae, x, eps_bound, args.attack_eps, attack_steps=args.steps, crown=args.crown)
+    res = evaluate_vae(vae, x, eps_bound, args.attack_eps, attack_steps=args.pgd_steps, crown=args.crown)
     d = x[0].numel()
     rows = [{"quantity": k, "per image": v, "per pixel": v / d} for k, v in res.items()]
     print(f"{Path(args.checkpoint).parent.name}: {len(x)} test images, certified bound at eps={eps_bound}")
@@ -457,11 +466,18 @@ def cmd_bayes(args) -> int:
     from certkit.report import format_table
 
     _need(args, **({"config": "--config"} if args.action == "train" else {"run": "--run"}))
+    from certkit.bayes import inference
+
+    inference.PROGRESS["show"] = not args.quiet
     if args.action == "train":
         cfg = run.read_config(apply_overrides(load_config(args.config), args.set))
         if args.epochs is not None:
             cfg["epochs"] = args.epochs
         out = Path(args.out or Path("runs") / cfg["name"])
+        if (out / "posterior.safetensors").exists() and not args.fresh:  # inference is one step: done or not
+            print(f"{out} holds a finished run already (--fresh to run it again): certkit bayes eval --run {out}")
+            return 0
+        print(f"run: {out}", file=sys.stderr)
         model, post, seconds = run.run_inference(cfg, args.data_dir, cache_dir=out.parent / ".warm-start",
                                                  device=args.device or "cpu")
         run.save_run(out, cfg, post, seconds)
@@ -472,7 +488,8 @@ def cmd_bayes(args) -> int:
     data = load_dataset(args.data or cfg["data"], "test", args.data_dir).subset(0, args.count)
     x, y = data.x.to(args.device), data.y.to(args.device)
     with _executor(args) as executor:
-        res = run.evaluate(model, post, x, y, args.eps, tuple(args.methods), args.pgd_steps, executor=executor)
+        res = run.evaluate(model, post, x, y, args.eps, tuple(args.methods), args.pgd_steps, executor=executor,
+                           progress=not args.quiet)
         _said(executor)
     if args.ood:
         ood = load_dataset(args.ood, "test", args.data_dir).subset(0, args.count)
@@ -497,12 +514,15 @@ def cmd_attack(args) -> int:
     model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
     args.batch_size = args.batch_size or 256
+    from tqdm import tqdm
+
     rows = []
     for eps in _eps_list(args.eps):
         broken = 0
-        for i in range(0, len(data), args.batch_size):
+        for i in tqdm(range(0, len(data), args.batch_size), desc=f"PGD at {eps}", unit="batch", leave=False,
+                      disable=args.quiet):
             x, y = data.x[i:i + args.batch_size].to(args.device), data.y[i:i + args.batch_size].to(args.device)
-            res = pgd(model, x, y, eps, args.norm, args.steps, restarts=args.restarts)
+            res = pgd(model, x, y, eps, args.norm, args.pgd_steps, restarts=args.restarts)
             broken += res.success.sum().item()
         rows.append({"eps": eps, "n": len(data), "pgd_robust_acc": 1 - broken / len(data)})
     print(format_table(rows))
@@ -580,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole instance, loading included")
     v.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
     v.add_argument("--out", default=None, help="result file (VNN-COMP format, with the counterexample if sat)")
-    _add_common(v)
+    _add_common(v, data=False)
     v.set_defaults(func=cmd_verify)
 
     vc = sub.add_parser("vnncomp", help="run a VNN-COMP benchmark folder (resumable) and score it")
@@ -590,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     vc.add_argument("--instances", type=int, default=None, help="only the first K instances")
     vc.add_argument("--every", type=int, default=1, help="only every k-th instance (a spread-out sample)")
     vc.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
-    _add_common(vc)
+    _add_common(vc, data=False)
     _add_scale(vc)
     vc.set_defaults(func=cmd_vnncomp)
 
@@ -672,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--attack-eps", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2],
                     help="eval: radii of the ELBO attack")
     va.add_argument("--crown", action="store_true", help="also the certified bound with CROWN (tighter, slower)")
-    va.add_argument("--steps", type=int, default=20, help="PGD steps of the ELBO attack")
+    va.add_argument("--pgd-steps", "--steps", dest="pgd_steps", type=int, default=20,
+                    help="PGD steps of the ELBO attack (--steps is the old spelling)")
     va.add_argument("--images", default=None, help="PNG of inputs, reconstructions, attacks and prior samples")
     _add_common(va)
     va.set_defaults(func=cmd_vae)
@@ -682,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--config", help="TOML config (train)")
     ba.add_argument("--run", help="run directory (eval)")
     ba.add_argument("--epochs", type=int, default=None, help="train: override the config's epochs")
+    ba.add_argument("--fresh", action="store_true",
+                    help="train: run again even if --out holds a finished run (else it is kept and reused)")
     ba.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="train: override one config entry (TOML value), e.g. --set bayes.lam=0.5; repeatable")
     ba.add_argument("--out", default=None, help="run directory (train) or JSON results (eval)")
@@ -708,7 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "radius":
             c.add_argument("--eps", type=float, nargs="+", required=True, help="radii (one or more)")
         c.add_argument("--norm", default="inf", choices=["inf", "2"], help="norm of the ball")
-        c.add_argument("--n", type=int, default=None, help="number of test inputs (default: all)")
+        c.add_argument("--count", "--n", dest="count", type=int, default=None,
+                       help="number of test inputs (default: all; --n is the old spelling)")
         c.add_argument("--start", type=int, default=0, help="first test input")
         c.add_argument("--step", type=int, default=1, help="take every step-th test input")
         c.add_argument("--batch-size", type=int, default=None,
@@ -722,7 +746,6 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--max-binaries", type=int, default=None, help="MILP binary budget (default: exact)")
             c.add_argument("--iterations", type=int, default=None, help="alpha: slope optimisation steps (20)")
             c.add_argument("--out", default=None, help="results JSONL (resumed if it exists)")
-            c.add_argument("--quiet", action="store_true", help="no progress bar")
             _add_scale(c)
         if name == "radius":
             c.add_argument("--hi", type=float, default=0.5, help="largest radius tried")
@@ -735,7 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="confirm every certificate again on a float64 copy of the model")
             c.set_defaults(func=cmd_certify)
         else:
-            c.add_argument("--steps", type=int, default=40, help="PGD steps")
+            c.add_argument("--pgd-steps", "--steps", dest="pgd_steps", type=int, default=40,
+                           help="PGD steps (--steps is the old spelling)")
             c.add_argument("--restarts", type=int, default=1, help="PGD restarts")
             c.set_defaults(func=cmd_attack)
     return p
@@ -757,6 +781,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # named by the sub-command that got them, with its own options to suggest from
         _subparser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     import torch  # only now: the arguments are checked before the seconds torch takes to load
+
+    if getattr(args, "seed", None) is not None:
+        torch.manual_seed(args.seed)
 
     from certkit.data import DataError
     from certkit.errors import CertkitError

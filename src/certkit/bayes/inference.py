@@ -80,9 +80,19 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
         yield perm[i:i + batch_size]
 
 
+PROGRESS = {"show": True}  # `certkit bayes train --quiet` turns the bars off
+
+
+def _progress(iterable, desc: str):
+    """A progress bar over epochs or HMC iterations (in a terminal only, and not with --quiet)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, disable=None if PROGRESS["show"] else True)
+
+
 def _epochs(epochs: int, loglik: LogLik):
     """range(epochs), telling a scheduled likelihood (``set_epoch``) which epoch starts."""
-    for epoch in range(epochs):
+    for epoch in _progress(range(epochs), "epoch"):
         if hasattr(loglik, "set_epoch"):
             loglik.set_epoch(epoch)
         yield epoch
@@ -313,7 +323,7 @@ def hmc(model, x, y, loglik: LogLik, n_samples: int = 20, burn_in: int = 10, lea
     samples: list[Params] = []
     accepted = 0
     u, g = grad_u(w)
-    for it in range(burn_in + n_samples):
+    for it in _progress(range(burn_in + n_samples), f"HMC ({burn_in} burn-in)"):
         # the step size is jittered per trajectory: a fixed length near half an oscillation period makes the
         # chain bounce between mirror points without ever losing energy
         eps = step_size * (0.5 + torch.rand(1, generator=gen).item())

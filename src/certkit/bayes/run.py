@@ -191,7 +191,7 @@ class Predictive(nn.Module):
 
 @torch.no_grad()
 def evaluate(model, post: inf.Posterior, x, y, eps: float, methods=("ibp", "crown"), pgd_steps: int = 20,
-             batch_size: int = 100, executor=None) -> dict:
+             batch_size: int = 100, executor=None, progress: bool = False) -> dict:
     """Accuracy, PGD accuracy of the predictive (true label, projected every step, EOT over the samples), and
     IBP-/LBP-certified accuracy: ``<method>_certified`` with the pairwise rule, ``<method>_theorem1_certified``
     with the paper's Theorem 1 (same bounds). Batches of ``batch_size`` inputs are the tasks of ``executor``
@@ -205,12 +205,17 @@ def evaluate(model, post: inf.Posterior, x, y, eps: float, methods=("ibp", "crow
         shared = {"model": copy.deepcopy(model).cpu(), "samples": [{k: v.cpu() for k, v in s.items()}
                                                                      for s in post.samples],
                   "x": x.cpu(), "y": y.cpu()}
+    from tqdm import tqdm
+
     n = len(y)
     total: dict[str, int] = {}
-    for _, counts in executor.map(evaluate_shard, shared, shards(range(n), batch_size, eps=eps, methods=methods,
-                                                                  pgd_steps=pgd_steps, device=device)):
+    bar = tqdm(total=n, desc="certify posterior", unit="input", disable=not progress)
+    for shard, counts in executor.map(evaluate_shard, shared, shards(range(n), batch_size, eps=eps, methods=methods,
+                                                                      pgd_steps=pgd_steps, device=device)):
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
+        bar.update(len(shard.items))
+    bar.close()
     out = {"n": n, "eps": eps, "accuracy": total["accuracy"] / n, "pgd_accuracy": total["pgd_accuracy"] / n,
            "posterior_std": posterior_std(post)}
     out.update({f"{m}_certified": total[m] / n for m in [k for m in methods for k in (m, f"{m}_theorem1")]})
