@@ -145,3 +145,15 @@ def test_the_bayes_config_is_read_like_the_others():
         read_config({"model": {"kwargs": 3}})
     cfg = read_config({"name": "b", "data": {"dataset": "fashion-mnist"}, "bayes": {"method": "swag", "eps": 0}})
     assert (cfg["name"], cfg["data"], cfg["method"], cfg["eps"], cfg["lam"]) == ("b", "fashion-mnist", "swag", 0, 0.25)
+
+
+def test_a_missing_or_corrupt_bayes_run_is_named(tmp_path, capsys):
+    from certkit.cli import main
+
+    assert main(["bayes", "eval", "--run", str(tmp_path / "nope")]) == 2
+    assert "not a finished Bayes run" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{bad")
+    (tmp_path / "run" / "posterior.safetensors").write_bytes(b"")
+    assert main(["bayes", "eval", "--run", str(tmp_path / "run")]) == 2
+    assert "corrupt" in capsys.readouterr().err

@@ -280,7 +280,17 @@ def save_run(out: Path, cfg: dict, post: inf.Posterior, seconds: float) -> None:
 
 
 def load_run(out: Path, device: str = "cpu") -> tuple[nn.Module, inf.Posterior, dict]:
-    cfg = json.loads((Path(out) / "config.json").read_text())
+    """The network, posterior and config of a run directory written by :func:`save_run`."""
+    from certkit.io import CheckpointError
+
+    missing = [f for f in ("config.json", "posterior.safetensors") if not (Path(out) / f).exists()]
+    if missing:
+        raise CheckpointError(f"{out} is not a finished Bayes run (no {' or '.join(missing)}); make one with "
+                              f"certkit bayes train --config NAME --out {out}")
+    try:
+        cfg = json.loads((Path(out) / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{Path(out) / 'config.json'} is corrupt ({e})") from None
     a = cfg["arch_meta"]
     model = build(cfg["arch"], a["in_shape"], a["num_classes"], a["mean"], a["std"], **cfg["kwargs"]).eval()
     post = inf.Posterior.load(Path(out) / "posterior.safetensors", model.to(device))
