@@ -241,8 +241,11 @@ def cmd_verify(args) -> int:
     from certkit.verify.vnncomp import decide_instance
 
     t0 = time.perf_counter()
+    def log(line: str) -> None:  # the stages as they finish, on stderr (stdout is the answer alone)
+        print(line, file=sys.stderr, flush=True)
+
     answer, text, note = decide_instance(args.onnx, args.vnnlib, args.timeout, device=args.device or "cpu",
-                                         max_binaries=args.max_binaries)
+                                         log=None if args.quiet else log, max_binaries=args.max_binaries)
     print(answer)
     if not args.quiet:
         print(f"{time.perf_counter() - t0:.1f} s" + (f"; {note}" if note else ""), file=sys.stderr)

@@ -89,7 +89,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def decide_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float, model=None,
-                    device: str = "cpu", **options) -> tuple[str, str, str]:
+                    device: str = "cpu", log=None, **options) -> tuple[str, str, str]:
     """One VNN-COMP instance within ``timeout`` seconds counted from this call (``model``: the network already
     loaded from ``onnx_path``, else it is loaded here, on ``device``). Returns the answer, the result file's
     text (with the counterexample when 'sat') and a note. A counterexample is answered 'sat' only when it passes
@@ -104,7 +104,9 @@ def decide_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: flo
     model = load_onnx(onnx_path).to(device) if model is None else model
     props = read_vnnlib(vnnlib_path)
     left = max(timeout - (time.perf_counter() - t0), 0.0)
-    answer, x = verify_vnnlib(model, props, model.input_shape, timeout=left, **options)
+    if log is not None:
+        log(f"loaded in {time.perf_counter() - t0:.1f} s: {len(props)} input box(es), {left:.0f} s left")
+    answer, x = verify_vnnlib(model, props, model.input_shape, timeout=left, log=log, **options)
     note = ""
     if answer == "sat":  # checked as the scorer does: the ONNX file run by onnxruntime
         with torch.no_grad():

@@ -170,11 +170,12 @@ def read_vnnlib(path: str | Path) -> list[VnnProperty]:
 
 
 def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...], timeout: float = 120.0,
-                  **options) -> tuple[str, object | None]:
+                  log=None, **options) -> tuple[str, object | None]:
     """Decide a VNN-LIB property on ``model`` (inputs reshaped to ``input_shape``, batch dimension included)
     with the verification cascade. Returns the VNN-COMP answer — 'unsat' (holds), 'sat' (with the
     counterexample input: a float64 point of the file's box, checked in float64), 'timeout' or 'unknown' — and
-    the counterexample or None."""
+    the counterexample or None. ``log`` (e.g. ``print``) gets a line per input box: its verdict, the stage that
+    decided it and each stage's seconds."""
     import time
 
     import torch
@@ -214,6 +215,10 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
             lo, up = lo64, up64
         prop = Property(LinearSpec(C64.to(dt).unsqueeze(0), d_lo.unsqueeze(0)), torch.tensor(p.clauses))
         v = verify_property(net, Box(lo, up), prop, timeout=left, **options)[0]
+        if log is not None:
+            times = ", ".join(f"{k} {t:.1f} s" for k, t in v.seconds.items())
+            log(f"box {props.index(p) + 1}/{len(props)}: {v.verdict}" + (f" by {v.stage}" if v.stage else "")
+                + (f" ({times})" if times else ""))
         if v.verdict == "falsified":
             # a counterexample of the rounded-out box, moved into the file's box and checked there in float64
             if model64 is None:
