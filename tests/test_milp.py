@@ -211,3 +211,36 @@ def test_a_short_time_limit_holds_on_a_large_encoding():
     t0 = time.perf_counter()
     res = enc.minimize(torch.eye(10)[3] - torch.eye(10)[5], time_limit=2)
     assert time.perf_counter() - t0 < 10 and res.verdict in ("unknown", "falsified")
+
+
+def test_the_milp_stage_counts_its_encoding_and_starts_no_solve_it_cannot_finish(monkeypatch):
+    """--timeout covers the encoding: a slow encoding leaves no solve; a solve whose set-up alone would not fit
+    is not started (HiGHS's MIP set-up cannot be interrupted)."""
+    import time
+
+    from certkit.specs import margin_spec
+    from certkit.verify import cascade, milp
+    from certkit.verify.cascade import verify_property
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    x = torch.rand(1, 6)
+    spec = margin_spec(net(x).argmax(1), 3)
+    solves = []
+    monkeypatch.setattr(milp.MilpEncoding, "minimize_property",
+                        lambda self, *a, **k: solves.append(k["time_limit"]) or milp.MilpResult(
+                            "unknown", -math.inf, 1.0, None, 0.0, "test"))
+    real_init = milp.MilpEncoding.__init__
+
+    def slow_init(self, *a, **k):
+        real_init(self, *a, **k)
+        time.sleep(0.6)
+
+    monkeypatch.setattr(cascade.MilpEncoding, "__init__", slow_init)
+    v = verify_property(net, LinfBall(x, 0.5), spec, stages=("milp",), timeout=0.5)[0]
+    assert v.verdict == "unknown" and not solves  # the encoding used the budget up: no solve was started
+    monkeypatch.undo()
+    monkeypatch.setattr(milp, "_MIP_START_S_PER_NONZERO", 1e3)
+    enc = MilpEncoding(net, LinfBall(x, 0.5))
+    r = enc.minimize_property(spec.C[0], spec.d[0] if spec.d is not None else torch.zeros(2), time_limit=5.0)
+    assert r.verdict in ("unknown", "falsified") and (r.verdict == "falsified" or "no time" in r.status)

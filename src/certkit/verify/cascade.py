@@ -201,6 +201,9 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
             r = bab(model, one, C, d, time_limit=budget, pre=pre)
         else:
             enc = enc or MilpEncoding(model, one, pre, max_binaries)
+            budget = left - (time.perf_counter() - t0)  # the encoding's time counts against the budget
+            if budget <= 0:
+                break
             r = enc.minimize_property(C, d, None if len(rq) == 1 else torch.zeros(len(rq)), time_limit=budget,
                                       row_lower=lower[b, rq])
         if r.verdict == "falsified":
