@@ -9,7 +9,7 @@ from certkit.attacks import pgd
 from certkit.data import load_dataset
 from certkit.models import build
 from certkit.specs import ball, margin_spec, worst_case_logits
-from certkit.train.certified import CrownIbpTraining, MtlIbpTraining, SabrTraining
+from certkit.train.certified import CrownIbpTraining, MtlIbpTraining, SabrTraining, fused_ce_upper
 from certkit.train.objectives import IBPTraining, Standard
 from certkit.train.schedules import Ramp
 from certkit.verify import certify
@@ -63,6 +63,32 @@ def test_the_robust_loss_bounds_the_worst_case_over_the_ball(digits, objective):
             assert (ce <= robust + 1e-5).all()
 
 
+def test_lower_only_crown_is_crown_and_the_fused_loss_bounds_the_worst_case_ce(digits):
+    """crown_bounds(bound_upper=False): CROWN's lower bounds, IBP's upper ones. Loss fusion's single-pass bound
+    lies above the CE at sampled and attacked points and never above IBP's robust CE."""
+    from certkit.bounds import interval_bounds
+    from certkit.bounds.linear import crown_bounds
+
+    model, _, test = digits
+    x, y = test.x[:16], test.y[:16]
+    s, spec = ball("inf", x, EPS), margin_spec(y, 10)
+    with torch.no_grad():
+        both = crown_bounds(model, s, spec, intermediate="ibp")
+        lower_only = crown_bounds(model, s, spec, intermediate="ibp", bound_upper=False)
+        ibp = interval_bounds(model, s, spec)
+        fused = fused_ce_upper(model, s, y, ibp, 10)
+    assert torch.allclose(both.lower, lower_only.lower) and torch.equal(lower_only.upper, ibp.upper)
+    ibp_ce = F.cross_entropy(worst_case_logits(ibp.lower, y, 10), y, reduction="none")
+    assert (fused <= ibp_ce + 1e-4).all() and (fused < ibp_ce - 1e-3).any()
+    attacked = pgd(model, x, y, EPS, steps=20).x_adv
+    for pts in [s.sample(64, torch.Generator().manual_seed(k)) for k in range(2)] + [attacked[None]]:
+        for p in pts:
+            with torch.no_grad():
+                assert (F.cross_entropy(model(p), y, reduction="none") <= fused + 1e-5).all()
+    loss, metrics = CrownIbpTraining(const(EPS), const(0.0), const(1.0), loss_fusion=True)(model, x, y, 0)
+    assert abs(float(loss) - float(fused.mean())) < 1e-4 and "ibp_acc" in metrics
+
+
 def test_crown_ibp_is_tighter_than_ibp_and_beta_mixes_them(digits):
     model, _, test = digits
     x, y = test.x[:32], test.y[:32]
@@ -113,9 +139,10 @@ RAMP, KAPPA = Ramp(0.0, 0.1, 0, 40), Ramp(1.0, 0.5, 0, 40)  # ε to 0.1 and κ t
 
 @pytest.mark.parametrize("make", [
     lambda: CrownIbpTraining(RAMP, KAPPA, const(1.0)),
+    lambda: CrownIbpTraining(RAMP, KAPPA, const(1.0), loss_fusion=True),
     lambda: SabrTraining(RAMP, KAPPA, lam=0.4, steps=4),
     lambda: MtlIbpTraining(RAMP, 0.1, "mtl", steps=4),
-], ids=["crown-ibp", "sabr", "mtl-ibp"])
+], ids=["crown-ibp", "crown-ibp-fused", "sabr", "mtl-ibp"])
 def test_a_few_steps_raise_certified_accuracy(digits, make):
     """From a standard-trained net (6.5 % CROWN-certified at ε = 0.1 on these 200 digits), 120 steps: measured
     52.5 % (CROWN-IBP), 18.5 % (SABR), 16 % (MTL-IBP); plain IBP with this recipe collapses to a constant."""

@@ -120,6 +120,13 @@ class IBPTraining(Objective):
         """Lower bounds of the margins ``f_y − f_j`` (B, K − 1) over the ε-ball."""
         return interval_bounds(model, ball(self.norm, x, eps), margin_spec(y, self.num_classes, x.dtype)).lower
 
+    def robust_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                    step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The robust loss (an upper bound of the worst-case CE for IBP and CROWN-IBP) and the margins' lower
+        bounds behind the batch's certified share."""
+        lower = self.robust_lower(model, x, y, eps, step)
+        return F.cross_entropy(worst_case_logits(lower, y, self.num_classes), y), lower
+
     def __call__(self, model, x, y, step):
         eps, kappa = self.eps(step), self.kappa(step)
         logits = model(x)
@@ -128,8 +135,7 @@ class IBPTraining(Objective):
         if eps <= 0 or kappa >= 1:
             metrics["loss"] = clean.detach()
             return clean, metrics
-        lower = self.robust_lower(model, x, y, eps, step)
-        robust = F.cross_entropy(worst_case_logits(lower, y, self.num_classes), y)
+        robust, lower = self.robust_loss(model, x, y, eps, step)
         loss = kappa * clean + (1 - kappa) * robust
         metrics.update({"robust_loss": robust.detach(),
                         self.metric: (lower.detach().min(1).values > 0).float().mean()})
@@ -224,7 +230,7 @@ def build_objective(cfg: Any, steps_per_epoch: int, num_classes: int, model: nn.
         c = cfg.certified
         fast = {"init": c.ibp_init, "warmup_reg": c.warmup_reg, "tol": c.warmup_tol}
         return {"crown-ibp": lambda: CrownIbpTraining(eps, kappa, Ramp(c.beta_start, c.beta_end, begin, length),
-                                                      num_classes, cfg.norm, **fast),
+                                                      num_classes, cfg.norm, c.loss_fusion, **fast),
                 "sabr": lambda: SabrTraining(eps, kappa, c.sabr_lambda, num_classes, cfg.norm, cfg.pgd_steps, **fast),
                 "mtl-ibp": lambda: MtlIbpTraining(eps, c.alpha, c.combination, num_classes, cfg.norm, cfg.pgd_steps),
                 }[cfg.objective]()
