@@ -2,7 +2,7 @@
 # IBP training of COLT's MNIST ConvMed for L-inf eps=0.1 on CPU, then clean / PGD-40 / IBP-certified accuracy on
 # the full 10,000-image test set, and IBP-certified accuracy for eps from 0 to 0.3.
 # Resumable: rerun after a kill and both training and certification continue where they stopped.
-#   CERTKIT_DATA=../shared/data bash benchmarks/mnist_ibp.sh [configs/mnist-ibp-0.1.toml]
+#   CERTKIT_DATA=DATA bash benchmarks/mnist_ibp.sh [configs/mnist-ibp-0.1.toml]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/mnist-ibp-0.1.toml}
@@ -20,3 +20,4 @@ certkit certify --checkpoint "$RUN/model.safetensors" --data mnist --eps 0 0.05 
 end=$(date +%s)
 echo "wall time of this invocation: train $((mid - start)) s, evaluation $((end - mid)) s" | tee -a "$OUT/certify.txt"
 cp "$RUN/history.jsonl" "$OUT/history.jsonl"
+cp "$RUN/model.safetensors" "$OUT/model.safetensors"  # the checkpoint behind the figures (benchmarks/results/README.md)
