@@ -94,6 +94,17 @@ def stn_mnist(in_shape, num_classes):
     return layers + [nn.Linear(n, 128), nn.ReLU(), nn.Linear(128, num_classes)]
 
 
+@register("trades-mnist")
+def trades_mnist(in_shape, num_classes):
+    """TRADES' MNIST SmallCNN (Zhang et al. 2019): conv 32, 32 (k3), max-pool, conv 64, 64 (k3), max-pool, fc 200,
+    fc 200 (their dropout before the last fc layers is left out)."""
+    c = in_shape[0]
+    layers = [nn.Conv2d(c, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+              nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()]
+    n = _flat_dim(nn.Sequential(*layers), in_shape)
+    return layers + [nn.Linear(n, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, num_classes)]
+
+
 @register("lenet")
 def lenet(in_shape, num_classes):
     """LeNet (Caffe variant, used for MNIST in the smoothing literature): conv 20 k5, pool, conv 50 k5, pool, fc 500."""

@@ -102,6 +102,8 @@ class TrainConfig:
     kappa_start: float = 1.0
     kappa_end: float = 0.5
     pgd_steps: int = 10
+    pgd_step_size: float | None = None  # PGD's step in the attack-based objectives (pgd, trades); default 2.5·ε/steps
+    trades_beta: float = 6.0  # TRADES' β: weight of the KL between the clean and the attacked prediction
     l1: float = 0.0
     grad_clip: float | None = None
     seed: int = 0

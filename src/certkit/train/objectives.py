@@ -2,6 +2,7 @@
 
 * :class:`Standard` — cross-entropy.
 * :class:`PGDTraining` — Madry et al. 2018: cross-entropy at a PGD adversarial point.
+* :class:`TradesTraining` — Zhang et al. 2019: clean cross-entropy plus β·KL(clean ‖ attacked prediction).
 * :class:`IBPTraining` — Gowal et al. 2018: ``κ·CE(f(x), y) + (1−κ)·CE(ẑ, y)`` where ``ẑ`` are the
   worst-case logits from the IBP lower bounds on the margins over the ε-ball, with ε ramped up from 0 and κ
   ramped down from 1.
@@ -31,7 +32,8 @@ from certkit.specs import ball, margin_spec, worst_case_logits
 from certkit.train.fast_ibp import ibp_init, warmup_regularizer
 from certkit.train.schedules import Ramp
 
-OBJECTIVES = ("standard", "pgd", "ibp", "crown-ibp", "sabr", "mtl-ibp", "colt", "gaussian", "stability", "smoothadv")
+OBJECTIVES = ("standard", "pgd", "trades", "ibp", "crown-ibp", "sabr", "mtl-ibp", "colt", "gaussian", "stability",
+              "smoothadv")
 
 
 @contextmanager
@@ -91,6 +93,58 @@ class PGDTraining(Objective):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         return loss, {"loss": loss.detach(), "adv_acc": (logits.argmax(1) == y).float().mean(), "eps": eps}
+
+
+class TradesTraining(Objective):
+    """TRADES (Zhang et al. 2019, eq. 5): ``CE(f(x), y) + β·KL(p(x) ‖ p(x'))``, the KL per input averaged over the
+    batch, with x' maximising that KL over the ε-ball (∩ [0, 1]): PGD on the KL from x + 0.001·N(0, I), the clean
+    prediction held fixed, the network in eval mode (their Algorithm 1)."""
+
+    name = "trades"
+
+    def __init__(self, eps: Ramp, beta: float = 6.0, norm: str = "inf", steps: int = 10,
+                 step_size: float | None = None):
+        if beta < 0:
+            raise ValueError(f"TRADES' β must be non-negative, got {beta}")
+        self.eps, self.beta, self.norm, self.steps, self.step_size = eps, beta, norm, steps, step_size
+
+    @staticmethod
+    def kl(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
+        """KL(p(x) ‖ p(x')) per input (B,)."""
+        p_log = F.log_softmax(clean_logits, 1)
+        return (p_log.exp() * (p_log - F.log_softmax(adv_logits, 1))).sum(1)
+
+    def attack(self, model: nn.Module, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """The inner maximisation: x' of the ε-ball with (locally) the largest KL from the clean prediction."""
+        from certkit.attacks.pgd import _normalise_grad
+
+        s = ball(self.norm, x.detach(), eps)
+        step = eps * 2.5 / max(self.steps, 1) if self.step_size is None else self.step_size
+        with eval_mode(model):
+            with torch.no_grad():
+                clean = model(x).detach()
+            xa = s.project(x.detach() + 0.001 * torch.randn_like(x))
+            for _ in range(self.steps):
+                xa.requires_grad_(True)
+                with torch.enable_grad():
+                    grad, = torch.autograd.grad(self.kl(clean, model(xa)).sum(), xa)
+                xa = s.project(xa.detach() + step * _normalise_grad(grad, s.p))
+        return xa.detach()
+
+    def __call__(self, model, x, y, step):
+        eps = self.eps(step)
+        logits = model(x)
+        natural = F.cross_entropy(logits, y)
+        metrics = {"acc": (logits.argmax(1) == y).float().mean(), "eps": eps}
+        if eps <= 0 or self.beta == 0:
+            metrics["loss"] = natural.detach()
+            return natural, metrics
+        adv_logits = model(self.attack(model, x, eps))
+        robust = self.kl(logits, adv_logits).mean()
+        loss = natural + self.beta * robust
+        metrics.update({"kl": robust.detach(), "adv_acc": (adv_logits.argmax(1) == y).float().mean(),
+                        "loss": loss.detach()})
+        return loss, metrics
 
 
 class IBPTraining(Objective):
@@ -240,7 +294,8 @@ def build_objective(cfg: Any, steps_per_epoch: int, num_classes: int, model: nn.
         "stability": lambda: StabilityTraining(sm.as_noise(), sm.stability_gamma),
         # SmoothAdv: the L2 attack radius warms up like ε
         "smoothadv": lambda: SmoothAdvTraining(eps, sm.as_noise(), sm.m, sm.steps, sm.no_grad),
-        "pgd": lambda: PGDTraining(eps, cfg.norm, cfg.pgd_steps),
+        "pgd": lambda: PGDTraining(eps, cfg.norm, cfg.pgd_steps, cfg.pgd_step_size),
+        "trades": lambda: TradesTraining(eps, cfg.trades_beta, cfg.norm, cfg.pgd_steps, cfg.pgd_step_size),
         "ibp": lambda: IBPTraining(eps, kappa, num_classes, cfg.norm, cfg.certified.ibp_init,
                                    cfg.certified.warmup_reg, cfg.certified.warmup_tol),
     }
