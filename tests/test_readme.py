@@ -27,7 +27,9 @@ def test_the_readme_python_quickstarts_run_in_order():
 def _cli_examples(text: str) -> list[str]:
     """The `certkit ...` command lines of a Markdown text's code blocks (continuation lines joined)."""
     lines = []
-    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
+    for lang, block in re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S):  # fences in pairs, any language
+        if lang not in ("bash", "sh", ""):
+            continue
         for cmd in block.replace("\\\n", " ").splitlines():
             cmd = re.sub(r"^(\w+=\S+\s+)+", "", cmd.strip())  # CERTKIT_DATA=... certkit ...
             if cmd.startswith("certkit "):
@@ -55,3 +57,41 @@ def test_every_cli_example_in_the_readme_and_docs_parses():
             build_parser().parse_args(words)
         except SystemExit as e:
             pytest.fail(f"{name}: `{cmd}` does not parse (exit {e.code})")
+
+
+def test_the_readme_cli_examples_run_at_small_sizes(tmp_path, monkeypatch, capsys):
+    """The README's command lines, run in order with small sizes (1 epoch on 512 images, a few test inputs, short
+    timeouts) and the files they name replaced by the shared copies: every one exits 0."""
+    import os
+    import shlex
+
+    import pytest
+
+    from certkit.cli import main
+
+    data = os.environ.get("CERTKIT_DATA")
+    shared = Path(data).parent if data else None
+    if not (data and (Path(data) / "mnist").exists() and (shared / "vnncomp/2021/test").exists()):
+        pytest.skip("needs CERTKIT_DATA with mnist/ and the VNN-COMP files beside it (CI: ../shared)")
+    root = README.parent
+    mnist_fc = shared / "vnncomp/2022/mnist_fc"
+    files = {"net.onnx": str(mnist_fc / "onnx/mnist-net_256x2.onnx.gz"),
+             "prop.vnnlib": str(mnist_fc / "vnnlib/prop_1_0.03.vnnlib.gz"),
+             "vnncomp2021/benchmarks/test": str(shared / "vnncomp/2021/test"),
+             "mnist_0.1.onnx": str(shared / "models/colt/mnist_0.1.onnx"),
+             "configs/": str(root / "configs") + "/"}
+    small = {"train": ["--epochs", "1", "--set", "data.train_n=512", "--set", "eval.n=50", "--quiet"],
+             "certify": ["--count", "20", "--quiet"], "attack": ["--count", "20"], "radius": ["--count", "3"]}
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    commands = _cli_examples(README.read_text())
+    for cmd in sorted(commands, key=lambda c: not c.startswith("certkit train")):  # the net the others use first
+        for name, path in files.items():
+            cmd = cmd.replace(name, path)
+        words = shlex.split(cmd, comments=True)[1:]
+        words = [{"1000": "3", "100": "3", "120": "5"}.get(w, w) if i and words[i - 1] in ("--count", "--timeout")
+                 else w for i, w in enumerate(words)]
+        argv = words + small.get(words[0], [])
+        assert main(argv) == 0, f"`{cmd}` failed: {capsys.readouterr().err[-500:]}"
+        ran.append(words[0])
+    assert {"train", "certify", "attack", "radius", "verify", "vnncomp"} <= set(ran)
