@@ -56,6 +56,20 @@ def test_train_then_certify_and_resume(trained, capsys):
     assert main(args) == 2 and "in use by another run" in capsys.readouterr().err
     busy.close()
     assert len(out.read_text().splitlines()) == 81
+    res = trained / "transfer.jsonl"
+    assert main(["attack", "--checkpoint", str(ckpt), "--data", "digits", "--eps", "0.05", "0.1", "--count", "20",
+                 "--method", "transfer", "--source", str(ckpt), "--pgd-steps", "5", "--out", str(res)]) == 0
+    rows = [json.loads(x) for x in res.read_text().splitlines()]
+    assert rows[0]["source"] == rows[0]["target"] == str(ckpt) and rows[0]["method"] == "transfer"
+    assert len(rows) == 41 and {r["eps"] for r in rows[1:]} == {0.05, 0.1}  # a row per radius and input
+    res = trained / "boundary.jsonl"
+    assert main(["attack", "--checkpoint", str(ckpt), "--data", "digits", "--eps", "0.5", "1", "2", "--norm", "2",
+                 "--count", "20", "--method", "boundary", "--boundary-steps", "100", "--out", str(res)]) == 0
+    rows = [json.loads(x) for x in res.read_text().splitlines()][1:]
+    robust = [sum(r["robust"] for r in rows if r["eps"] == e) for e in (0.5, 1, 2)]
+    assert robust[0] >= robust[1] >= robust[2] and all(r["robust"] or r["distance"] <= r["eps"] for r in rows)
+    with pytest.raises(SystemExit, match="needs --source"):
+        main(["attack", "--checkpoint", str(ckpt), "--data", "digits", "--eps", "0.1", "--method", "transfer"])
     assert main(["attack", "--checkpoint", str(ckpt), "--data", "digits", "--eps", "0.05", "--n", "20",
                  "--steps", "5"]) == 0
 

@@ -95,3 +95,16 @@ def test_the_readme_cli_examples_run_at_small_sizes(tmp_path, monkeypatch, capsy
         assert main(argv) == 0, f"`{cmd}` failed: {capsys.readouterr().err[-500:]}"
         ran.append(words[0])
     assert {"train", "certify", "attack", "radius", "verify", "vnncomp"} <= set(ran)
+
+
+def test_every_figure_and_link_in_the_docs_exists():
+    """The figures the docs show are committed, and every relative link of the README and docs resolves."""
+    files = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    figures = 0
+    for f in files:
+        for target in re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", f.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            figures += target.endswith(".png")
+            assert (f.parent / target).exists(), f"{f.name}: {target} does not exist"
+    assert figures >= 5

@@ -238,7 +238,10 @@ n = 20
     args = ["smooth", "certify", "--checkpoint", str(tmp_path / "run/model.safetensors"), "--data", "digits",
             "--sigma", "0.25", "--n0", "10", "--n", "200", "--alpha", "0.01", "--count", "6", "--step", "20",
             "--out", str(out), "--quiet"]
+    capsys.readouterr()
     assert main(args) == 0
+    # N = 200, α = 0.01 reach σ·Φ⁻¹(α^(1/N)) = 0.25·2.00: the default radii 0.75 and 1 are named before the run
+    assert "no radius above 0.500 can be certified" in capsys.readouterr().err
     tsv = out.with_suffix(".tsv").read_text().splitlines()
     assert tsv[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime" and len(tsv) == 7
     assert [int(line.split("\t")[0]) for line in tsv[1:]] == [0, 20, 40, 60, 80, 100]
@@ -321,7 +324,7 @@ def test_attacks_on_smoothed_classifiers_respect_their_sets_and_break_a_weak_mod
     assert moved.any() and (vote(model, xa[moved], 0.1, 200, generator=gen) != y[moved]).float().mean() > 0.5
 
 
-@pytest.mark.parametrize("attack", ["smoothadv-pgd", "smoothadv-ddn", "eot-pgd", "eot-cw"])
+@pytest.mark.parametrize("attack", ["smoothadv-pgd", "smoothadv-ddn", "eot-pgd", "eot-cw", "boundary", "transfer"])
 def test_smooth_attack_command(tmp_path, attack, capsys):
     from certkit.cli import main
     from certkit.io import save_model
@@ -331,9 +334,10 @@ def test_smooth_attack_command(tmp_path, attack, capsys):
     model = build("small-conv", (1, 8, 8), 10, [0.5], [0.25])
     meta = {"name": "small-conv", "in_shape": [1, 8, 8], "num_classes": 10, "mean": [0.5], "std": [0.25], "kwargs": {}}
     save_model(tmp_path / "m.safetensors", model, meta)
+    extra = {"boundary": ["--boundary-steps", "20"], "transfer": ["--source", str(tmp_path / "m.safetensors")]}
     assert main(["smooth", "attack", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", "digits",
                  "--count", "8", "--attack", attack, "--eps", "0.5", "--m", "2", "--steps", "3", "--n", "20",
-                 "--sigma", "0.25"]) == 0
+                 "--sigma", "0.25", *extra.get(attack, [])]) == 0
     assert "smoothed accuracy under attack" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="needs --sigma: .* records no training noise"):
         main(["smooth", "attack", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", "digits", "--count", "2",

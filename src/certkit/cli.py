@@ -289,13 +289,26 @@ def cmd_smooth(args) -> int:
     smooth = Smooth(base, data.num_classes, Noise(args.noise, args.sigma), batch)
     indices = list(range(args.start, args.start + len(data) * args.step, args.step))
     if args.action == "attack":
-        from certkit.attacks import smoothed as sa
+        import argparse as _argparse
 
+        from certkit.attacks import pgd
+        from certkit.attacks import smoothed as sa
+        from certkit.attacks.boundary import boundary_attack
+
+        if (args.attack == "transfer") != bool(args.source):
+            raise SystemExit("error: --attack transfer takes --source (the model the attack is crafted on), and "
+                             "--source goes with --attack transfer")
+        source = _load_any(_argparse.Namespace(**{**vars(args), "checkpoint": args.source}))[0] if args.source \
+            else None
         gen = torch.Generator().manual_seed(args.seed)
         x, y = data.x.to(args.device), data.y.to(args.device)
         broken = 0
         for i in range(0, len(y), 50):
             xb, yb = x[i:i + 50], y[i:i + 50]
+
+            def within(xa, xb=xb):  # points beyond the radius (in --norm) do not count: the input stays
+                dist = (xa - xb).flatten(1).norm(p=float("inf") if args.norm == "inf" else 2.0, dim=1)
+                return torch.where((dist <= args.eps).view(-1, *[1] * (xb.dim() - 1)), xa, xb)
             attack = {
                 "smoothadv-pgd": lambda: sa.smoothadv_pgd(model, xb, yb, args.eps, args.sigma, args.m, args.steps,
                                                           generator=gen, noise=args.noise),
@@ -305,6 +318,11 @@ def cmd_smooth(args) -> int:
                                               noise=args.noise, generator=gen),
                 "eot-cw": lambda: sa.eot_cw(model, xb, yb, args.sigma, samples=args.m, steps=args.steps,
                                             noise=args.noise, generator=gen),
+                # decision-based: the smoothed classifier's majority vote over --m draws is all it sees
+                "boundary": lambda: within(boundary_attack(lambda z: sa.vote(model, z, args.sigma, args.m, args.noise,
+                                                                             gen), xb, yb,
+                                                           steps=args.boundary_steps, generator=gen).x_adv),
+                "transfer": lambda: pgd(source, xb, yb, args.eps, args.norm, args.steps).x_adv,
             }[args.attack]
             xa = attack()
             broken += int((sa.vote(model, xa, args.sigma, args.n, args.noise, gen) != yb).sum())
@@ -321,6 +339,15 @@ def cmd_smooth(args) -> int:
     header = {"checkpoint": str(args.checkpoint), "data": data.name, "noise": args.noise, "sigma": args.sigma,
               "certificate": args.certificate, "n0": args.n0, "n": args.n, "alpha": args.alpha, "seed": args.seed,
               "certkit_version": __version__}
+    if args.certificate in ("cohen", "cohen2"):  # what N draws can reach at most, said before the hours it takes
+        from certkit.smoothing.smooth import max_certifiable_radius
+
+        reach = max_certifiable_radius(smooth.noise, args.n, args.alpha)
+        beyond = [r for r in args.radii if r > reach]
+        if beyond:
+            print(f"warning: with N = {args.n} draws (α = {args.alpha}) no radius above {reach:.3f} can be certified "
+                  f"({args.noise} σ = {args.sigma}): the rows for {', '.join(f'{r:g}' for r in beyond)} will be 0; "
+                  "raise --n to reach them", file=sys.stderr)
     with _executor(args) as executor:
         rows = certify_dataset(smooth, data.x.to(args.device), data.y, indices, args.n0, args.n, args.alpha,
                                args.certificate, out, header, batch_size=args.shard, seed=args.seed,
@@ -511,24 +538,59 @@ def cmd_bayes(args) -> int:
 
 
 def cmd_attack(args) -> int:
+    """PGD (white-box), the Boundary Attack (decision-based) or a transfer attack (PGD on --source, evaluated on
+    --checkpoint): robust accuracy per radius, and with --out one row per (radius, input)."""
+    import argparse as _argparse
+
+    import torch
+    from tqdm import tqdm
+
     from certkit.attacks import pgd
+    from certkit.attacks.boundary import boundary_attack
     from certkit.report import format_table
 
     model, meta = _load_any(args)
     data = _load_eval_data(args, meta)
+    if args.method == "transfer" and not args.source:
+        raise SystemExit("error: --method transfer needs --source (the model the attack is crafted on)")
+    source = _load_any(_argparse.Namespace(**{**vars(args), "checkpoint": args.source}))[0] if args.source else None
+    if source is not None and args.method != "transfer":
+        raise SystemExit("error: --source is for --method transfer")
     args.batch_size = args.batch_size or 256
-    from tqdm import tqdm
-
+    eps_list = _eps_list(args.eps)
+    p = float("inf") if args.norm == "inf" else 2.0
     rows = []
-    for eps in _eps_list(args.eps):
-        broken = 0
-        for i in tqdm(range(0, len(data), args.batch_size), desc=f"PGD at {eps}", unit="batch", leave=False,
-                      disable=args.quiet):
-            x, y = data.x[i:i + args.batch_size].to(args.device), data.y[i:i + args.batch_size].to(args.device)
-            res = pgd(model, x, y, eps, args.norm, args.pgd_steps, restarts=args.restarts)
-            broken += res.success.sum().item()
-        rows.append({"eps": eps, "n": len(data), "pgd_robust_acc": 1 - broken / len(data)})
-    print(format_table(rows))
+    for i in tqdm(range(0, len(data), args.batch_size), desc=args.method, unit="batch", leave=False,
+                  disable=args.quiet):
+        x, y = data.x[i:i + args.batch_size].to(args.device), data.y[i:i + args.batch_size].to(args.device)
+        idx = list(range(args.start + i * args.step, args.start + (i + len(y)) * args.step, args.step))
+        if args.method == "boundary":  # one run per input: its distance decides every radius
+            def classify(z):
+                return model(z).argmax(1)
+
+            r = boundary_attack(classify, x, y, steps=args.boundary_steps)
+            dist = (r.x_adv - x).flatten(1).norm(p=p, dim=1)
+            for eps in eps_list:
+                broken = r.success & (dist <= eps + 1e-12)
+                rows += [{"key": f"{eps}:{k}", "idx": k, "eps": eps, "label": int(y[j]), "robust": not bool(broken[j]),
+                          "distance": float(dist[j]) if r.success[j] else None} for j, k in enumerate(idx)]
+            continue
+        for eps in eps_list:
+            crafted_on = source if source is not None else model
+            res = pgd(crafted_on, x, y, eps, args.norm, args.pgd_steps, restarts=args.restarts)
+            with torch.no_grad():
+                broken = model(res.x_adv).argmax(1) != y
+            rows += [{"key": f"{eps}:{k}", "idx": k, "eps": eps, "label": int(y[j]), "robust": not bool(broken[j])}
+                     for j, k in enumerate(idx)]
+    table = [{"eps": eps, "n": len(data), f"{args.method}_robust_acc":
+              sum(r["robust"] for r in rows if r["eps"] == eps) / len(data)} for eps in eps_list]
+    print(format_table(table))
+    if args.out:
+        header = {"_header": True, "target": str(args.checkpoint), "source": args.source, "method": args.method,
+                  "norm": args.norm, "pgd_steps": args.pgd_steps, "data": data.name, "certkit_version": __version__}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]))
+        print(f"results: {args.out}")
     return 0
 
 
@@ -657,7 +719,12 @@ def build_parser() -> argparse.ArgumentParser:
             _add_scale(a)
         if action == "attack":
             a.add_argument("--attack", default="smoothadv-pgd",
-                           choices=["smoothadv-pgd", "smoothadv-ddn", "eot-pgd", "eot-cw"], help="the attack")
+                           choices=["smoothadv-pgd", "smoothadv-ddn", "eot-pgd", "eot-cw", "boundary", "transfer"],
+                           help="the attack (boundary: decision-based on the vote of --m draws; transfer: PGD on "
+                                "--source, a plain model)")
+            a.add_argument("--source", default=None, help="transfer: the model the attack is crafted on")
+            a.add_argument("--norm", default="2", choices=["inf", "2"], help="boundary, transfer: norm of the radius")
+            a.add_argument("--boundary-steps", type=int, default=1000, help="boundary: steps along the boundary")
             a.add_argument("--eps", type=float, default=0.5, help="attack radius (L2 for smoothadv-*, L∞ for eot-pgd)")
             a.add_argument("--m", type=int, default=8, help="noise draws per attack step")
             a.add_argument("--steps", type=int, default=20, help="attack steps")
@@ -761,9 +828,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="confirm every certificate again on a float64 copy of the model")
             c.set_defaults(func=cmd_certify)
         else:
+            c.add_argument("--method", default="pgd", choices=["pgd", "boundary", "transfer"],
+                           help="pgd (white-box), boundary (decision-based: the Boundary Attack, L2 steps; its "
+                                "point's distance in --norm decides each radius) or transfer (PGD on --source)")
+            c.add_argument("--source", default=None, help="transfer: the model the attack is crafted on")
             c.add_argument("--pgd-steps", "--steps", dest="pgd_steps", type=int, default=40,
                            help="PGD steps (--steps is the old spelling)")
             c.add_argument("--restarts", type=int, default=1, help="PGD restarts")
+            c.add_argument("--boundary-steps", type=int, default=1000, help="boundary: steps along the boundary")
+            c.add_argument("--out", default=None,
+                           help="JSON lines: a header (target, source, method, norm), then a row per radius and input")
             c.set_defaults(func=cmd_attack)
     return p
 
