@@ -67,11 +67,15 @@ def test_a_failing_input_is_narrowed_down_to_one_error_row():
 
 
 ray = pytest.importorskip("ray")
+# a loaded 2-core CI machine can starve Ray's health checks; a node declared dead takes this process with it
+PATIENT_RAY = {"RAY_health_check_failure_threshold": "60", "RAY_health_check_timeout_ms": "30000",
+               "RAY_gcs_rpc_server_reconnect_timeout_s": "120"}
 
 
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.update(PATIENT_RAY)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers get this module's functions
     yield
@@ -197,7 +201,7 @@ def test_the_cli_on_ray_resumes_after_kill_9_of_the_driver(tmp_path):
     out = tmp_path / "rows.jsonl"
     cmd = [sys.executable, "-m", "certkit.cli", "certify", "--checkpoint", str(ckpt), "--data", "digits", "--n",
            "120", "--eps", "0.01", "0.02", "--method", "crown", "--batch-size", "4", "--out", str(out), "--quiet"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **PATIENT_RAY}
 
     def interrupt(sig: int, rows: int) -> subprocess.Popen:
         driver = subprocess.Popen([*cmd, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
