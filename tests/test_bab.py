@@ -6,7 +6,7 @@ from torch import nn
 
 from certkit import graph as g
 from certkit.specs import Box, L2Ball, LinfBall, SpecError
-from certkit.verify.bab import _Problem, bab
+from certkit.verify.bab import ReluBab, _Problem, bab
 from certkit.verify.milp import milp_bounds
 
 
@@ -25,8 +25,8 @@ def convnet(seed: int) -> nn.Module:
 CASES = [(mlp, s, (1, 5)) for s in range(8)] + [(convnet, s, (1, 1, 6, 6)) for s in range(3)]
 
 
-@pytest.mark.parametrize("make,seed,shape", CASES)
-def test_bab_agrees_with_the_exact_milp(make, seed, shape):
+@pytest.mark.parametrize("make,seed,shape,fsb", [(*c, 1) for c in CASES] + [(*c, 4) for c in CASES[::3]])
+def test_bab_agrees_with_the_exact_milp(make, seed, shape, fsb):
     net = make(seed)
     x = torch.rand(*shape, dtype=torch.float64)
     s = Box(x - 0.3, x + 0.3)
@@ -37,7 +37,7 @@ def test_bab_agrees_with_the_exact_milp(make, seed, shape):
         spread = float(net(s.sample(1000)[:, 0]).max()) - exact.bound  # how far the output moves over the box
     gap = 0.1 * spread
     for shift, want in ((exact.bound - gap, "verified"), (exact.bound + gap, "falsified")):
-        r = bab(net, s, C, torch.tensor([-shift], dtype=torch.float64), time_limit=300, batch=8)
+        r = bab(net, s, C, torch.tensor([-shift], dtype=torch.float64), time_limit=300, batch=8, fsb=fsb)
         assert r.verdict == want
         minimum = exact.bound - shift
         if want == "verified":
@@ -139,3 +139,59 @@ def test_a_network_without_unstable_relus_is_decided_at_the_root():
     assert r.verdict == "verified" and r.domains == 1
     r = bab(net, s, C, torch.tensor([-(f + 0.01)], dtype=torch.float64))
     assert r.verdict == "falsified" and r.value <= 0
+
+
+def test_a_resumed_search_reaches_the_verdict_of_one_long_run():
+    """ReluBab.run in slices of one round each goes on from the open domains: the same verdict and bound as one
+    uninterrupted run, and the domains bounded add up."""
+    net = mlp(3)
+    x = torch.rand(1, 5, dtype=torch.float64)
+    s = Box(x - 0.3, x + 0.3)
+    C = torch.ones(1, 1, dtype=torch.float64)
+    exact = milp_bounds(net, s, C.unsqueeze(0), time_limit=60)[0][0].bound
+    d = torch.tensor([-(exact - 0.005 * abs(exact) - 1e-4)], dtype=torch.float64)
+    whole = bab(net, s, C, d, time_limit=300, batch=1)
+    search = ReluBab(net, s, C, d, batch=1)
+    slices = 0
+    while not search.finished:
+        r = search.run(0.0)  # one round per call
+        slices += 1
+    assert r.verdict == whole.verdict == "verified" and slices > 2
+    assert r.domains == whole.domains and r.bound == pytest.approx(whole.bound)
+    assert search.run(10.0) is r  # a finished search returns its result
+
+
+def test_round_robin_finds_a_later_clause_counterexample_that_a_hard_first_clause_would_hide(monkeypatch):
+    """The open clauses share the time: a first clause that never finishes cannot use up the budget before the
+    second one's counterexample is found."""
+    from certkit.specs import LinearSpec, Property
+    from certkit.verify import cascade
+
+    net = nn.Sequential(nn.Linear(2, 2)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(2))
+        net[0].bias.zero_()
+    runs = []
+
+    class Fake:
+        def __init__(self, model, one, C, d, pre=None):
+            self.row = int(C[0].argmax())
+            self.finished = False
+
+        def run(self, seconds):
+            runs.append((self.row, seconds))
+            if self.row == 1 and len([r for r in runs if r[0] == 1]) == 2:
+                x = torch.tensor([[0.5, -0.5]], dtype=torch.float64)  # row 1: y_1 + 0 <= 0
+                return type("R", (), {"verdict": "falsified", "x": x})()
+            return type("R", (), {"verdict": "unknown", "bound": -1.0})()
+
+    monkeypatch.setattr(cascade, "ReluBab", Fake)
+    one = Box(torch.full((1, 2), -1.0, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64))
+    prop = Property(LinearSpec(torch.eye(2, dtype=torch.float64)[None], torch.zeros(1, 2, dtype=torch.float64)),
+                    torch.tensor([0, 1]))
+    v = cascade.Verdict("unknown", "", {})
+    cascade._round_robin(net, one, prop, [0, 1], torch.full((2,), -1.0), v, {}, 30.0, lambda: net, one,
+                         first_slice=0.01)
+    assert v.verdict == "falsified" and v.stage == "bab"
+    assert [r[0] for r in runs] == [0, 1, 0, 1]
+    assert runs[2][1] == pytest.approx(0.02)  # slices double each round

@@ -23,7 +23,7 @@ from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
 from certkit.nn import float64_copy
 from certkit.specs import InputSet, LinearSpec, Property
-from certkit.verify.bab import SUPPORTED_OPS, bab
+from certkit.verify.bab import SUPPORTED_OPS, ReluBab
 from certkit.verify.input_bab import input_bab, splits_inputs
 from certkit.verify.milp import MilpEncoding, _select
 
@@ -186,6 +186,11 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
     pre = refined[b]
     enc = None
     open_q.sort(key=lambda q: float(lower[b, prop.rows_of(q)].max()))
+    if stage == "bab" and not splits_inputs(one):
+        _round_robin(model, one, mine, open_q, lower[b], verdict, pre, left - (time.perf_counter() - t0), model64,
+                     input_set.subset([b]))
+        verdict.seconds[stage] = time.perf_counter() - t0
+        return
     for q in open_q:
         rq = prop.rows_of(q)
         if (lower[b, rq] > 0).any():
@@ -195,10 +200,8 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
             break
         clause = mine.clause(q)
         C, d = clause.C[0], clause.d[0]
-        if stage == "bab" and splits_inputs(one):  # few inputs: split the input box
+        if stage == "bab":  # few inputs: split the input box
             r = input_bab(model, one, C, d, time_limit=budget)
-        elif stage == "bab":
-            r = bab(model, one, C, d, time_limit=budget, pre=pre)
         else:
             enc = enc or MilpEncoding(model, one, pre, max_binaries)
             budget = left - (time.perf_counter() - t0)  # the encoding's time counts against the budget
@@ -218,6 +221,45 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
     else:
         verdict.verdict, verdict.stage = "verified", stage
     verdict.seconds[stage] = time.perf_counter() - t0
+
+
+def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower: torch.Tensor, verdict: Verdict,
+                 pre: dict, budget: float, model64: Callable[[], nn.Module], exact: InputSet,
+                 first_slice: float = 1.0) -> None:
+    """ReLU branch and bound of the open clauses ``open_q`` (weakest first) of one input, sharing ``budget``
+    seconds round robin with slices that double each round (1 s, 2 s, 4 s, ... each), every clause's search
+    resumed where it stopped: a counterexample in any clause ends the search (one clause's tree cannot hide
+    another's easy counterexample), and the clauses proved early leave their time to the hard ones. Sets
+    ``verdict`` (verified when every clause is, falsified at a checked counterexample); a clause whose search
+    ends for good without a verdict (domain budget, a fully split domain) leaves the input to the MILP."""
+    t0 = time.perf_counter()
+    searches = {}
+    todo = list(open_q)
+    size = first_slice
+    while todo:
+        for q in list(todo):
+            left = budget - (time.perf_counter() - t0)
+            if left <= 0:
+                return
+            if q not in searches:
+                clause = prop.clause(q)
+                searches[q] = ReluBab(model, one, clause.C[0], clause.d[0], pre=pre)
+            r = searches[q].run(min(size, left))
+            if r.verdict == "falsified":
+                x = _counterexample(model64(), exact, prop.clause(q), r.x)
+                if x is not None:
+                    verdict.verdict, verdict.stage, verdict.counterexample = "falsified", "bab", x
+                return
+            if r.verdict == "verified":
+                todo.remove(q)
+                rq = prop.rows_of(q)
+                if len(rq) == 1:
+                    lower[rq] = torch.clamp(lower[rq], min=r.bound)
+                del searches[q]
+            elif searches[q].finished:
+                return  # given up for good: the MILP decides
+        size *= 2
+    verdict.verdict, verdict.stage = "verified", "bab"
 
 
 def _counterexample(model64: nn.Module, one: InputSet, prop: Property, x: torch.Tensor) -> torch.Tensor | None:
