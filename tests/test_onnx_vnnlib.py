@@ -140,6 +140,70 @@ def test_vnnlib_dnf_multiple_boxes_and_errors(tmp_path):
         read_vnnlib(tmp_path / "r.vnnlib")
 
 
+def _to_v2(text: str, x_shape: list[int], y_shape: list[int]) -> str:
+    """A VNN-LIB 1.0 property rewritten in 2.0 syntax (X_i -> X[...], Y_j -> Y[...], numbers as reals)."""
+    import re
+
+    def idx(name, shape):
+        i = int(name.split("_")[1])
+        return ",".join(str(k) for k in np.unravel_index(i, shape))
+
+    body = re.sub(r"\(declare-const [XY]_\d+ Real\)", "", re.sub(r";[^\n]*", "", text))
+    body = re.sub(r"(?<![\w.])(-?\d+)(?![\w.])", r"\1.0", body)  # integer literals are not reals in 2.0
+    body = re.sub(r"\bX_(\d+)\b", lambda m: f"X[{idx(m.group(0), x_shape)}]", body)
+    body = re.sub(r"\bY_(\d+)\b", lambda m: f"Y[{idx(m.group(0), y_shape)}]", body)
+    return (f"(vnnlib-version <2.0>)\n(declare-network N (declare-input X real [{','.join(map(str, x_shape))}]) "
+            f"(declare-output Y real [{','.join(map(str, y_shape))}]))\n{body}")
+
+
+def test_vnnlib_2_reads_as_its_1_0_twin(shared, tmp_path):
+    pytest.importorskip("vnnlib")
+    for name in ["prop_0_0.03", "prop_7_0.05"]:
+        text = gzip.decompress((shared / f"vnncomp/2022/mnist_fc/vnnlib/{name}.vnnlib.gz").read_bytes()).decode()
+        (tmp_path / f"{name}.vnnlib").write_text(_to_v2(text, [1, 1, 28, 28], [1, 10]))
+        (p1,), (p2,) = read_vnnlib(shared / f"vnncomp/2022/mnist_fc/vnnlib/{name}.vnnlib.gz"), \
+            read_vnnlib(tmp_path / f"{name}.vnnlib")
+        for a in ["lower", "upper", "C", "d", "clauses"]:
+            np.testing.assert_array_equal(getattr(p1, a), getattr(p2, a))
+    net = load_onnx(shared / "vnncomp/2022/mnist_fc/onnx/mnist-net_256x2.onnx.gz")
+    assert verify_vnnlib(net, read_vnnlib(tmp_path / "prop_0_0.03.vnnlib"), net.input_shape, timeout=30)[0] == "unsat"
+
+
+def test_vnnlib_2_tensors_equalities_disjunctions_and_errors(tmp_path):
+    pytest.importorskip("vnnlib")
+    head = ("(vnnlib-version <2.0>)\n(declare-network N (declare-input X float32 [1,2,2]) "
+            "(declare-output Y float32 [1,3]))\n")
+    text = head + """
+    (assert (and (<= -1.0 X[0,0,0]) (<= X[0,0,0] 1.0) (== X[0,0,1] 0.25)))
+    (assert (or (and (>= X[0,1,0] 0.0) (<= X[0,1,0] 1.0)) (and (>= X[0,1,0] 2.0) (<= X[0,1,0] 3.0))))
+    (assert (and (>= X[0,1,1] -0.5) (<= (* 2.0 X[0,1,1]) 1.0)))
+    (assert (or (and (<= (- Y[0,0] (* 2.0 Y[0,1])) 1.5) (> Y[0,2] 3.0)) (< Y[0,1] Y[0,2])))
+    """
+    (tmp_path / "p.vnnlib").write_text(text)
+    props = read_vnnlib(tmp_path / "p.vnnlib")
+    assert len(props) == 2
+    np.testing.assert_array_equal(props[0].lower, [-1, 0.25, 0, -0.5])  # X[0,i,j] at flat index 2i + j
+    np.testing.assert_array_equal(props[0].upper, [1, 0.25, 1, 0.5])
+    np.testing.assert_array_equal(props[1].lower, [-1, 0.25, 2, -0.5])
+    p = props[0]
+    assert list(p.clauses) == [0, 0, 1]  # atom lhs <= rhs becomes the safe row lhs − rhs > 0
+    np.testing.assert_allclose(p.C, [[1, -2, 0], [0, 0, -1], [0, 1, -1]])
+    np.testing.assert_allclose(p.d, [-1.5, 3, 0])
+    bad = {"not linear": "(assert (<= (* X[0,0,0] X[0,0,1]) 1.0))",
+           "not supported": "(assert (!= Y[0,0] 1.0))",
+           "out of bounds": "(assert (<= X[0,5,0] 1.0))",
+           "lower and an upper": "(assert (<= Y[0,0] 1.0))"}
+    for msg, line in bad.items():
+        (tmp_path / "b.vnnlib").write_text(head + line)
+        with pytest.raises(VnnlibError, match=msg):
+            read_vnnlib(tmp_path / "b.vnnlib")
+    (tmp_path / "two.vnnlib").write_text("(vnnlib-version <2.0>)\n(declare-network A (declare-input X real [1]) "
+                                         "(declare-output Y real [1]))(declare-network B (declare-input U real [1]) "
+                                         "(declare-output V real [1]))(assert (<= X[0] 1.0))")
+    with pytest.raises(VnnlibError, match="2 networks"):
+        read_vnnlib(tmp_path / "two.vnnlib")
+
+
 @pytest.mark.parametrize("prop, truth", [("prop_0_0.03", "unsat"), ("prop_1_0.03", "sat")])
 def test_mnist_fc_instances_agree_with_ground_truth(shared, prop, truth):
     root = shared / "vnncomp/2022/mnist_fc"

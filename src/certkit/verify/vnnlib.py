@@ -99,12 +99,19 @@ def _dnf(expr) -> list[list]:
 
 
 def read_vnnlib(path: str | Path) -> list[VnnProperty]:
-    """Parse a ``.vnnlib`` (or ``.vnnlib.gz``) file into one :class:`VnnProperty` per distinct input box."""
+    """Parse a ``.vnnlib`` (or ``.vnnlib.gz``) file into one :class:`VnnProperty` per distinct input box.
+
+    VNN-LIB 1.0 (``declare-const X_i``/``Y_j``) is read here; VNN-LIB 2.0 (a file opening with
+    ``(vnnlib-version <2.0>)``, tensors declared in ``declare-network``) through the ``vnnlib`` package, the parser
+    the competition's scorer pins. Strict comparisons are read as non-strict: the unsafe set is closed, so an
+    "unsat" covers it too."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no VNN-LIB file at {path}")
     data = path.read_bytes()
     text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode()
+    if re.match(r"\s*(;[^\n]*\s*)*\(\s*vnnlib-version", text):
+        return _read_v2(text, path)
     forms = _tokens(text)
     n_x = n_y = 0
     asserts = []
@@ -125,18 +132,73 @@ def read_vnnlib(path: str | Path) -> list[VnnProperty]:
             raise VnnlibError(f"unsupported command {f[0]!r}")
     if n_x == 0 or n_y == 0:
         raise VnnlibError(f"{path}: no X_i or no Y_j declared")
-    terms = [[]]
+
+    def atom(form):  # (rel, lhs, rhs) as the violation atom sx·X + sy·Y + sc <= 0
+        rel, lhs, rhs = form[:3]
+        ax, ay, ac = _linear(lhs, n_x, n_y)
+        bx, by, bc = _linear(rhs, n_x, n_y)
+        return (ax - bx, ay - by, ac - bc) if rel in ("<=", "<") else (bx - ax, by - ay, bc - ac)
+
+    return _properties([[[atom(f) for f in conj] for conj in _dnf(a)] for a in asserts], n_x, n_y, path)
+
+
+def _read_v2(text: str, path: Path) -> list[VnnProperty]:
+    """VNN-LIB 2.0 through the ``vnnlib`` package: one network with one input and one output tensor (indices
+    flattened in row-major order, as the ONNX tensor's), linear comparisons of them."""
+    from certkit.errors import require
+
+    vnnlib = require("vnnlib", "vnnlib", "reading VNN-LIB 2.0 files")
+    try:
+        query = vnnlib.parse_query_string(text)
+    except vnnlib.VNNLibException as e:
+        raise VnnlibError(f"{path}: {e}") from e
+    if len(query.networks) != 1:
+        raise VnnlibError(f"{path}: declares {len(query.networks)} networks; certkit verifies one at a time")
+    net = query.networks[0]
+    if len(net.inputs) != 1 or len(net.outputs) != 1 or len(net.hidden):
+        raise VnnlibError(f"{path}: network {net.name} declares {len(net.inputs)} inputs, {len(net.outputs)} "
+                          f"outputs and {len(net.hidden)} hidden tensors; certkit reads one input and one output")
+    x_decl, y_decl = net.inputs[0], net.outputs[0]
+    shapes = {x_decl.name: tuple(x_decl.shape), y_decl.name: tuple(y_decl.shape)}
+    n_x, n_y = int(np.prod(shapes[x_decl.name])), int(np.prod(shapes[y_decl.name]))
+
+    def linear(expr) -> tuple[np.ndarray, np.ndarray, float]:
+        try:
+            lin = expr.to_linear_expr()
+        except vnnlib.VNNLibException as e:
+            raise VnnlibError(f"{path}: {expr} is not linear ({e})") from e
+        cx, cy = np.zeros(n_x), np.zeros(n_y)
+        for t in lin.terms:
+            var = t.var
+            flat = int(np.ravel_multi_index(tuple(var.indices), shapes[var.name])) if shapes[var.name] else 0
+            (cx if var.name == x_decl.name else cy)[flat] += t.coeff
+        return cx, cy, float(lin.constant)
+
+    def atoms(c) -> list[tuple]:
+        kind = type(c).__name__
+        if kind == "NotEqual":
+            raise VnnlibError(f"{path}: {c}: '!=' is not supported")
+        ax, ay, ac = linear(c.lhs)
+        bx, by, bc = linear(c.rhs)
+        le, ge = (ax - bx, ay - by, ac - bc), (bx - ax, by - ay, bc - ac)
+        return {"LessEqual": [le], "LessThan": [le], "GreaterEqual": [ge], "GreaterThan": [ge],
+                "Equal": [le, ge]}[kind]
+
+    asserts = [[sum((atoms(c) for c in conj), []) for conj in a.expr.to_dnf()] for a in query.assertions]
+    return _properties(asserts, n_x, n_y, path)
+
+
+def _properties(asserts: list[list[list[tuple]]], n_x: int, n_y: int, path: Path) -> list[VnnProperty]:
+    """The conjunction of the assertions (each in DNF: a list of conjunctions of violation atoms
+    ``sx·X + sy·Y + sc <= 0``) as one property per distinct input box."""
+    terms: list[list[tuple]] = [[]]
     for a in asserts:  # the conjunction of all assertions, in DNF
-        terms = [t + c for t in terms for c in _dnf(a)]
+        terms = [t + c for t in terms for c in a]
     groups: dict[tuple, list] = {}
     for term in terms:
         lo, up = np.full(n_x, -np.inf), np.full(n_x, np.inf)
         rows = []
-        for rel, a, b in (atom[:3] for atom in term):
-            ax, ay, ac = _linear(a, n_x, n_y)
-            bx, by, bc = _linear(b, n_x, n_y)
-            # violation atom: lhs ≤ 0 with lhs = a − b for <=, b − a for >=
-            sx, sy, sc = (ax - bx, ay - by, ac - bc) if rel in ("<=", "<") else (bx - ax, by - ay, bc - ac)
+        for sx, sy, sc in term:
             if sy.any():
                 if sx.any():
                     raise VnnlibError("atoms mixing inputs and outputs are not supported")
@@ -144,7 +206,7 @@ def read_vnnlib(path: str | Path) -> list[VnnProperty]:
             else:
                 nz = np.nonzero(sx)[0]
                 if len(nz) != 1:
-                    raise VnnlibError("input constraints must bound one X_i at a time")
+                    raise VnnlibError("input constraints must bound one input at a time")
                 i, k = nz[0], sx[nz[0]]
                 if k > 0:
                     up[i] = min(up[i], -sc / k)
