@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from certkit.errors import CertkitError
-from certkit.specs import Box, SpecError
+from certkit.specs import Box, LinearSpec, SpecError
 from certkit.verify.input_bab import input_bab, splits_inputs
 from certkit.verify.milp import MilpEncoding
 from certkit.verify.vnncomp import _read_rows, read_instances, run_benchmark, score
@@ -209,3 +209,59 @@ def test_the_competition_scripts_decide_an_instance(shared, tmp_path):
     subprocess.run(["bash", str(repo / "vnncomp/run_instance.sh"), "v1", "test", str(tmp_path / "missing.onnx"),
                     str(spec), str(out), "30"], env=env, capture_output=True)
     assert out.read_text().strip() == "error"
+
+
+def _boxes_file(path, centres, half, threshold):
+    """A VNN-LIB file whose unsafe set is the disjunction, over the boxes, of 'Y_0 >= threshold' (X_2 = 0)."""
+    rows = "\n".join(f"  (and (>= X_0 {a - half}) (<= X_0 {a + half}) (>= X_1 {b - half}) (<= X_1 {b + half})"
+                     f" (>= X_2 0) (<= X_2 0) (>= Y_0 {threshold}))" for a, b in centres)
+    decls = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "X_2", "Y_0", "Y_1"))
+    path.write_text(f"{decls}(assert (or\n{rows}\n))\n")
+    return path
+
+
+def test_the_boxes_of_a_file_are_one_batch_and_agree_with_each_box_alone(tmp_path):
+    """A file's boxes (same rows, same clauses) are verified as one batch: its answer is 'sat' iff one box alone
+    is (the counterexample lies in a sat box and violates there), 'unsat' iff every box alone is."""
+    from certkit.verify.vnnlib import read_vnnlib, verify_vnnlib
+
+    m = small_net(4)
+    centres = [(a / 4, b / 4) for a in range(-4, 5, 2) for b in range(-4, 5, 2)]  # 25 boxes
+    with torch.no_grad():
+        peak = max(float(m(torch.tensor([[a, b, 0.0]], dtype=torch.float64))[0, 0]) for a, b in centres)
+    for threshold in (peak + 5.0, peak - 1e-3):  # every box safe; some box unsafe (its centre)
+        props = read_vnnlib(_boxes_file(tmp_path / "f.vnnlib", centres, 0.05, threshold))
+        assert len(props) == 25
+        alone = [verify_vnnlib(m, [p], (1, 3), timeout=30)[0] for p in props]
+        answer, x = verify_vnnlib(m, props, (1, 3), timeout=30)
+        assert answer == ("sat" if "sat" in alone else "unsat" if set(alone) == {"unsat"} else "unknown")
+        if threshold < peak:
+            assert answer == "sat"
+            pt = x.view(-1).numpy()
+            assert any((pt >= p.lower).all() and (pt <= p.upper).all() for p in props)
+            assert float(m(x).detach()[0, 0]) >= threshold
+        else:
+            assert answer == "unsat"
+
+
+def test_every_stage_keeps_the_deadline():
+    """The batched stages stop at the timeout (the attack at half of it) and ``deadline`` ends the complete
+    stages for all inputs together: a 10⁷-step attack and a hard branch and bound on four inputs end in time."""
+    from certkit.specs import Property
+    from certkit.verify import verify_property
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
+                      nn.Linear(200, 2)).eval()
+    x = torch.rand(4, 20)
+    C = torch.tensor([[[1.0, -1.0]]]).expand(4, 1, 2)
+    with torch.no_grad():  # holds at x, barely: not decided by bounds
+        d = -(m(x) @ torch.tensor([1.0, -1.0])).unsqueeze(1) + 0.5
+    prop = Property(LinearSpec(C, d), torch.tensor([0]))
+    t = time.perf_counter()
+    v = verify_property(m, Box(x - 0.3, x + 0.3), prop, timeout=1.0, pgd_steps=10**7, stages=("attack",))
+    assert time.perf_counter() - t < 3.0 and all(r.seconds["attack"] <= 1.0 for r in v)
+    t = time.perf_counter()
+    v = verify_property(m, Box(x - 0.3, x + 0.3), prop, timeout=60.0, deadline=time.perf_counter() + 2.0)
+    assert time.perf_counter() - t < 4.5, [r.seconds for r in v]
+    assert all(r.verdict != "verified" or r.lower.max() > 0 for r in v)

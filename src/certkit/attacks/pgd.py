@@ -8,6 +8,7 @@ for an input is kept. Any adversarial point returned is checked by a plain forwa
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -101,10 +102,11 @@ def pgd_minimize(
     step_size: float | None = None,
     generator: torch.Generator | None = None,
     start: torch.Tensor | None = None,
+    deadline: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise a per-input ``objective(x) -> (B,)`` over a box-shaped set by signed-gradient PGD with random
-    starts (the first from ``start``, default the centre). Returns the best points and their values, (B, ...)
-    and (B,)."""
+    starts (the first from ``start``, default the centre). Past ``deadline`` (a ``time.perf_counter()`` value)
+    it stops after the current step. Returns the best points and their values, (B, ...) and (B,)."""
     lo, up = input_set.lower.detach(), input_set.upper.detach()
     step = (up - lo) / 2 * (2.5 / max(steps, 1)) if step_size is None else step_size
     best_x = (input_set.x if start is None else start).detach().clone()
@@ -113,6 +115,8 @@ def pgd_minimize(
     for r in range(restarts):
         xa = best_x.clone() if r == 0 else lo + rng.uniform(lo.shape, generator, lo.dtype, lo.device) * (up - lo)
         for _ in range(steps):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
             xa.requires_grad_(True)
             with torch.enable_grad():
                 v = objective(xa)
@@ -125,4 +129,6 @@ def pgd_minimize(
             v = objective(xa)
             better = v < best_v
             best_x[better], best_v[better] = xa[better], v[better]
+        if deadline is not None and time.perf_counter() > deadline:
+            break
     return best_x, best_v

@@ -339,9 +339,15 @@ def _neuron_bounds(graph: g.Graph, j: int, mask: torch.Tensor, shapes: list[tupl
         if first:
             op = node.op
             uni = torch.unique(inverse[:, s:s + chunk])
-            eye = torch.zeros(len(uni), n, dtype=dtype, device=dev)
-            eye[torch.arange(len(uni)), union[uni]] = 1
-            M, c = _affine_backward(op, eye.view(1, len(uni), *shapes[j]), shapes[start])
+            if isinstance(op, g.Linear):  # the unit rows' map is the weight's rows: no (U, n) identity
+                rows = union[uni]
+                M = op.weight[rows].to(dtype).view(1, len(uni), *shapes[start])
+                c = (torch.zeros(len(uni), dtype=dtype, device=dev) if op.bias is None
+                     else op.bias.reshape(-1)[rows].to(dtype)).unsqueeze(0)
+            else:
+                eye = torch.zeros(len(uni), n, dtype=dtype, device=dev)
+                eye[torch.arange(len(uni)), union[uni]] = 1
+                M, c = _affine_backward(op, eye.view(1, len(uni), *shapes[j]), shapes[start])
             pos = torch.searchsorted(uni, inverse[:, s:s + chunk].contiguous())
             A = M[0][pos]  # (B, k, *in_shape)
             c = c[0][pos]
@@ -518,7 +524,7 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
 
 def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, iterations: int = 20,
                        lr: float = 0.1, bound_upper: bool = True, return_all: bool = False,
-                       intermediate: str = "crown"):
+                       intermediate: str = "crown", deadline: float | None = None):
     """α-CROWN (Xu et al. 2021; COLT §6 "learned slopes"): CROWN whose lower ReLU slopes are optimised for the
     output bounds by projected Adam, one slope per (input, output row, neuron).
 
@@ -526,12 +532,13 @@ def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = Non
     :func:`crown_bounds`) and stay fixed; the slopes start at CROWN's adaptive choice and every
     iterate gives a sound bound (any slope in [0, 1] is a valid lower relaxation), so the best one per row is
     kept: the result is never looser than CROWN's. With ``bound_upper=False`` only lower bounds are optimised
-    and the upper bounds are CROWN's (half the work, enough to certify a margin spec).
+    and the upper bounds are CROWN's (half the work, enough to certify a margin spec). Past ``deadline`` (a
+    ``time.perf_counter()`` value) the optimisation stops with the best slopes so far (still sound).
     """
     graph = g.to_graph(model)
     with torch.no_grad():
         base, pre = crown_bounds(graph, input_set, spec, return_all=True, intermediate=intermediate,
-                                 alpha_iterations=iterations)
+                                 alpha_iterations=iterations, deadline=deadline)
     dtype = base.lower.dtype
     x = input_set.x.to(base.lower.device, dtype)
     with torch.no_grad():
@@ -554,7 +561,8 @@ def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = Non
     with torch.no_grad():
         best = _backward(graph, graph.output, rows, shapes, pre, input_set)
     if alphas and iterations > 0:
-        best = _optimize_slopes(graph, graph.output, rows, shapes, pre, input_set, alphas, best, iterations, lr)
+        best = _optimize_slopes(graph, graph.output, rows, shapes, pre, input_set, alphas, best, iterations, lr,
+                                deadline)
     k = C.shape[1]
     lower = torch.maximum(best[:, :k], base.lower.reshape(B, k))
     upper = torch.minimum(-best[:, k:], base.upper.reshape(B, k)) if bound_upper else base.upper.reshape(B, k)

@@ -32,8 +32,8 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "ibp": lambda model, s, spec, **_: interval_bounds(model, s, spec).lower,
     "crown": lambda model, s, spec, **_: crown_bounds(model, s, spec).lower,
     "crown-ibp": lambda model, s, spec, **_: crown_bounds(model, s, spec, intermediate="ibp").lower,
-    "alpha": lambda model, s, spec, iterations=20, **_: alpha_crown_bounds(
-        model, s, spec, iterations=iterations, bound_upper=False).lower,
+    "alpha": lambda model, s, spec, iterations=20, deadline=None, **_: alpha_crown_bounds(
+        model, s, spec, iterations=iterations, bound_upper=False, deadline=deadline).lower,
 }
 
 
@@ -67,6 +67,8 @@ def verify_property(
     alpha_iterations: int = 20,
     max_binaries: int | None = None,
     progress: Callable[[int], None] | None = None,
+    deadline: float | None = None,
+    first_counterexample: bool = False,
 ) -> list[Verdict]:
     """Decide, per input, the property "for every x' in the set, some row of every clause is positive", i.e.
     ``min_q max_{k∈q} (C·f(x') + d)_k > 0``: a :class:`~certkit.specs.Property`, or a spec whose rows ``clauses``
@@ -81,6 +83,10 @@ def verify_property(
     intermediate bounds and within what is left of ``timeout`` per input: the MILP runs only where branch and
     bound stopped early without a verdict (domain budget, a fully split domain) or is left out of ``stages``.
     ``progress(n)``, if given, is told each time n more inputs are finished (per input in the complete stages).
+    The batched stages stop ``timeout`` seconds after the call (the attack after half of it); ``deadline`` (a
+    ``time.perf_counter()`` value) ends every stage, the complete ones included, for all inputs together. With
+    ``first_counterexample`` the cascade stops at the first falsified input (the rest stay 'unknown'): for a
+    property that is a disjunction over the inputs, as a VNN-LIB file's boxes are.
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -103,9 +109,13 @@ def verify_property(
     def objective(m: nn.Module, p: Property, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: p.value(torch.einsum("bkn,bn->bk", p.C.to(dtype), m(x)) + p.d.to(dtype))
 
+    start = time.perf_counter()
+    end = start + timeout if deadline is None else min(start + timeout, deadline)  # of the batched stages
     for stage in stages:
         idx = open_.nonzero().squeeze(1)
-        if len(idx) == 0:
+        if len(idx) == 0 or (stage not in ("bab", "milp") and time.perf_counter() > end):
+            break
+        if first_counterexample and any(v.verdict == "falsified" for v in verdicts):
             break
         if stage in ("bab", "milp"):
             if not input_set.is_box:
@@ -113,16 +123,22 @@ def verify_property(
             for b in idx.tolist():
                 if not (piecewise_linear(model) or (stage == "bab" and splits_inputs(_select(input_set, b)))):
                     continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'
-                _complete_stage(stage, model, input_set, prop, b, lower, verdicts[b], timeout, max_binaries, refined,
+                left = timeout if deadline is None else min(timeout, deadline - time.perf_counter()
+                                                             + sum(verdicts[b].seconds.values()))
+                _complete_stage(stage, model, input_set, prop, b, lower, verdicts[b], left, max_binaries, refined,
                                 model64)
                 open_[b] = verdicts[b].verdict == "unknown"
                 if progress is not None and not open_[b]:
                     progress(1)
+                if first_counterexample and verdicts[b].verdict == "falsified":
+                    break
             continue
         t0 = time.perf_counter()
         s, sp = input_set.subset(idx), prop.subset(idx)
         if stage == "attack":
-            x_adv, _ = pgd_minimize(objective(model, sp, sp.C.dtype), s, pgd_steps, pgd_restarts)
+            # at most half the time: the bounds and the complete stages (which search for counterexamples too)
+            x_adv, _ = pgd_minimize(objective(model, sp, sp.C.dtype), s, pgd_steps, pgd_restarts,
+                                    deadline=min(end, start + timeout / 2))
             with torch.no_grad():
                 v64 = objective(model64(), sp, torch.float64)(x_adv.double())
             for k, b in enumerate(idx.tolist()):
@@ -138,7 +154,8 @@ def verify_property(
             continue
         method = {"ibp": "ibp", "crown": "crown", "alpha": "alpha"}[stage]
         with torch.no_grad():
-            lo = METHODS[method](model, s, LinearSpec(sp.C, None), iterations=alpha_iterations) + sp.d
+            lo = METHODS[method](model, s, LinearSpec(sp.C, None), iterations=alpha_iterations,
+                                 deadline=end) + sp.d
         lower[idx] = torch.maximum(lower[idx], lo.nan_to_num(nan=-math.inf))
         dt = (time.perf_counter() - t0) / len(idx)
         ok = prop.proved(lower[idx])
@@ -176,14 +193,16 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
     one = _select(input_set, b)
     mine = prop.subset(b)
     open_q = [q for q in range(int(prop.clauses.max()) + 1) if not (lower[b, prop.rows_of(q)] > 0).any()]
-    if b not in refined:
+    if stage == "bab" and splits_inputs(one):  # input splitting bounds its boxes itself
+        pass
+    elif b not in refined:
         rows = torch.cat([prop.rows_of(q) for q in open_q])
         with torch.no_grad():
             # at most half of what is left goes to the refined bounds (the optimisation stops early, soundly)
             out, refined[b] = crown_bounds(model, one, LinearSpec(prop.C[b:b + 1, rows], None), return_all=True,
                                            intermediate="alpha", deadline=t0 + left / 2)
         lower[b, rows] = torch.maximum(lower[b, rows], out.lower[0] + prop.d[b, rows])
-    pre = refined[b]
+    pre = refined.get(b)
     enc = None
     open_q.sort(key=lambda q: float(lower[b, prop.rows_of(q)].max()))
     if stage == "bab" and not splits_inputs(one):

@@ -257,12 +257,9 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
         if p.C.shape[1] != n_out:
             raise VnnlibError(f"the property declares {p.C.shape[1]} outputs Y_j, the network has {n_out}")
     t0 = time.perf_counter()
-    answer = "unsat"
-    model64 = None
+    deadline = t0 + timeout
+    boxes = []
     for p in props:
-        left = timeout - (time.perf_counter() - t0)
-        if left <= 0:
-            return "timeout", None
         # the file's bounds, exactly (float64), and the box in the model's dtype rounded outwards, so that it
         # contains the file's box (rounded to nearest it can cut a sliver off, and "unsat" would not cover it)
         lo64 = torch.tensor(p.lower, dtype=torch.float64, device=device).view(1, *input_shape[1:])
@@ -271,29 +268,53 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
         # the rows C·y + d with d rounded down: a row proved positive is positive for the file's d too; a C that
         # the model's dtype cannot hold exactly (VNN-LIB's are almost always ±1) is verified in float64
         C64 = torch.tensor(p.C, dtype=torch.float64, device=device)
-        net, dt = (model, dtype) if torch.equal(C64.to(dtype).double(), C64) else (_double(model), torch.float64)
+        dt = dtype if torch.equal(C64.to(dtype).double(), C64) else torch.float64
         d_lo = _round_out(torch.tensor(p.d, dtype=torch.float64, device=device), None, dt)[0]
         if dt == torch.float64:
             lo, up = lo64, up64
-        prop = Property(LinearSpec(C64.to(dt).unsqueeze(0), d_lo.unsqueeze(0)), torch.tensor(p.clauses))
-        v = verify_property(net, Box(lo, up), prop, timeout=left, **options)[0]
-        if log is not None:
-            times = ", ".join(f"{k} {t:.1f} s" for k, t in v.seconds.items())
-            log(f"box {props.index(p) + 1}/{len(props)}: {v.verdict}" + (f" by {v.stage}" if v.stage else "")
-                + (f" ({times})" if times else ""))
-        if v.verdict == "falsified":
-            # a counterexample of the rounded-out box, moved into the file's box and checked there in float64
-            if model64 is None:
-                model64 = _double(model)
-            x = torch.minimum(torch.maximum(v.counterexample.double().view_as(lo64), lo64), up64)
-            exact = Property(LinearSpec(C64[None], torch.tensor(p.d, dtype=torch.float64, device=device)[None]),
-                             torch.tensor(p.clauses))
-            with torch.no_grad():
-                if float(exact.value(exact.spec.apply(model64(x).reshape(1, -1)))[0]) <= 0:
-                    return "sat", x
-            v.verdict = "unknown"
-        if v.verdict == "unknown":
-            answer = "timeout" if time.perf_counter() - t0 >= timeout * 0.99 else "unknown"
+        boxes.append((p, lo64, up64, lo, up, C64, dt, d_lo))
+    # boxes with the same rows and clauses are one batch: the attack and the bounds run on all of them at once
+    groups: list[list[int]] = []
+    for i, (p, *_, C64, dt, _d) in enumerate(boxes):
+        last = boxes[groups[-1][0]] if groups else None
+        if (last is not None and last[6] == dt and last[5].shape == C64.shape
+                and np.array_equal(last[0].clauses, p.clauses)):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    answer = "unsat"
+    nets = {dtype: model}
+    for group in groups:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return "timeout", None
+        dt = boxes[group[0]][6]
+        if dt not in nets:
+            nets[dt] = _double(model)
+        box = Box(torch.cat([boxes[i][3] for i in group]), torch.cat([boxes[i][4] for i in group]))
+        prop = Property(LinearSpec(torch.stack([boxes[i][5].to(dt) for i in group]),
+                                   torch.stack([boxes[i][7] for i in group])), torch.tensor(props[group[0]].clauses))
+        verdicts = verify_property(nets[dt], box, prop, timeout=left, deadline=deadline, first_counterexample=True,
+                                   **options)
+        for i, v in zip(group, verdicts):
+            p, lo64, up64, *_, C64, _dt, _d = boxes[i]
+            if log is not None:
+                times = ", ".join(f"{k} {t:.1f} s" for k, t in v.seconds.items())
+                log(f"box {i + 1}/{len(props)}: {v.verdict}" + (f" by {v.stage}" if v.stage else "")
+                    + (f" ({times})" if times else ""))
+            if v.verdict == "falsified":
+                # a counterexample of the rounded-out box, moved into the file's box and checked there in float64
+                if torch.float64 not in nets:
+                    nets[torch.float64] = _double(model)
+                x = torch.minimum(torch.maximum(v.counterexample.double().view_as(lo64), lo64), up64)
+                exact = Property(LinearSpec(C64[None], torch.tensor(p.d, dtype=torch.float64, device=device)[None]),
+                                 torch.tensor(p.clauses))
+                with torch.no_grad():
+                    if float(exact.value(exact.spec.apply(nets[torch.float64](x).reshape(1, -1)))[0]) <= 0:
+                        return "sat", x
+                v.verdict = "unknown"
+            if v.verdict == "unknown":
+                answer = "timeout" if time.perf_counter() - t0 >= timeout * 0.99 else "unknown"
     return answer, None
 
 
