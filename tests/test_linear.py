@@ -213,3 +213,26 @@ def test_a_passed_deadline_stops_the_intermediate_optimisation_soundly():
     with torch.no_grad():
         y = net(s.sample(2000, torch.Generator().manual_seed(1)).flatten(0, 1)).view(2000, 2, 3).transpose(0, 1)
     assert (tight.lower.unsqueeze(1) <= y + 1e-5).all() and (y <= tight.upper.unsqueeze(1) + 1e-5).all()
+
+
+def test_a_cutoff_in_the_past_leaves_ibp_bounds_and_stays_sound():
+    """Past ``cutoff`` CROWN gives the neurons it has not bounded yet IBP's bounds: still sound (sampled points
+    are contained), never looser than IBP, and at the cutoff every intermediate layer is IBP's."""
+    import time
+
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(6, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 3)).double()
+    x = torch.rand(5, 6, dtype=torch.float64)
+    box = Box(x - 0.2, x + 0.2)
+    ibp, ibp_pre = interval_bounds(m, box, return_all=True)
+    full = crown_bounds(m, box)
+    late, pre = crown_bounds(m, box, cutoff=time.perf_counter() - 1, return_all=True)
+    for j, b in pre.items():
+        assert torch.equal(b.lower, ibp_pre[j].lower) and torch.equal(b.upper, ibp_pre[j].upper)
+    samples = box.lower + torch.rand(2000, 5, 6, dtype=torch.float64) * (box.upper - box.lower)
+    with torch.no_grad():
+        y = m(samples.view(-1, 6)).view(2000, 5, 3)
+    for b in (late, alpha_crown_bounds(m, box, cutoff=time.perf_counter() - 1, iterations=3)):
+        assert_contained(b.lower, b.upper, y)
+        assert (b.lower >= ibp.lower - 1e-12).all() and (b.upper <= ibp.upper + 1e-12).all()
+    assert (full.lower >= late.lower - 1e-9).all() and (full.lower > late.lower + 1e-6).any()  # CROWN's are tighter

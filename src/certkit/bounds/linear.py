@@ -308,13 +308,15 @@ def _patch_bounds(graph: g.Graph, j: int, idx: torch.Tensor, pre: dict[int, Boun
 
 
 def _neuron_bounds(graph: g.Graph, j: int, mask: torch.Tensor, shapes: list[tuple[int, ...]],
-                   pre: dict[int, Bounds], input_set: InputSet, max_elems: int) -> tuple[torch.Tensor, ...]:
+                   pre: dict[int, Bounds], input_set: InputSet, max_elems: int, cutoff: float | None = None,
+                   fallback: Bounds | None = None) -> tuple[torch.Tensor, ...]:
     """Lower and upper bounds of the neurons of node ``j`` selected per input by ``mask`` (B, n).
 
     Returns (idx, valid, lower, upper), each (B, U) with U the largest count of selected neurons of one input;
     ``idx`` pads with neuron 0 where ``valid`` is False. When node j is affine, its transposed map applied to
     the unit rows does not depend on the input: it is computed once for the union of selected neurons and
-    gathered per input, which saves most of the work on conv layers."""
+    gathered per input, which saves most of the work on conv layers. Past ``cutoff`` (a ``time.perf_counter()``
+    value) the chunks not yet bounded take ``fallback``'s bounds (IBP's: sound, looser)."""
     B, n = mask.shape
     counts = mask.sum(1)
     U = int(counts.max())
@@ -336,6 +338,10 @@ def _neuron_bounds(graph: g.Graph, j: int, mask: torch.Tensor, shapes: list[tupl
     for s in range(0, U, chunk):
         sel = idx[:, s:s + chunk]
         k = sel.shape[1]
+        if cutoff is not None and fallback is not None and time.perf_counter() > cutoff:
+            lower.append(fallback.lower.flatten(1).gather(1, sel).to(dtype))
+            upper.append(fallback.upper.flatten(1).gather(1, sel).to(dtype))
+            continue
         if first:
             op = node.op
             uni = torch.unique(inverse[:, s:s + chunk])
@@ -434,7 +440,8 @@ def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
 
 def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, intersect_ibp: bool = True,
                  return_all: bool = False, intermediate: str = "crown", max_elems: int = 2**25,
-                 alpha_iterations: int = 20, deadline: float | None = None, bound_upper: bool = True):
+                 alpha_iterations: int = 20, deadline: float | None = None, bound_upper: bool = True,
+                 cutoff: float | None = None):
     """CROWN bounds on the model's output, or on the rows of ``spec``.
 
     Pre-activation bounds of every ReLU come from the same backward procedure (intersected with IBP when
@@ -444,7 +451,8 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
     CROWN elsewhere): the tightest intermediate bounds here, worth it before a MILP. With ``return_all``, the dict
     {node index: Bounds} of the pre-activation bounds. ``max_elems`` caps the size of one coefficient tensor
     (rows are processed in chunks), trading memory for speed. Past ``deadline`` (a ``time.perf_counter()``
-    value) the intermediate slope optimisation stops and CROWN's bounds are used (every iterate is sound).
+    value) the intermediate slope optimisation stops and CROWN's bounds are used (every iterate is sound); past
+    ``cutoff`` the neurons not yet bounded keep IBP's bounds (sound, looser), so that the call ends soon after.
     With ``bound_upper=False`` the output's upper bounds are IBP's (one backward pass of the rows instead of two:
     what training on the margins' lower bounds needs).
     """
@@ -490,7 +498,10 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
             if intermediate == "ibp" or _ibp_is_exact(graph, j) or not mask.any():
                 pre[j] = ibp
                 continue
-            idx, valid, lo, up = _neuron_bounds(graph, j, mask, shapes, pre, input_set, max_elems)
+            if cutoff is not None and time.perf_counter() > cutoff:
+                pre[j] = ibp
+                continue
+            idx, valid, lo, up = _neuron_bounds(graph, j, mask, shapes, pre, input_set, max_elems, cutoff, ibp)
             if intermediate == "alpha" and relu:
                 earlier = sum(math.prod(shapes[n.inputs[0]]) for n in graph.nodes[:j]
                               if isinstance(n.op, g.PiecewiseLinear))
@@ -524,7 +535,7 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
 
 def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, iterations: int = 20,
                        lr: float = 0.1, bound_upper: bool = True, return_all: bool = False,
-                       intermediate: str = "crown", deadline: float | None = None):
+                       intermediate: str = "crown", deadline: float | None = None, cutoff: float | None = None):
     """α-CROWN (Xu et al. 2021; COLT §6 "learned slopes"): CROWN whose lower ReLU slopes are optimised for the
     output bounds by projected Adam, one slope per (input, output row, neuron).
 
@@ -533,12 +544,13 @@ def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = Non
     iterate gives a sound bound (any slope in [0, 1] is a valid lower relaxation), so the best one per row is
     kept: the result is never looser than CROWN's. With ``bound_upper=False`` only lower bounds are optimised
     and the upper bounds are CROWN's (half the work, enough to certify a margin spec). Past ``deadline`` (a
-    ``time.perf_counter()`` value) the optimisation stops with the best slopes so far (still sound).
+    ``time.perf_counter()`` value) the optimisation stops with the best slopes so far (still sound); ``cutoff`` is
+    :func:`crown_bounds`'s.
     """
     graph = g.to_graph(model)
     with torch.no_grad():
         base, pre = crown_bounds(graph, input_set, spec, return_all=True, intermediate=intermediate,
-                                 alpha_iterations=iterations, deadline=deadline)
+                                 alpha_iterations=iterations, deadline=deadline, cutoff=cutoff)
     dtype = base.lower.dtype
     x = input_set.x.to(base.lower.device, dtype)
     with torch.no_grad():

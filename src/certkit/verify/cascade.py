@@ -30,10 +30,10 @@ from certkit.verify.milp import MilpEncoding, _select
 # bound method name -> function(model, input_set, spec, **options) -> lower bounds on the spec rows (B, K)
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "ibp": lambda model, s, spec, **_: interval_bounds(model, s, spec).lower,
-    "crown": lambda model, s, spec, **_: crown_bounds(model, s, spec).lower,
+    "crown": lambda model, s, spec, deadline=None, **_: crown_bounds(model, s, spec, cutoff=deadline).lower,
     "crown-ibp": lambda model, s, spec, **_: crown_bounds(model, s, spec, intermediate="ibp").lower,
     "alpha": lambda model, s, spec, iterations=20, deadline=None, **_: alpha_crown_bounds(
-        model, s, spec, iterations=iterations, bound_upper=False, deadline=deadline).lower,
+        model, s, spec, iterations=iterations, bound_upper=False, deadline=deadline, cutoff=deadline).lower,
 }
 
 
@@ -200,7 +200,7 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
         with torch.no_grad():
             # at most half of what is left goes to the refined bounds (the optimisation stops early, soundly)
             out, refined[b] = crown_bounds(model, one, LinearSpec(prop.C[b:b + 1, rows], None), return_all=True,
-                                           intermediate="alpha", deadline=t0 + left / 2)
+                                           intermediate="alpha", deadline=t0 + left / 2, cutoff=t0 + 0.75 * left)
         lower[b, rows] = torch.maximum(lower[b, rows], out.lower[0] + prop.d[b, rows])
     pre = refined.get(b)
     enc = None
