@@ -195,3 +195,24 @@ def test_round_robin_finds_a_later_clause_counterexample_that_a_hard_first_claus
     assert v.verdict == "falsified" and v.stage == "bab"
     assert [r[0] for r in runs] == [0, 1, 0, 1]
     assert runs[2][1] == pytest.approx(0.02)  # slices double each round
+
+
+def test_a_resumed_search_sizes_its_rounds_to_the_time_it_is_given():
+    """After one round, a run's rounds shrink to what fits in its seconds (at least 8 parents): a short slice of
+    a hard search ends close to its limit instead of one full round of 256 parents later."""
+    import time
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
+                      nn.Linear(200, 2)).eval()
+    x = torch.rand(1, 20)
+    with torch.no_grad():
+        margin = float(m(x)[0, 0] - m(x)[0, 1])
+    search = ReluBab(m, Box(x - 0.3, x + 0.3), torch.tensor([[1.0, -1.0]]), torch.tensor([0.5 - margin]))
+    first = search.run(1.0)
+    assert first.verdict == "unknown" and search.per_domain is not None
+    full_round = 2 * search.batch * search.per_domain
+    t = time.perf_counter()
+    assert search.run(0.05).verdict == "unknown"
+    took = time.perf_counter() - t
+    assert took < 0.05 + 16 * search.per_domain * 3 + 0.2 and took < full_round, (took, full_round)

@@ -307,6 +307,7 @@ class ReluBab:
         self.worst_done = math.inf  # the smallest bound among the domains proved (all positive)
         self.open: Domains | None = None  # None: the root is not bounded yet
         self.result: BabResult | None = None  # set once decided or given up for good
+        self.per_domain: float | None = None  # seconds per bounded child, measured on the last round
         self.seconds = time.perf_counter() - t0
 
     @property
@@ -347,7 +348,8 @@ class ReluBab:
         return Domains(split, alpha, beta, scores, low).take(~proved)
 
     def run(self, seconds: float) -> BabResult:
-        """Search for up to ``seconds`` more (at least one round); the result so far."""
+        """Search for up to ``seconds`` more (at least one round, made smaller than :attr:`batch` when the last
+        round's time per domain says a full one would not fit); the result so far."""
         if self.result is not None:
             return self.result
         t0 = time.perf_counter()
@@ -382,8 +384,13 @@ class ReluBab:
             if rounds and time.perf_counter() - t0 > seconds:
                 return done("unknown", final=False)
             rounds += 1
+            size = self.batch
+            if self.per_domain is not None:  # a round of `size` parents bounds 2·size children
+                fits = int((seconds - (time.perf_counter() - t0)) / (2 * self.per_domain))
+                size = max(min(self.batch, fits), min(self.batch, 8))
             order = value.argsort()
-            now, rest = self.open.take(order[:self.batch]), self.open.take(order[self.batch:])
+            now, rest = self.open.take(order[:size]), self.open.take(order[size:])
+            t_round = time.perf_counter()
             neuron, ok = prob.branch(now, self.fsb)
             if not ok.all():  # a domain with every unstable neuron split or stable stays undecided
                 return done("unknown")
@@ -400,6 +407,7 @@ class ReluBab:
                                    {j: t.repeat(2, 1, 1) for j, t in now.beta.items()}, now.low.repeat(2, 1))
             if isinstance(children, _Counterexample):
                 return done("falsified", children.x, children.value)
+            self.per_domain = (time.perf_counter() - t_round) / (2 * len(now))
             self.open = rest + children
 
 
