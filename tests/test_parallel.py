@@ -89,4 +89,4 @@ def test_the_ray_cases_in_a_child_process():
         print(f"attempt {attempt + 1}: the child ended with {run.returncode} and no report (Ray node died?):\n"
               f"{out[-3000:]}")
     assert run.returncode == 0, out[-6000:]
-    assert SUMMARY.search(out) and " passed" in out
+    assert SUMMARY.search(out) and " passed" in out and " failed" not in out
