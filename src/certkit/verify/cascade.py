@@ -83,8 +83,9 @@ def verify_property(
     intermediate bounds and within what is left of ``timeout`` per input: the MILP runs only where branch and
     bound stopped early without a verdict (domain budget, a fully split domain) or is left out of ``stages``.
     ``progress(n)``, if given, is told each time n more inputs are finished (per input in the complete stages).
-    The batched stages stop ``timeout`` seconds after the call (the attack after half of it); ``deadline`` (a
-    ``time.perf_counter()`` value) ends every stage, the complete ones included, for all inputs together. With
+    The batched stages stop once each input's share of their time reaches ``timeout`` (the attack at half of
+    it); ``deadline`` (a ``time.perf_counter()`` value) ends every stage, the complete ones included, for all
+    inputs together. With
     ``first_counterexample`` the cascade stops at the first falsified input (the rest stay 'unknown'): for a
     property that is a disjunction over the inputs, as a VNN-LIB file's boxes are.
     """
@@ -110,7 +111,8 @@ def verify_property(
         return lambda x: p.value(torch.einsum("bkn,bn->bk", p.C.to(dtype), m(x)) + p.d.to(dtype))
 
     start = time.perf_counter()
-    end = start + timeout if deadline is None else min(start + timeout, deadline)  # of the batched stages
+    budget = timeout * B  # the batched stages split their time evenly over the inputs
+    end = start + budget if deadline is None else min(start + budget, deadline)
     for stage in stages:
         idx = open_.nonzero().squeeze(1)
         if len(idx) == 0 or (stage not in ("bab", "milp") and time.perf_counter() > end):
@@ -138,7 +140,7 @@ def verify_property(
         if stage == "attack":
             # at most half the time: the bounds and the complete stages (which search for counterexamples too)
             x_adv, _ = pgd_minimize(objective(model, sp, sp.C.dtype), s, pgd_steps, pgd_restarts,
-                                    deadline=min(end, start + timeout / 2))
+                                    deadline=min(end, start + budget / 2))
             with torch.no_grad():
                 v64 = objective(model64(), sp, torch.float64)(x_adv.double())
             for k, b in enumerate(idx.tolist()):
