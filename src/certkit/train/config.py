@@ -1,7 +1,8 @@
 """A training run's configuration, read from TOML: the [data], [model], [train] and [eval] sections give the fields
-of :class:`TrainConfig`; COLT's [colt], randomized smoothing's [smoothing] and the [certified] section (CROWN-IBP,
-SABR, MTL-IBP) are their own dataclasses (:class:`ColtConfig`, :class:`SmoothingConfig`, :class:`CertifiedConfig`),
-read by the same reader with the same unknown-key and type errors.
+of :class:`TrainConfig`; COLT's [colt], randomized smoothing's [smoothing], the [certified] section (CROWN-IBP,
+SABR, MTL-IBP) and [self_training] are their own dataclasses (:class:`ColtConfig`, :class:`SmoothingConfig`,
+:class:`CertifiedConfig`, :class:`~certkit.train.batches.SelfTrainingConfig`), read by the same reader with the
+same unknown-key and type errors.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from certkit.errors import ConfigError
 from certkit.io import read_dataclass
 from certkit.smoothing.smooth import CERTIFICATES, Noise
+from certkit.train.batches import SelfTrainingConfig
 from certkit.train.objectives import OBJECTIVES
 
 SMOOTHING_OBJECTIVES = ("gaussian", "stability", "smoothadv")
@@ -113,6 +115,7 @@ class TrainConfig:
     colt: ColtConfig = field(default_factory=ColtConfig)
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     certified: CertifiedConfig = field(default_factory=CertifiedConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
 
     _SECTIONS = {
         "data": {"dataset": "data", "dir": "data_dir", "train_n": "train_n"},
@@ -134,6 +137,7 @@ class TrainConfig:
         if c.combination not in ("mtl", "exp", "cc") or not 0 <= c.alpha <= 1 or not 0 < c.sabr_lambda <= 1:
             raise ConfigError(f"[certified]: combination must be mtl, exp or cc (got {c.combination!r}), alpha in "
                               f"[0, 1] (got {c.alpha}) and sabr_lambda in (0, 1] (got {c.sabr_lambda})")
+        cfg.self_training.check()
         if cfg.objective == "colt":
             if not cfg.colt.stage_epochs:
                 raise ValueError("objective 'colt' needs [colt] stage_epochs (epochs per stage, input stage first)")
@@ -164,7 +168,8 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     was Gaussian), and a section added since (``certified``) gets its defaults, so that older runs resume and
     their checkpoints say their training noise."""
     out = {k: v for k, v in config.items() if k not in _LEGACY}
-    for name, cls in (("colt", ColtConfig), ("smoothing", SmoothingConfig), ("certified", CertifiedConfig)):
+    for name, cls in (("colt", ColtConfig), ("smoothing", SmoothingConfig), ("certified", CertifiedConfig),
+                      ("self_training", SelfTrainingConfig)):
         if name not in out or isinstance(out[name], dict):
             out[name] = {**dataclasses.asdict(cls()), **(out.get(name) or {})}
     for key, (section, name) in _LEGACY.items():

@@ -7,7 +7,6 @@ A run directory holds ``model.safetensors`` (the latest weights with metadata), 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from certkit.data import Dataset, load_dataset
 from certkit.io import ResultsWriter
 from certkit.models import build
 from certkit.train import checkpoint
+from certkit.train.batches import LabeledBatches, MixedBatches, pseudo_labels, split_pool
 from certkit.train.config import TrainConfig, upgrade_config
 from certkit.train.objectives import Objective, build_objective
 from certkit.verify import certify
@@ -66,17 +66,29 @@ def _arch_meta(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
 
 def _load_init(model: nn.Module, path: str, arch: dict[str, Any]) -> None:
     """Start from the weights of the checkpoint at ``path``, which must have been made for the same architecture
-    (name, input shape, classes, normalisation, arguments)."""
+    (name, input shape, classes, arguments, a Normalize layer or none). A checkpoint trained on another data set
+    (pre-training) may have other normalisation statistics: its weights are loaded, the Normalize layer keeps
+    this run's data's."""
     from certkit.io import CheckpointError, load_model
 
     init, meta = load_model(path)
     theirs = meta.get("arch") or {}
-    diff = [k for k in ("name", "in_shape", "num_classes", "mean", "std", "kwargs")
-            if _jsonish(theirs.get(k)) != _jsonish(arch.get(k))]
+
+    def differs(k: str) -> bool:
+        a, b = theirs.get(k), arch.get(k)
+        if k in ("mean", "std") and a is not None and b is not None:
+            return len(a) != len(b)  # statistics of another data set: fine, the layer is this run's
+        return _jsonish(a) != _jsonish(b)
+
+    diff = [k for k in ("name", "in_shape", "num_classes", "mean", "std", "kwargs") if differs(k)]
     if diff:
         raise CheckpointError(f"init checkpoint {path} was made for another architecture: "
                               + ", ".join(f"{k} {theirs.get(k)!r} != {arch.get(k)!r}" for k in diff))
-    model.load_state_dict(init.state_dict())
+    from certkit.nn import Normalize
+
+    keep = {f"{name}.{b}": getattr(m, b) for name, m in model.named_modules() if isinstance(m, Normalize)
+            for b in ("mean", "std")}
+    model.load_state_dict({**init.state_dict(), **keep})
 
 
 def _jsonish(v: Any) -> Any:
@@ -86,6 +98,19 @@ def _jsonish(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _jsonish(x) for k, x in v.items()}
     return round(v, 6) if isinstance(v, float) else v
+
+
+def training_batches(cfg: TrainConfig, train_set: Dataset, out: Path,
+                     device: torch.device) -> LabeledBatches | MixedBatches:
+    """The run's batches: the training set's, or with [self_training] a teacher the labeled/pool mix (the
+    pseudo-labels kept in ``out/pseudo_labels.safetensors``)."""
+    st = cfg.self_training
+    st.check()
+    if not st.teacher:
+        return LabeledBatches(train_set, cfg.batch_size, cfg.seed)
+    labeled, pool_x = split_pool(train_set, st.labeled_n, st.pool_n)
+    pseudo = pseudo_labels(st.teacher, pool_x, train_set.num_classes, device, out / "pseudo_labels.safetensors")
+    return MixedBatches(labeled, pool_x, pseudo, cfg.batch_size, st.unlabeled_fraction, cfg.seed)
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
@@ -113,8 +138,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set:
                   **cfg.arch_kwargs).to(device)
     if cfg.init:
         _load_init(model, cfg.init, meta)
-    n = len(train_set)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    batches = training_batches(cfg, train_set, out, device)
+    steps_per_epoch = batches.steps_per_epoch
     objective = build_objective(cfg, steps_per_epoch, train_set.num_classes, model)
     if not cfg.init:
         objective.prepare(model)
@@ -137,7 +162,6 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set:
         for epoch in range(start_epoch, cfg.epochs if until is None else min(until, cfg.epochs)):
             t0 = time.time()
             model.train()
-            perm = checkpoint.epoch_order(n, cfg.seed, epoch)
             sums: dict[str, float | torch.Tensor] = {}
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                        leave=False)
@@ -145,8 +169,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, train_set:
                 step = epoch * steps_per_epoch + b
                 for group in opt.param_groups:
                     group["lr"] = lr_at(cfg, objective, step / steps_per_epoch)
-                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                x, y = train_set.x[idx].to(device), train_set.y[idx].to(device)
+                x, y = (t.to(device) for t in batches(epoch, b))
                 loss, metrics = objective(model, x, y, step)
                 if cfg.l1 > 0:
                     loss = loss + cfg.l1 * l1_penalty(model)
