@@ -132,6 +132,7 @@ def test_vnnlib_dnf_multiple_boxes_and_errors(tmp_path):
     assert list(p.clauses) == [0, 0, 1]
     np.testing.assert_allclose(p.C, [[1, -1], [-1, 0], [1, 2]])  # safe rows: negations of the atoms
     np.testing.assert_allclose(p.d, [0, 0.5, 1])
+    assert not p.strict.any() and not p.open_lower.any() and not p.open_upper.any()
     (tmp_path / "q.vnnlib").write_text("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (<= (* X_0 Y_0) 1))")
     with pytest.raises(VnnlibError, match="nonlinear|mixing"):
         read_vnnlib(tmp_path / "q.vnnlib")
@@ -189,6 +190,7 @@ def test_vnnlib_2_tensors_equalities_disjunctions_and_errors(tmp_path):
     assert list(p.clauses) == [0, 0, 1]  # atom lhs <= rhs becomes the safe row lhs − rhs > 0
     np.testing.assert_allclose(p.C, [[1, -2, 0], [0, 0, -1], [0, 1, -1]])
     np.testing.assert_allclose(p.d, [-1.5, 3, 0])
+    assert p.strict.tolist() == [False, True, True]  # "> Y[0,2] 3.0" and "< Y[0,1] Y[0,2]" stay strict
     bad = {"not linear": "(assert (<= (* X[0,0,0] X[0,0,1]) 1.0))",
            "not supported": "(assert (!= Y[0,0] 1.0))",
            "out of bounds": "(assert (<= X[0,5,0] 1.0))",

@@ -161,6 +161,40 @@ def test_a_vnnlib_box_is_rounded_outwards_so_its_edge_is_not_lost(tmp_path):
     assert check_counterexample(tmp_path / "id.onnx", props, x, x) is None
 
 
+def test_strict_comparisons_stay_strict_where_a_counterexample_is_checked(tmp_path):
+    """On y = x over x in [0, 0.7], "Y_0 >= 0.7" is violated at x = 0.7 (sat) but "Y_0 > 0.7" nowhere: the
+    only candidate, x = 0.7, gives y = 0.7, so the answer must not be sat; the same for a strict input bound."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from certkit.onnx_io import load_onnx
+    from certkit.verify.vnnlib import check_counterexample, read_vnnlib, verify_vnnlib, violates
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "id",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+                              [numpy_helper.from_array(np.ones((1, 1), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "id.onnx"))
+    net = load_onnx(tmp_path / "id.onnx")
+    head = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0.0))\n"
+    cases = {"(assert (<= X_0 0.7))\n(assert (>= Y_0 0.7))": "sat",
+             "(assert (<= X_0 0.7))\n(assert (> Y_0 0.7))": "not sat",
+             "(assert (< X_0 0.7))\n(assert (>= Y_0 0.7))": "not sat"}
+    for body, expected in cases.items():
+        (tmp_path / "p.vnnlib").write_text(head + body)
+        props = read_vnnlib(tmp_path / "p.vnnlib")
+        answer, x = verify_vnnlib(net, props, net.input_shape, timeout=10)
+        assert (answer == "sat") == (expected == "sat"), body
+        edge = np.array([0.7])
+        assert (check_counterexample(tmp_path / "id.onnx", props, edge, edge) is None) == (expected == "sat")
+    p = props[0]
+    assert p.open_upper.tolist() == [True] and not p.strict.any()
+    assert violates(p, np.array([0.69]), np.array([0.7])) and not violates(p, np.array([0.7]), np.array([0.7]))
+
+
 def test_bound_branching_splits_the_inputs_that_matter():
     """Only x_1 changes the output; x_0 spans a far wider range. Bound-based branching halves x_1, whose halves'
     bounds improve, and decides with few boxes; halving x_0 (the widest input) would never decide."""

@@ -5,6 +5,8 @@ satisfying every assertion exists (a counterexample), "unsat" that the property 
 brought to disjunctive normal form; each disjunct is an input box and a conjunction of linear output atoms.
 Atoms ``a <= b`` / ``a >= b`` become safe rows ``r·Y + d > 0`` (their negation), so that a disjunct is refuted
 when one of its rows is proved positive — the clause convention of :func:`certkit.verify.verify_property`.
+A strict atom (``a < b``) is proved the same way (a row proved positive refutes it too) and is kept strict where
+a counterexample is checked (:func:`violates`): a point with ``a = b`` does not violate ``a < b``.
 """
 
 from __future__ import annotations
@@ -27,13 +29,38 @@ class VnnlibError(CertkitError, ValueError):
 @dataclass
 class VnnProperty:
     """One input box and the output clauses to refute on it: the property holds on the box iff every clause
-    has a row with ``C·Y + d > 0`` everywhere. C: (K, n_out), d: (K,), clauses: (K,) clause index per row."""
+    has a row with ``C·Y + d > 0`` everywhere. C: (K, n_out), d: (K,), clauses: (K,) clause index per row;
+    ``strict``: (K,) the row's violation is ``C·Y + d < 0`` (else ``<= 0``); ``open_lower``/``open_upper``: (n_in,)
+    the input bound is strict (``X_i > l``). The verifier proves on the closed box; a counterexample must respect
+    them."""
 
     lower: np.ndarray
     upper: np.ndarray
     C: np.ndarray
     d: np.ndarray
     clauses: np.ndarray
+    strict: np.ndarray | None = None
+    open_lower: np.ndarray | None = None
+    open_upper: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.strict = np.zeros(len(self.d), bool) if self.strict is None else np.asarray(self.strict, bool)
+        for name in ("open_lower", "open_upper"):
+            v = getattr(self, name)
+            setattr(self, name, np.zeros(len(self.lower), bool) if v is None else np.asarray(v, bool))
+
+
+def violates(p: VnnProperty, x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether ``(x, y)`` (flat float64 arrays) lies in the unsafe set of ``p``: ``x`` in the box (strict bounds
+    strict) and, for one clause, every row violated (``C·y + d < 0`` for a strict row, ``<= 0`` else)."""
+    x, y = np.asarray(x, np.float64).reshape(-1), np.asarray(y, np.float64).reshape(-1)
+    if (x < p.lower).any() or (x > p.upper).any():
+        return False
+    if ((x == p.lower) & p.open_lower).any() or ((x == p.upper) & p.open_upper).any():
+        return False
+    rows = p.C @ y + p.d
+    bad = np.where(p.strict, rows < 0, rows <= 0)
+    return any(bad[p.clauses == q].all() for q in np.unique(p.clauses))
 
 
 def _tokens(text: str) -> list:
@@ -133,11 +160,12 @@ def read_vnnlib(path: str | Path) -> list[VnnProperty]:
     if n_x == 0 or n_y == 0:
         raise VnnlibError(f"{path}: no X_i or no Y_j declared")
 
-    def atom(form):  # (rel, lhs, rhs) as the violation atom sx·X + sy·Y + sc <= 0
+    def atom(form):  # (rel, lhs, rhs) as the violation atom sx·X + sy·Y + sc <= 0 (< 0 when strict)
         rel, lhs, rhs = form[:3]
         ax, ay, ac = _linear(lhs, n_x, n_y)
         bx, by, bc = _linear(rhs, n_x, n_y)
-        return (ax - bx, ay - by, ac - bc) if rel in ("<=", "<") else (bx - ax, by - ay, bc - ac)
+        strict = rel in ("<", ">")
+        return (ax - bx, ay - by, ac - bc, strict) if rel in ("<=", "<") else (bx - ax, by - ay, bc - ac, strict)
 
     return _properties([[[atom(f) for f in conj] for conj in _dnf(a)] for a in asserts], n_x, n_y, path)
 
@@ -180,7 +208,8 @@ def _read_v2(text: str, path: Path) -> list[VnnProperty]:
             raise VnnlibError(f"{path}: {c}: '!=' is not supported")
         ax, ay, ac = linear(c.lhs)
         bx, by, bc = linear(c.rhs)
-        le, ge = (ax - bx, ay - by, ac - bc), (bx - ax, by - ay, bc - ac)
+        strict = kind in ("LessThan", "GreaterThan")
+        le, ge = (ax - bx, ay - by, ac - bc, strict), (bx - ax, by - ay, bc - ac, strict)
         return {"LessEqual": [le], "LessThan": [le], "GreaterEqual": [ge], "GreaterThan": [ge],
                 "Equal": [le, ge]}[kind]
 
@@ -190,44 +219,49 @@ def _read_v2(text: str, path: Path) -> list[VnnProperty]:
 
 def _properties(asserts: list[list[list[tuple]]], n_x: int, n_y: int, path: Path) -> list[VnnProperty]:
     """The conjunction of the assertions (each in DNF: a list of conjunctions of violation atoms
-    ``sx·X + sy·Y + sc <= 0``) as one property per distinct input box."""
+    ``(sx, sy, sc, strict)``: ``sx·X + sy·Y + sc <= 0``, ``< 0`` when strict) as one property per distinct input
+    box (a box with other strict bounds is another box)."""
     terms: list[list[tuple]] = [[]]
     for a in asserts:  # the conjunction of all assertions, in DNF
         terms = [t + c for t in terms for c in a]
     groups: dict[tuple, list] = {}
     for term in terms:
         lo, up = np.full(n_x, -np.inf), np.full(n_x, np.inf)
+        open_lo, open_up = np.zeros(n_x, bool), np.zeros(n_x, bool)
         rows = []
-        for sx, sy, sc in term:
+        for sx, sy, sc, strict in term:
             if sy.any():
                 if sx.any():
                     raise VnnlibError("atoms mixing inputs and outputs are not supported")
-                rows.append((sy, sc))  # safe row: sy·Y + sc > 0
+                rows.append((sy, sc, strict))  # safe row: sy·Y + sc > 0
             else:
                 nz = np.nonzero(sx)[0]
                 if len(nz) != 1:
                     raise VnnlibError("input constraints must bound one input at a time")
                 i, k = nz[0], sx[nz[0]]
-                if k > 0:
-                    up[i] = min(up[i], -sc / k)
-                else:
-                    lo[i] = max(lo[i], -sc / k)
-        if (lo > up).any():
+                b, (val, opened) = -sc / k, (up, open_up) if k > 0 else (lo, open_lo)
+                if b == val[i]:
+                    opened[i] |= strict
+                elif (b < val[i]) == (k > 0):  # the tighter bound wins, with its strictness
+                    val[i], opened[i] = b, strict
+        if (lo > up).any() or ((lo == up) & (open_lo | open_up)).any():
             continue  # an empty box: this disjunct cannot be violated
         if not np.isfinite(lo).all() or not np.isfinite(up).all():
             raise VnnlibError(f"{path}: every input needs a lower and an upper bound")
-        groups.setdefault((lo.tobytes(), up.tobytes()), [lo, up, []])[2].append(rows)
+        key = (lo.tobytes(), up.tobytes(), open_lo.tobytes(), open_up.tobytes())
+        groups.setdefault(key, [lo, up, open_lo, open_up, []])[4].append(rows)
     props = []
-    for lo, up, conjs in groups.values():
-        C, d, cl = [], [], []
+    for lo, up, open_lo, open_up, conjs in groups.values():
+        C, d, cl, st = [], [], [], []
         for q, rows in enumerate(conjs):
             if not rows:  # no output condition: every point of the box is a counterexample
-                rows = [(np.zeros(n_y), -1.0)]
-            for r, c in rows:
+                rows = [(np.zeros(n_y), -1.0, False)]
+            for r, c, strict in rows:
                 C.append(r)
                 d.append(c)
                 cl.append(q)
-        props.append(VnnProperty(lo, up, np.array(C), np.array(d), np.array(cl)))
+                st.append(strict)
+        props.append(VnnProperty(lo, up, np.array(C), np.array(d), np.array(cl), np.array(st), open_lo, open_up))
     return props
 
 
@@ -307,11 +341,10 @@ def verify_vnnlib(model, props: list[VnnProperty], input_shape: tuple[int, ...],
                 if torch.float64 not in nets:
                     nets[torch.float64] = _double(model)
                 x = torch.minimum(torch.maximum(v.counterexample.double().view_as(lo64), lo64), up64)
-                exact = Property(LinearSpec(C64[None], torch.tensor(p.d, dtype=torch.float64, device=device)[None]),
-                                 torch.tensor(p.clauses))
                 with torch.no_grad():
-                    if float(exact.value(exact.spec.apply(nets[torch.float64](x).reshape(1, -1)))[0]) <= 0:
-                        return "sat", x
+                    y = nets[torch.float64](x).reshape(-1)
+                if violates(p, x.reshape(-1).cpu().numpy(), y.cpu().numpy()):
+                    return "sat", x
                 v.verdict = "unknown"
             if v.verdict == "unknown":
                 answer = "timeout" if time.perf_counter() - t0 >= timeout * 0.99 else "unknown"
@@ -386,11 +419,6 @@ def check_counterexample(onnx_path: str | Path, props: list[VnnProperty], x, y) 
     out = np.asarray(out, dtype=np.float64).reshape(-1)
     if out.shape != ys.shape or not np.allclose(out, ys, rtol=1e-4, atol=1e-4):
         return f"{engine} gives outputs {out[:6].tolist()}, the counterexample claims {ys[:6].tolist()}"
-    for p in props:
-        if (xs < p.lower).any() or (xs > p.upper).any():
-            continue
-        rows = p.C @ ys + p.d
-        for q in np.unique(p.clauses):
-            if (rows[p.clauses == q] <= 0).all():
-                return None
+    if any(violates(p, xs, ys) for p in props):
+        return None
     return "the point and its outputs are in no unsafe set of the property"
