@@ -7,6 +7,7 @@
 #
 #   standard-l6000            teacher (clean, 6,000 labeled images)
 #   gaussian-0.5-l6000        Gaussian augmentation on the labeled images only
+#   gaussian-0.5-l6000-long   the same for 180 epochs: as many steps as the self-training run (control)
 #   gaussian-0.5-l6000-self   + self-training (half of every batch pseudo-labelled pool images)
 #   gaussian-0.5-l6000-pre    fine-tuned from a Fashion-MNIST Gaussian model on the labeled images
 #   gaussian-0.5-l6000-pre-self   both
@@ -24,7 +25,8 @@ OUT=${OUT:-benchmarks/results/smoothing-semi}
 DEVICE=${DEVICE:-cpu}
 THREADS=${THREADS:-1}
 MODELS=${MODELS:-"standard-l6000 gaussian-0.5-l6000 gaussian-0.5-l6000-self fashion-gaussian-0.5 gaussian-0.5-l6000-pre
-  gaussian-0.5-l6000-pre-self smoothadv-0.5-l6000 smoothadv-0.5-l6000-self gaussian-0.5-full smoothadv-0.5-full"}
+  gaussian-0.5-l6000-pre-self smoothadv-0.5-l6000 smoothadv-0.5-l6000-self gaussian-0.5-full smoothadv-0.5-full
+  gaussian-0.5-l6000-long"}
 for m in $MODELS; do
   case $m in
     fashion-*) name=fashion-mnist-lenet-${m#fashion-} ;;

@@ -15,6 +15,7 @@ from certkit.smoothing.run import load_results, report
 
 RADII = [0.0, 0.25, 0.5, 0.75, 1.0]
 ROWS = [("gaussian-0.5-l6000", "Gaussian, 6,000 labels"),
+        ("gaussian-0.5-l6000-long", "Gaussian, 6,000 labels, 180 epochs (the self-training run's steps)"),
         ("gaussian-0.5-l6000-self", "Gaussian, 6,000 labels + self-training"),
         ("gaussian-0.5-l6000-pre", "Gaussian, 6,000 labels, pre-trained on Fashion-MNIST"),
         ("gaussian-0.5-l6000-pre-self", "Gaussian, 6,000 labels, pre-trained + self-training"),
