@@ -34,17 +34,18 @@ for m in $MODELS; do
   esac
   dir=$OUT/$name
   mkdir -p "$dir"
-  if [ ! -f "$dir/model.safetensors" ]; then
-    case $m in
-      *-full) cp "benchmarks/results/smoothing-mnist/${name%-full}/model.safetensors" "$dir/" ;;
-      *) certkit train --config "configs/$name.toml" --out "runs/$name" --quiet --device "$DEVICE" --threads "$THREADS"
-         cp "runs/$name/model.safetensors" "runs/$name/history.jsonl" "$dir/" ;;
-    esac
-  fi
+  ckpt=$dir/model.safetensors
+  case $m in
+    *-full) ckpt=benchmarks/results/smoothing-mnist/${name%-full}/model.safetensors ;;  # committed there
+    *) if [ ! -f "$ckpt" ]; then
+         certkit train --config "configs/$name.toml" --out "runs/$name" --quiet --device "$DEVICE" --threads "$THREADS"
+         cp "runs/$name/model.safetensors" "runs/$name/history.jsonl" "$dir/"
+       fi ;;
+  esac
   case $m in
     standard-*|fashion-*) continue ;;  # the teacher and the pre-trained model are not certified on MNIST
   esac
-  certkit smooth certify --checkpoint "$dir/model.safetensors" --data mnist --sigma 0.5 --certificate cohen \
+  certkit smooth certify --checkpoint "$ckpt" --data mnist --sigma 0.5 --certificate cohen \
     --n0 100 --n 10000 --alpha 0.001 --step 10 --out "$dir/certify" --quiet --device "$DEVICE" --threads "$THREADS" \
     --compile
 done
