@@ -135,16 +135,11 @@ def test_counterexamples_are_checked_on_the_onnx_file_as_the_scorer_does(shared,
         assert "no unsafe set" in check_counterexample(net, props, far, model(far.double()))
 
 
-def test_a_vnnlib_box_is_rounded_outwards_so_its_edge_is_not_lost(tmp_path):
-    """float32(0.7) < 0.7: rounded to nearest, the box [0, 0.7] loses its edge, where the only counterexamples
-    lie, and the spec's 0.7 moves with it. Before the fix the answer was 'sat' with x = float32(0.7), a point
-    whose output does not reach 0.7 (the scorer rejects it); now x = 0.7 exactly."""
+def _identity_onnx(path) -> None:
+    """y = x on one float32 input, as an ONNX file."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from certkit.onnx_io import load_onnx
-    from certkit.verify.vnnlib import check_counterexample, read_vnnlib, verify_vnnlib
 
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "id",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
@@ -152,7 +147,17 @@ def test_a_vnnlib_box_is_rounded_outwards_so_its_edge_is_not_lost(tmp_path):
                               [numpy_helper.from_array(np.ones((1, 1), np.float32), "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    onnx.save_model(model, str(tmp_path / "id.onnx"))
+    onnx.save_model(model, str(path))
+
+
+def test_a_vnnlib_box_is_rounded_outwards_so_its_edge_is_not_lost(tmp_path):
+    """float32(0.7) < 0.7: rounded to nearest, the box [0, 0.7] loses its edge, where the only counterexamples
+    lie, and the spec's 0.7 moves with it. Before the fix the answer was 'sat' with x = float32(0.7), a point
+    whose output does not reach 0.7 (the scorer rejects it); now x = 0.7 exactly."""
+    from certkit.onnx_io import load_onnx
+    from certkit.verify.vnnlib import check_counterexample, read_vnnlib, verify_vnnlib
+
+    _identity_onnx(tmp_path / "id.onnx")
     (tmp_path / "p.vnnlib").write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
                                        "(assert (>= X_0 0.0))\n(assert (<= X_0 0.7))\n(assert (>= Y_0 0.7))\n")
     net, props = load_onnx(tmp_path / "id.onnx"), read_vnnlib(tmp_path / "p.vnnlib")
@@ -165,19 +170,11 @@ def test_strict_comparisons_stay_strict_where_a_counterexample_is_checked(tmp_pa
     """On y = x over x in [0, 0.7], "Y_0 >= 0.7" is violated at x = 0.7 (sat) but "Y_0 > 0.7" nowhere: the
     only candidate, x = 0.7, gives y = 0.7, so the answer must not be sat; the same for a strict input bound."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     from certkit.onnx_io import load_onnx
     from certkit.verify.vnnlib import check_counterexample, read_vnnlib, verify_vnnlib, violates
 
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "id",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
-                              [numpy_helper.from_array(np.ones((1, 1), np.float32), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save_model(model, str(tmp_path / "id.onnx"))
+    _identity_onnx(tmp_path / "id.onnx")
     net = load_onnx(tmp_path / "id.onnx")
     head = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0.0))\n"
     cases = {"(assert (<= X_0 0.7))\n(assert (>= Y_0 0.7))": "sat",
