@@ -16,7 +16,8 @@
 #
 # Each is certified with Cohen's CERTIFY on every 10th test image (1,000), N0 = 100, N = 10,000, alpha = 0.001
 # (at sigma = 0.5 the largest certifiable radius is then 1.6). Resumable: a trained model is not retrained, a
-# certification continues after its last row.
+# certification continues after its last row. Kept in the results folder (its 60 MB rule): the teacher, the
+# pre-trained model and the two self-training models; the other rows keep their rows and training history only.
 #
 #   CERTKIT_DATA=../shared/data [THREADS=1] [DEVICE=cpu] [MODELS="..."] bash benchmarks/smoothing_semi.sh
 #   python benchmarks/smoothing_semi_table.py      # the table (docs/smoothing.md)
@@ -38,6 +39,10 @@ for m in $MODELS; do
   case $m in
     *-full) ckpt=benchmarks/results/smoothing-mnist/${name%-full}/model.safetensors ;;  # committed there
     *) if [ ! -f "$ckpt" ]; then
+         if [ -f "$dir/certify.jsonl" ]; then  # its rows were certified with a model not kept here
+           echo "$dir: certify.jsonl is there but not its model; move it away to retrain and recertify" >&2
+           exit 1
+         fi
          certkit train --config "configs/$name.toml" --out "runs/$name" --quiet --device "$DEVICE" --threads "$THREADS"
          cp "runs/$name/model.safetensors" "runs/$name/history.jsonl" "$dir/"
        fi ;;
