@@ -102,8 +102,8 @@ def _jsonish(v: Any) -> Any:
 
 def training_batches(cfg: TrainConfig, train_set: Dataset, out: Path,
                      device: torch.device) -> LabeledBatches | MixedBatches:
-    """The run's batches: the training set's, or with [self_training] a teacher the labeled/pool mix (the
-    pseudo-labels kept in ``out/pseudo_labels.safetensors``)."""
+    """The run's batches: the training set's, or, when [self_training] names a teacher, the mix of labeled and
+    pseudo-labelled pool images (the pseudo-labels kept in ``out/pseudo_labels.safetensors``)."""
     st = cfg.self_training
     st.check()
     if not st.teacher:
