@@ -6,7 +6,8 @@ from certkit.data import load_dataset
 from certkit.models import REGISTRY, build, load_colt_mnist
 from certkit.verify import certify
 
-SHAPES = {"mlp": (1, 28, 28), "colt-mnist": (1, 28, 28), "stn-mnist": (1, 28, 28), "lenet": (1, 28, 28),
+SHAPES = {"mlp": (1, 28, 28), "colt-mnist": (1, 28, 28), "stn-mnist": (1, 28, 28), "madry-mnist": (1, 28, 28),
+          "trades-mnist": (1, 28, 28), "lenet": (1, 28, 28),
           "small-conv": (1, 8, 8), "provae-encoder": (1, 28, 28), "provae-decoder": (50,)}
 
 

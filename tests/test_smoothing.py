@@ -324,6 +324,26 @@ def test_attacks_on_smoothed_classifiers_respect_their_sets_and_break_a_weak_mod
     assert moved.any() and (vote(model, xa[moved], 0.1, 200, generator=gen) != y[moved]).float().mean() > 0.5
 
 
+def test_plain_cw_finds_points_beyond_the_exact_distance_to_a_linear_boundary():
+    from certkit.attacks.smoothed import eot_cw
+
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 2)
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x = 0.25 + 0.5 * torch.rand(32, 1, 4, 4)
+    y = model(x).argmax(1)
+    w = (lin.weight[1] - lin.weight[0]).detach()
+    exact = (x.flatten(1) @ w + (lin.bias[1] - lin.bias[0])).abs() / w.norm()  # distance to the boundary
+    xa = eot_cw(model, x, y, 0.0, c=100.0, steps=300, lr=0.05)  # σ = 0: C&W on the model's own logits
+    found = model(xa).argmax(1) != y
+    dist = (xa - x).flatten(1).norm(dim=1)
+    assert found.float().mean() > 0.9 and (xa >= 0).all() and (xa <= 1).all()
+    assert (dist[found] >= exact[found] - 1e-5).all()  # no adversarial point is closer than the boundary
+    assert (dist[found] <= 1.2 * exact[found] + 0.02).all()  # and C&W gets close to it
+    with pytest.raises(ValueError, match="non-negative"):
+        eot_cw(model, x, y, -0.1)
+
+
 @pytest.mark.parametrize("attack", ["smoothadv-pgd", "smoothadv-ddn", "eot-pgd", "eot-cw", "boundary", "transfer"])
 def test_smooth_attack_command(tmp_path, attack, capsys):
     from certkit.cli import main

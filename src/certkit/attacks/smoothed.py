@@ -112,15 +112,18 @@ def eot_cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, c: 
            samples: int = 8, steps: int = 100, lr: float = 0.01, noise: str = "gaussian",
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Carlini–Wagner L2 on noise-averaged logits; returns the smallest δ found that fools the averaged logits
-    (x itself where none did)."""
-    nz = Noise(noise, sigma)
+    (x itself where none did). ``sigma = 0``: plain C&W on the model's own logits (one noiseless draw)."""
+    if sigma < 0:
+        raise ValueError(f"sigma must be non-negative, got {sigma}")
+    nz = Noise(noise, sigma) if sigma > 0 else None
     w = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6)).detach().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
     best, best_norm = x.detach().clone(), torch.full((x.shape[0],), float("inf"), device=x.device)
     for _ in range(steps):
         with torch.enable_grad():
             xa = (torch.tanh(w) + 1) / 2
-            noise = nz.sample((x.shape[0], samples, *x.shape[1:]), generator, x.device, x.dtype)
+            noise = nz.sample((x.shape[0], samples, *x.shape[1:]), generator, x.device, x.dtype) if nz else \
+                torch.zeros((x.shape[0], 1, *x.shape[1:]), device=x.device, dtype=x.dtype)
             z = noisy_forward(model, xa, noise).mean(1)
             zy = z.gather(1, y[:, None]).squeeze(1)
             other = z.scatter(1, y[:, None], -float("inf")).amax(1)

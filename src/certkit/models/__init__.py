@@ -94,6 +94,16 @@ def stn_mnist(in_shape, num_classes):
     return layers + [nn.Linear(n, 128), nn.ReLU(), nn.Linear(128, num_classes)]
 
 
+@register("madry-mnist")
+def madry_mnist(in_shape, num_classes):
+    """Madry et al.'s MNIST net (2018): conv 32 k5 and conv 64 k5 (same padding), each with max-pool 2, fc 1024."""
+    c = in_shape[0]
+    layers = [nn.Conv2d(c, 32, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 5, 1, 2), nn.ReLU(),
+              nn.MaxPool2d(2), nn.Flatten()]
+    n = _flat_dim(nn.Sequential(*layers), in_shape)
+    return layers + [nn.Linear(n, 1024), nn.ReLU(), nn.Linear(1024, num_classes)]
+
+
 @register("trades-mnist")
 def trades_mnist(in_shape, num_classes):
     """TRADES' MNIST SmallCNN (Zhang et al. 2019): conv 32, 32 (k3), max-pool, conv 64, 64 (k3), max-pool, fc 200,
