@@ -63,6 +63,13 @@ class Target:
             return pgd(self.model, x, y, eps, "inf", self.args.pgd_steps, generator=self.gen).x_adv
         return sa.eot_pgd(self.model, x, y, eps, self.sigma, self.args.eot_m, self.args.eot_steps, generator=self.gen)
 
+    def l2_white(self, x, y, eps):
+        """L2 PGD; for STN SmoothAdv's attack on the soft smoothed classifier (Salman et al. 2019), m draws."""
+        if self.sigma is None:
+            return pgd(self.model, x, y, eps, 2, self.args.pgd_steps, generator=self.gen).x_adv
+        return sa.smoothadv_pgd(self.model, x, y, eps, self.sigma, self.args.eot_m, self.args.eot_steps,
+                                generator=self.gen)
+
     def cw(self, x, y):
         """The smallest adversarial δ C&W finds over the c grid (vote-checked for smoothed models): (x_adv, found)."""
         best, dist = x.clone(), torch.full((len(x),), float("inf"))
@@ -90,10 +97,11 @@ def run_block(kind: str, attack: str, target: Target, x, y, source=None, gen=Non
                                      else pgd(source, x, y, eps, "inf", target.args.pgd_steps, generator=gen).x_adv)
             rows[eps] = wrong | (target.predict(xa) != y)
         return curve(rows)
-    if attack == "l2-pgd":  # transfer only: L2 PGD crafted on the source
+    if attack == "l2-pgd":  # white-box, or crafted on the source
         rows = {}
         for eps in L2:
-            xa = x if eps == 0 else pgd(source, x, y, eps, 2, target.args.pgd_steps, generator=gen).x_adv
+            xa = x if eps == 0 else (target.l2_white(x, y, eps) if source is None
+                                     else pgd(source, x, y, eps, 2, target.args.pgd_steps, generator=gen).x_adv)
             rows[eps] = wrong | (target.predict(xa) != y)
         return curve(rows)
     if attack == "l2-cw":
@@ -115,12 +123,11 @@ def blocks(args) -> list[tuple[str, str, str, str, str | None]]:
     """(figure, kind, attack, target, source) in run order."""
     sig = sorted(args.stn, key=float, reverse=True)
     main = f"stn-{args.fig3_sigma}"
-    out = [("3", "white", "linf-pgd", "trades", None), ("3", "white", "l2-cw", "trades", None),
-           ("3", "white", "linf-pgd", main, None), ("3", "white", "l2-cw", main, None)]
+    out = [("3", "white", a, t, None) for t in ("trades", main) for a in ("linf-pgd", "l2-pgd", "l2-cw")]
     if args.madry:
         out += [("3", "black", a, t, "madry") for t in ("trades", main) for a in ("linf-pgd", "l2-pgd")]
     out += [("6", "decision", "boundary", t, None) for t in ("trades", main)]
-    out += [("4", "white", a, f"stn-{s}", None) for s in sig if s != args.fig3_sigma for a in ("linf-pgd", "l2-cw")]
+    out += [("4", "white", a, f"stn-{s}", None) for s in sig if s != args.fig3_sigma for a in ("linf-pgd", "l2-pgd")]
     return out
 
 
@@ -147,7 +154,10 @@ def plot(rows: list[dict], out: Path) -> None:
                                                  ("l2-cw", "l2-pgd", "L2 attack size"))):
         for t, colour in (("trades", "C0"), (main, "C1")):
             name = "TRADES" if t == "trades" else f"STN σ = {t[4:]}" if t else ""
-            draw(ax, find("3", t, white, "white"), f"{name}, white-box", colour + "-")
+            draw(ax, find("3", t, white, "white"), f"{name}, white-box" + (" C&W" if white == "l2-cw" else ""),
+                 colour + "-")
+            if white == "l2-cw":
+                draw(ax, find("3", t, "l2-pgd", "white"), f"{name}, white-box PGD", colour + ":")
             draw(ax, find("3", t, black, "black"), f"{name}, transfer from Madry", colour + "--")
         ax.set(xlabel=xlabel, ylabel="robust accuracy (%)", ylim=(0, 100))
         ax.grid(alpha=0.3)
@@ -158,7 +168,7 @@ def plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    panels = (("linf-pgd", "L∞ attack size (EOT-PGD)"), ("l2-cw", "L2 attack size (C&W)"))
+    panels = (("linf-pgd", "L∞ attack size (EOT-PGD)"), ("l2-pgd", "L2 attack size (PGD; SmoothAdv's for STN)"))
     for ax, (attack, xlabel) in zip(axes, panels):
         for i, t in enumerate(stn):
             draw(ax, find("4", t, attack, "white") or find("3", t, attack, "white"), f"STN σ = {t[4:]}", f"C{i}-")
@@ -205,6 +215,7 @@ def main() -> None:
     ap.add_argument("--boundary-count", type=int, default=None, help="inputs for the Boundary Attack (default: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="run only these figures (3, 4, 6)")
+    ap.add_argument("--attacks", nargs="*", help="run only these attacks (linf-pgd, l2-pgd, l2-cw, boundary)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/stn-curves")
@@ -221,9 +232,12 @@ def main() -> None:
         idx = list(range(0, args.count * args.step, args.step))
         x, y = data.x[idx], data.y[idx]
         madry = load_model(args.madry)[0].eval() if args.madry else None
-        done = {(r["figure"], r["kind"], r["attack"], r["target"]) for r in rows}
         for fig, kind, attack, target, source in blocks(args):
-            if (fig, kind, attack, target) in done or (args.only and fig not in args.only):
+            # the rows written so far, by this or another run of the script (runs with disjoint --only share a file)
+            rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+            done = {(r["figure"], r["kind"], r["attack"], r["target"]) for r in rows}
+            if (fig, kind, attack, target) in done or (args.only and fig not in args.only) or \
+                    (args.attacks and attack not in args.attacks):
                 continue
             gen = torch.Generator().manual_seed(args.seed)
             path_, sigma = models[target]
@@ -237,11 +251,11 @@ def main() -> None:
                    "vote_n": args.vote_n if sigma else None, "curve": c, "time_s": round(time.perf_counter() - t0, 1),
                    "settings": {k: getattr(args, k) for k in ("pgd_steps", "eot_steps", "eot_m", "cw_c", "cw_steps",
                                                              "cw_lr", "cw_kappa", "boundary_steps", "boundary_m")}}
-            rows.append(row)
             with path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"fig {fig} {kind:8s} {attack:9s} {target:8s}: " + " ".join(f"{r:g}:{100 * a:.1f}" for r, a in c)
                   + f"  ({row['time_s']} s)", flush=True)
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     plot(rows, out)
     print(f"figures: {out}/fig3.png, fig4.png, fig6.png")
 
