@@ -185,6 +185,7 @@ def plot(rows: list[dict], out: Path) -> None:
         name = "TRADES" if t == "trades" else f"STN σ = {t[4:]}" if t else ""
         draw(ax, find("6", t, "boundary", "decision"), f"{name}, Boundary Attack", colour + "--")
         draw(ax, find("3", t, "l2-cw", "white"), f"{name}, C&W (white-box)", colour + "-")
+        draw(ax, find("3", t, "l2-pgd", "white"), f"{name}, PGD (white-box)", colour + ":")
     ax.set(xlabel="L2 attack size", ylabel="robust accuracy (%)", ylim=(0, 100))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -216,6 +217,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="run only these figures (3, 4, 6)")
     ap.add_argument("--attacks", nargs="*", help="run only these attacks (linf-pgd, l2-pgd, l2-cw, boundary)")
+    ap.add_argument("--kinds", nargs="*", help="run only these kinds (white, black, decision)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/stn-curves")
@@ -237,7 +239,7 @@ def main() -> None:
             rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
             done = {(r["figure"], r["kind"], r["attack"], r["target"]) for r in rows}
             if (fig, kind, attack, target) in done or (args.only and fig not in args.only) or \
-                    (args.attacks and attack not in args.attacks):
+                    (args.attacks and attack not in args.attacks) or (args.kinds and kind not in args.kinds):
                 continue
             gen = torch.Generator().manual_seed(args.seed)
             path_, sigma = models[target]
