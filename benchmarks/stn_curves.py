@@ -195,6 +195,22 @@ def plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown: robust accuracy (%) at L∞ 0.1–0.4 and L2 1–4, a line per (model, attack, kind)."""
+    names = {("white", "linf-pgd"): "white-box L∞ PGD", ("white", "l2-pgd"): "white-box L2 PGD",
+             ("white", "l2-cw"): "white-box C&W", ("black", "linf-pgd"): "transfer L∞ PGD from Madry",
+             ("black", "l2-pgd"): "transfer L2 PGD from Madry", ("decision", "boundary"): "Boundary Attack"}
+    lines = []
+    for r in sorted(rows, key=lambda r: (r["target"] != "trades", r["target"], r["kind"] != "white", r["attack"])):
+        c = {round(a, 2): 100 * v for a, v in r["curve"]}
+        linf = r["attack"] == "linf-pgd"
+        cells = [f"{c[k]:.1f}" if linf else "" for k in (0.1, 0.2, 0.3, 0.4)]
+        cells += ["" if linf else f"{c[k]:.1f}" for k in (1.0, 2.0, 3.0, 4.0)]
+        model = "TRADES" if r["target"] == "trades" else f"STN σ = {r['target'][4:]}"
+        lines.append(f"| {model} | {names[(r['kind'], r['attack'])]} (n = {r['n']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trades", required=True)
@@ -259,6 +275,7 @@ def main() -> None:
                   + f"  ({row['time_s']} s)", flush=True)
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     plot(rows, out)
+    print(table(rows))
     print(f"figures: {out}/fig3.png, fig4.png, fig6.png")
 
 
