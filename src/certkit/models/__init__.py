@@ -30,12 +30,13 @@ def _flat_dim(features: nn.Module, in_shape: Sequence[int]) -> int:
         return features(torch.zeros(1, *in_shape)).flatten(1).shape[1]
 
 
-def _conv_net(in_shape, num_classes, convs, fcs, pool: bool = False) -> list[nn.Module]:
-    """conv (channels, kernel, stride, padding) layers with ReLU, then fc layers with ReLU, then the classifier."""
+def _conv_net(in_shape, num_classes, convs, fcs, pool: bool = False, pool_each: bool = False) -> list[nn.Module]:
+    """conv (channels, kernel, stride, padding) layers with ReLU (``pool_each``: each followed by a 2×2 max-pool;
+    ``pool``: one after the last), then fc layers with ReLU, then the classifier."""
     layers: list[nn.Module] = []
     c = in_shape[0]
     for out, k, s, p in convs:
-        layers += [nn.Conv2d(c, out, k, s, p), nn.ReLU()]
+        layers += [nn.Conv2d(c, out, k, s, p), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool_each else [])
         c = out
     if pool:
         layers.append(nn.MaxPool2d(2))
@@ -87,21 +88,13 @@ def bnn_cnn(in_shape, num_classes):
 @register("stn-mnist")
 def stn_mnist(in_shape, num_classes):
     """STN's MNIST net (Li et al. 2019): 2× conv 64 k3 with max-pool, fc 128."""
-    c = in_shape[0]
-    layers = [nn.Conv2d(c, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(),
-              nn.MaxPool2d(2), nn.Flatten()]
-    n = _flat_dim(nn.Sequential(*layers), in_shape)
-    return layers + [nn.Linear(n, 128), nn.ReLU(), nn.Linear(128, num_classes)]
+    return _conv_net(in_shape, num_classes, [(64, 3, 1, 1), (64, 3, 1, 1)], [128], pool_each=True)
 
 
 @register("madry-mnist")
 def madry_mnist(in_shape, num_classes):
     """Madry et al.'s MNIST net (2018): conv 32 k5 and conv 64 k5 (same padding), each with max-pool 2, fc 1024."""
-    c = in_shape[0]
-    layers = [nn.Conv2d(c, 32, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 5, 1, 2), nn.ReLU(),
-              nn.MaxPool2d(2), nn.Flatten()]
-    n = _flat_dim(nn.Sequential(*layers), in_shape)
-    return layers + [nn.Linear(n, 1024), nn.ReLU(), nn.Linear(1024, num_classes)]
+    return _conv_net(in_shape, num_classes, [(32, 5, 1, 2), (64, 5, 1, 2)], [1024], pool_each=True)
 
 
 @register("trades-mnist")
