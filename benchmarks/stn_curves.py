@@ -147,6 +147,17 @@ def plot(rows: list[dict], out: Path) -> None:
         if r:
             ax.plot([p[0] for p in r["curve"]], [100 * p[1] for p in r["curve"]], style, label=label)
 
+    def finish(ax, xlabel):
+        ax.set(xlabel=xlabel, ylabel="robust accuracy (%)", ylim=(0, 100))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+    def save(fig, title, name):
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
     stn = sorted({r["target"] for r in rows if r["target"].startswith("stn-")}, key=lambda t: float(t[4:]))
     main = next((r["target"] for r in rows if r["figure"] == "3" and r["target"].startswith("stn-")), None)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -159,26 +170,16 @@ def plot(rows: list[dict], out: Path) -> None:
             if white == "l2-cw":
                 draw(ax, find("3", t, "l2-pgd", "white"), f"{name}, white-box PGD", colour + ":")
             draw(ax, find("3", t, black, "black"), f"{name}, transfer from Madry", colour + "--")
-        ax.set(xlabel=xlabel, ylabel="robust accuracy (%)", ylim=(0, 100))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("STN Fig. 3 on MNIST: TRADES vs STN")
-    fig.tight_layout()
-    fig.savefig(out / "fig3.png", dpi=120)
-    plt.close(fig)
+        finish(ax, xlabel)
+    save(fig, "STN Fig. 3 on MNIST: TRADES vs STN", "fig3.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     panels = (("linf-pgd", "L∞ attack size (EOT-PGD)"), ("l2-pgd", "L2 attack size (PGD; SmoothAdv's for STN)"))
     for ax, (attack, xlabel) in zip(axes, panels):
         for i, t in enumerate(stn):
             draw(ax, find("4", t, attack, "white") or find("3", t, attack, "white"), f"STN σ = {t[4:]}", f"C{i}-")
-        ax.set(xlabel=xlabel, ylabel="robust accuracy (%)", ylim=(0, 100))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("STN Fig. 4 on MNIST: the effect of σ (white-box)")
-    fig.tight_layout()
-    fig.savefig(out / "fig4.png", dpi=120)
-    plt.close(fig)
+        finish(ax, xlabel)
+    save(fig, "STN Fig. 4 on MNIST: the effect of σ (white-box)", "fig4.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for t, colour in (("trades", "C0"), (main, "C1")):
@@ -186,13 +187,8 @@ def plot(rows: list[dict], out: Path) -> None:
         draw(ax, find("6", t, "boundary", "decision"), f"{name}, Boundary Attack", colour + "--")
         draw(ax, find("3", t, "l2-cw", "white"), f"{name}, C&W (white-box)", colour + "-")
         draw(ax, find("3", t, "l2-pgd", "white"), f"{name}, PGD (white-box)", colour + ":")
-    ax.set(xlabel="L2 attack size", ylabel="robust accuracy (%)", ylim=(0, 100))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("STN Fig. 6 on MNIST: decision-based vs white-box")
-    fig.tight_layout()
-    fig.savefig(out / "fig6.png", dpi=120)
-    plt.close(fig)
+    finish(ax, "L2 attack size")
+    save(fig, "STN Fig. 6 on MNIST: decision-based vs white-box", "fig6.png")
 
 
 def table(rows: list[dict]) -> str:

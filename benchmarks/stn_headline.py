@@ -56,7 +56,10 @@ def counts(model, x: torch.Tensor, index: np.ndarray, sigma: float, draws: int, 
 def sison_glaz(c: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """(top class's lower limit, runner-up's upper limit) of Sison–Glaz intervals at significance ``alpha``: the
     intervals depend on the multiset of counts only, so each sorted count vector is computed once."""
-    from statsmodels.stats.proportion import multinomial_proportions_confint
+    try:
+        from statsmodels.stats.proportion import multinomial_proportions_confint
+    except ImportError:
+        raise SystemExit("Sison–Glaz intervals need statsmodels: pip install statsmodels") from None
 
     srt = -np.sort(-c, 1)
     uniq, inverse = np.unique(srt, axis=0, return_inverse=True)
