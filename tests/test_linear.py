@@ -236,3 +236,26 @@ def test_a_cutoff_in_the_past_leaves_ibp_bounds_and_stays_sound():
         assert_contained(b.lower, b.upper, y)
         assert (b.lower >= ibp.lower - 1e-12).all() and (b.upper <= ibp.upper + 1e-12).all()
     assert (full.lower >= late.lower - 1e-9).all() and (full.lower > late.lower + 1e-6).any()  # CROWN's are tighter
+
+
+@pytest.mark.parametrize("negative_slope", [0.0, 0.1])
+def test_cached_relaxations_give_the_same_bounds(negative_slope):
+    """Passes that share precomputed relaxations (branch and bound, α-CROWN's iterations) bound exactly as passes
+    that derive them from the pre-activation bounds, with and without optimised slopes, for ReLU and LeakyReLU."""
+    from certkit.bounds.linear import _backward, relu_relaxations
+
+    torch.manual_seed(0)
+    act = nn.LeakyReLU(negative_slope) if negative_slope else nn.ReLU()
+    model = nn.Sequential(nn.Linear(6, 16), act, nn.Linear(16, 16), act, nn.Linear(16, 3)).eval()
+    s = LinfBall(torch.rand(2, 6), 0.3)
+    _, pre = crown_bounds(model, s, return_all=True)
+    graph = to_graph(model)
+    shapes = [tuple(v.shape[1:]) for v in graph.forward(s.x, return_all=True)]
+    A = torch.randn(2, 4, 3)
+    alphas = {j: torch.rand(2, 4, *shapes[j]) for j in pre}
+    relax = relu_relaxations(graph, pre)
+    assert sum(bool(r[0].any()) for r in relax.values()) == 2  # both layers have unstable neurons
+    for a in (None, alphas):
+        plain = _backward(graph, graph.output, A, shapes, pre, s, alphas=a)
+        cached = _backward(graph, graph.output, A, shapes, pre, s, alphas=a, relax=relax)
+        torch.testing.assert_close(cached, plain, rtol=0, atol=0)

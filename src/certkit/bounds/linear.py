@@ -115,6 +115,7 @@ class _Pass:
     pre: dict[int, Bounds]
     alphas: dict[int, torch.Tensor] | None
     record: dict[int, torch.Tensor] | None
+    relax: dict[int, tuple[torch.Tensor, ...]] | None = None
 
 
 # A backward rule maps the coefficients A on an op's output to [(input node, coefficients on it, constant)] with
@@ -129,9 +130,15 @@ def _back_kink(op: g.PiecewiseLinear, node, A, p):
     j = node.inputs[0]
     if p.record is not None:
         p.record[j] = A
-    b = p.pre[j]
     alpha = p.alphas.get(j) if p.alphas is not None else None
-    sl, su, bu = relu_relaxation(Bounds(b.lower.unsqueeze(1), b.upper.unsqueeze(1)), op.negative_slope, alpha)
+    if p.relax is not None and j in p.relax:  # computed once for several passes over the same bounds
+        unstable, sl, su, bu = p.relax[j]
+        if alpha is not None:
+            a = op.negative_slope
+            sl = torch.where(unstable, a + (1 - a) * alpha if a else alpha, sl)
+    else:
+        b = p.pre[j]
+        sl, su, bu = relu_relaxation(Bounds(b.lower.unsqueeze(1), b.upper.unsqueeze(1)), op.negative_slope, alpha)
     # A⁺·sl + A⁻·su as A·sl + A⁻·(su − sl), and A⁻·bu as a batched matrix-vector product: three passes over A
     neg = A.clamp(max=0)
     Aj = (A * sl).addcmul_(neg, su - sl)
@@ -181,10 +188,24 @@ RULES = {
 """CROWN's backward rules (op type → rule); the ops it supports are derived from this table."""
 
 
+def relu_relaxations(graph: g.Graph, pre: dict[int, Bounds]) -> dict[int, tuple[torch.Tensor, ...]]:
+    """Per ReLU (LeakyReLU) input node of ``pre``: (unstable mask, default lower slope, upper slope, upper
+    intercept), shaped (B, 1, *shape) to broadcast over a pass's rows; what :func:`_backward` would compute on
+    every pass."""
+    out = {}
+    for n in graph.nodes:
+        if isinstance(n.op, g.PiecewiseLinear) and n.inputs[0] in pre:
+            b = pre[n.inputs[0]]
+            lo, up = b.lower.unsqueeze(1), b.upper.unsqueeze(1)
+            out[n.inputs[0]] = ((lo < 0) & (up > 0), *relu_relaxation(Bounds(lo, up), n.op.negative_slope))
+    return out
+
+
 def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[int, ...]],
               pre: dict[int, Bounds], input_set: InputSet, const: torch.Tensor | None = None,
               alphas: dict[int, torch.Tensor] | None = None, betas: dict[int, torch.Tensor] | None = None,
-              record: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+              record: dict[int, torch.Tensor] | None = None,
+              relax: dict[int, tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
     """Lower bound of ``A·x_target + const`` over the input set (A: (B, K, *shape of target)).
 
     ``alphas`` optionally gives, per ReLU (or LeakyReLU) input node, lower slopes in [0, 1] of the ReLU part, of
@@ -192,12 +213,13 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
     ``betas`` adds, per node, a term ``betas[i]·x_i`` to the bounded function (β-CROWN's Lagrangian for split
     constraints; see :mod:`certkit.verify.bab`). ``record``, if given, receives the coefficients on every
     ReLU's (LeakyReLU's) output (keyed by its input node) and on the input (key -1). The rules per op are in
-    :data:`RULES`."""
+    :data:`RULES`. ``relax``: the ReLU relaxations of ``pre`` from :func:`relu_relaxations`, when several passes
+    share the same bounds."""
     B, K = A.shape[:2]
     coeff: dict[int, torch.Tensor] = {target: A}
     if const is None:
         const = torch.zeros(B, K, dtype=A.dtype, device=A.device)
-    ctx = _Pass(shapes, pre, alphas, record)
+    ctx = _Pass(shapes, pre, alphas, record, relax)
     for i in range(target, -1, -1):
         if i not in coeff:
             continue
@@ -399,11 +421,12 @@ def _optimize_slopes(graph, target, rows, shapes, pre, input_set, alphas: dict[i
     ``rows`` at ``target``; every iterate is sound, so the rowwise best (starting from ``best``) is returned.
     Only the slopes get gradients, never the model's weights. Stops early at ``deadline`` (perf_counter)."""
     opt = torch.optim.Adam(list(alphas.values()), lr=lr)
+    relax = relu_relaxations(graph, pre)  # the bounds stay fixed: their relaxations are computed once
     for _ in range(iterations):
         if deadline is not None and time.perf_counter() > deadline:
             break
         with torch.enable_grad():
-            lo = _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas)
+            lo = _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas, relax=relax)
             grads = torch.autograd.grad(-lo.sum(), list(alphas.values()))
         best = torch.maximum(best, lo.detach())
         for a, gr in zip(alphas.values(), grads):
@@ -413,7 +436,7 @@ def _optimize_slopes(graph, target, rows, shapes, pre, input_set, alphas: dict[i
             for a in alphas.values():
                 a.clamp_(0, 1)
     with torch.no_grad():
-        return torch.maximum(best, _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas))
+        return torch.maximum(best, _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas, relax=relax))
 
 
 def _intersect(lo: torch.Tensor, up: torch.Tensor, lo2: torch.Tensor, up2: torch.Tensor):

@@ -35,7 +35,7 @@ import torch
 from certkit import graph as g
 from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.interval import Bounds
-from certkit.bounds.linear import _backward, crown_bounds
+from certkit.bounds.linear import _backward, crown_bounds, relu_relaxations
 from certkit.bounds.relax import relu_relaxation
 from certkit.nn import float64_copy
 from certkit.specs import Box, InputSet, LinearSpec, SpecError
@@ -153,25 +153,25 @@ class _Problem:
         D = next(iter(split.values())).shape[0] if split else 1
         K = self.C.shape[1]
         box = Box(self.lo.expand(D, *self.lo.shape[1:]), self.hi.expand(D, *self.hi.shape[1:]))
-        pre, base = self._domain_pre(split, D)
+        pre, base, relax = self._domain_pre(split, D)
         rows, const = self.C.expand(D, -1, -1), self.d.expand(D, -1)
         a = {j: v.detach().clone().requires_grad_(True) for j, v in alpha.items()}
         bt = {j: v.detach().clone().requires_grad_(True) for j, v in beta.items()}
 
         def run(record=None):
             alphas, betas = self._full(a, bt, split, base)
-            return _backward(self.graph, self.graph.output, rows, self.shapes, pre, box, const, alphas, betas, record)
+            return _backward(self.graph, self.graph.output, rows, self.shapes, pre, box, const, alphas, betas, record,
+                             relax)
 
-        with torch.no_grad():
-            best = run()
         params = list(a.values()) + list(bt.values())
+        best = None
         if params and iterations > 0:
             opt = torch.optim.Adam([{"params": list(a.values()), "lr": lr}, {"params": list(bt.values()), "lr": lr}])
             for _ in range(iterations):
                 with torch.enable_grad():
                     lo = run()
                     grads = torch.autograd.grad(-lo.sum(), params)
-                best = torch.maximum(best, lo.detach())
+                best = lo.detach() if best is None else torch.maximum(best, lo.detach())
                 for p, gr in zip(params, grads):
                     p.grad = gr
                 opt.step()
@@ -182,15 +182,17 @@ class _Problem:
                         v.clamp_(min=0)
         record: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            best = torch.maximum(best, run(record))
+            last = run(record)
+            best = last if best is None else torch.maximum(best, last)
             scores = self._scores(record, pre, split)
             A = record[-1]  # the minimiser over the box of each row's linear bound: a candidate counterexample
             xs = torch.where(A >= 0, self.lo.unsqueeze(1), self.hi.unsqueeze(1)).reshape(D * K, *self.lo.shape[1:])
         return best, {j: v.detach() for j, v in a.items()}, {j: v.detach() for j, v in bt.items()}, scores, xs
 
-    def _domain_pre(self, split: dict[int, torch.Tensor], D: int) -> tuple[dict[int, Bounds], dict[int, torch.Tensor]]:
-        """The root's intermediate bounds clipped by each domain's splits, and the default lower ReLU slopes
-        (D, K, n) of the clipped bounds."""
+    def _domain_pre(self, split: dict[int, torch.Tensor], D: int
+                    ) -> tuple[dict[int, Bounds], dict[int, torch.Tensor], dict[int, tuple[torch.Tensor, ...]]]:
+        """The root's intermediate bounds clipped by each domain's splits, the default lower ReLU slopes
+        (D, K, n) of the clipped bounds, and their relaxations (see :func:`relu_relaxations`)."""
         K = self.C.shape[1]
         pre: dict[int, Bounds] = {}
         base: dict[int, torch.Tensor] = {}
@@ -203,9 +205,10 @@ class _Problem:
                 lo[:, u] = torch.where(s_j > 0, lo[:, u].clamp(min=0), lo[:, u])
                 up[:, u] = torch.where(s_j < 0, up[:, u].clamp(max=0), up[:, u])
             pre[j] = Bounds(lo.view(D, *self.shapes[j]), up.view(D, *self.shapes[j]))
-            if j in self.unstable:
-                base[j] = relu_relaxation(pre[j])[0].flatten(1).unsqueeze(1).expand(D, K, -1)
-        return pre, base
+        relax = relu_relaxations(self.graph, pre)
+        for j in self.unstable:
+            base[j] = relax[j][1].flatten(2).expand(D, K, -1)
+        return pre, base, relax
 
     def _full(self, a: dict[int, torch.Tensor], bt: dict[int, torch.Tensor], split: dict[int, torch.Tensor],
               base: dict[int, torch.Tensor]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
@@ -251,12 +254,12 @@ class _Problem:
             split[j] = sj
             offset += sj.shape[1]
         with torch.no_grad():
-            pre, base = self._domain_pre(split, n)
+            pre, base, relax = self._domain_pre(split, n)
             alphas, betas = self._full({j: rep(t) for j, t in dom.alpha.items()},
                                        {j: rep(t) for j, t in dom.beta.items()}, split, base)
             box = Box(self.lo.expand(n, *self.lo.shape[1:]), self.hi.expand(n, *self.hi.shape[1:]))
             low = _backward(self.graph, self.graph.output, self.C.expand(n, -1, -1), self.shapes, pre, box,
-                            self.d.expand(n, -1), alphas, betas)
+                            self.d.expand(n, -1), alphas, betas, relax=relax)
         val = low.max(1).values.view(2, D, k)
         worse = torch.minimum(val[0], val[1]).nan_to_num(nan=-math.inf)
         worse = torch.where(score > 0, worse, torch.full_like(worse, -math.inf))
