@@ -149,6 +149,8 @@ def _back_kink(op: g.PiecewiseLinear, node, A, p):
 
 def _back_sshape(op, node, A, p):
     j = node.inputs[0]
+    if p.record is not None:
+        p.record[j] = A
     sl, bl, su, bu = (t.unsqueeze(1) for t in sshape_relaxation(isinstance(op, g.Tanh), p.pre[j]))
     pos = A >= 0
     return [(j, A * torch.where(pos, sl, su), (A * torch.where(pos, bl, bu)).flatten(2).sum(2))]
@@ -212,7 +214,7 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
     shape (B, K, *shape), for the unstable neurons (α-CROWN); the default is CROWN's adaptive slope.
     ``betas`` adds, per node, a term ``betas[i]·x_i`` to the bounded function (β-CROWN's Lagrangian for split
     constraints; see :mod:`certkit.verify.bab`). ``record``, if given, receives the coefficients on every
-    ReLU's (LeakyReLU's) output (keyed by its input node) and on the input (key -1). The rules per op are in
+    activation's output (keyed by its input node) and on the input (key -1). The rules per op are in
     :data:`RULES`. ``relax``: the ReLU relaxations of ``pre`` from :func:`relu_relaxations`, when several passes
     share the same bounds."""
     B, K = A.shape[:2]

@@ -20,9 +20,10 @@ from torch import nn
 from certkit import graph as g
 from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.interval import interval_bounds
-from certkit.bounds.linear import alpha_crown_bounds, crown_bounds
+from certkit.bounds.linear import RULES, alpha_crown_bounds, crown_bounds
 from certkit.nn import float64_copy
 from certkit.specs import InputSet, LinearSpec, Property
+from certkit.verify.act_bab import activation_bab
 from certkit.verify.bab import SUPPORTED_OPS, ReluBab
 from certkit.verify.input_bab import input_bab, splits_inputs
 from certkit.verify.milp import MilpEncoding, _select
@@ -79,7 +80,8 @@ def verify_property(
     Stages run in order on the inputs still undecided: ``attack`` (PGD on the violation, re-checked in float64),
     ``ibp``, ``crown``, ``alpha`` (bounds; a clause is refuted when one of its rows is proved positive) and
     ``bab`` (branch and bound per open clause: on the input box when at most 16 inputs vary, see
-    :mod:`certkit.verify.input_bab`, else on ReLUs with β-CROWN) and ``milp`` (HiGHS), both with α-CROWN-optimised
+    :mod:`certkit.verify.input_bab`, else on ReLUs with β-CROWN, or, for Sigmoid/Tanh networks, on activation
+    intervals, :mod:`certkit.verify.act_bab`) and ``milp`` (HiGHS), both with α-CROWN-optimised
     intermediate bounds and within what is left of ``timeout`` per input: the MILP runs only where branch and
     bound stopped early without a verdict (domain budget, a fully split domain) or is left out of ``stages``.
     ``progress(n)``, if given, is told each time n more inputs are finished (per input in the complete stages).
@@ -123,8 +125,9 @@ def verify_property(
             if not input_set.is_box:
                 continue  # both split boxes only
             for b in idx.tolist():
-                if not (piecewise_linear(model) or (stage == "bab" and splits_inputs(_select(input_set, b)))):
-                    continue  # e.g. MaxPool, Sigmoid: no encoding; those inputs stay 'unknown'
+                if not (piecewise_linear(model) or (stage == "bab" and (splits_inputs(_select(input_set, b))
+                                                                        or activation_splits(model)))):
+                    continue  # e.g. MaxPool: no encoding, no activation to split; those inputs stay 'unknown'
                 left = timeout if deadline is None else min(timeout, deadline - time.perf_counter()
                                                              + sum(verdicts[b].seconds.values()))
                 _complete_stage(stage, model, input_set, prop, b, lower, verdicts[b], left, max_binaries, refined,
@@ -175,6 +178,14 @@ def verify_property(
     return verdicts
 
 
+def activation_splits(model) -> bool:
+    """Branch and bound over activation intervals (:mod:`certkit.verify.act_bab`) suits the model: it has an
+    S-shaped activation (ReLU-only networks go to ReLU splitting and the MILP) and CROWN bounds all its ops."""
+    nodes = g.to_graph(model).nodes
+    return (any(isinstance(n.op, (g.Sigmoid, g.Tanh)) for n in nodes)
+            and all(isinstance(n.op, (g.Input, *RULES)) for n in nodes))
+
+
 def piecewise_linear(model) -> bool:
     """The model has only the ops branch and bound and the MILP encode (ReLU/LeakyReLU networks without MaxPool)."""
     return all(isinstance(n.op, SUPPORTED_OPS) for n in g.to_graph(model).nodes)
@@ -207,7 +218,7 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
     pre = refined.get(b)
     enc = None
     open_q.sort(key=lambda q: float(lower[b, prop.rows_of(q)].max()))
-    if stage == "bab" and not splits_inputs(one):
+    if stage == "bab" and not splits_inputs(one) and piecewise_linear(model):
         _round_robin(model, one, mine, open_q, lower[b], verdict, pre, left - (time.perf_counter() - t0), model64,
                      input_set.subset([b]))
         verdict.seconds[stage] = time.perf_counter() - t0
@@ -221,8 +232,11 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
             break
         clause = mine.clause(q)
         C, d = clause.C[0], clause.d[0]
-        if stage == "bab":  # few inputs: split the input box
+        if stage == "bab" and splits_inputs(one):  # few inputs: split the input box
             r = input_bab(model, one, C, d, time_limit=budget)
+        elif stage == "bab":  # Sigmoid/Tanh: split their intervals, each clause its share of what is left
+            share = budget / sum(1 for p in open_q[open_q.index(q):] if not (lower[b, prop.rows_of(p)] > 0).any())
+            r = activation_bab(model, one, C, d, time_limit=share, pre=pre)
         else:
             enc = enc or MilpEncoding(model, one, pre, max_binaries)
             budget = left - (time.perf_counter() - t0)  # the encoding's time counts against the budget
