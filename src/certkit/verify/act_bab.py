@@ -29,7 +29,7 @@ from certkit.bounds.linear import _backward, crown_bounds
 from certkit.bounds.relax import relu_relaxation, sshape_relaxation
 from certkit.nn import float64_copy
 from certkit.specs import Box, InputSet, LinearSpec, SpecError
-from certkit.verify.bab import BabResult
+from certkit.verify.bab import BabResult, clause_rows
 
 MIN_WIDTH = 1e-6  # an interval narrower than this (relative to 1 + |bound|) is not split further
 
@@ -47,11 +47,7 @@ def activation_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor 
     graph = g.to_graph(model)
     lo0, hi0 = input_set.lower, input_set.upper
     dtype, dev = lo0.dtype, lo0.device
-    C = torch.as_tensor(C, dtype=dtype, device=dev)
-    d = torch.zeros(C.shape[0], dtype=dtype, device=dev) if d is None else torch.as_tensor(d, dtype=dtype,
-                                                                                            device=dev).reshape(-1)
-    if C.dim() != 2 or d.shape != (C.shape[0],):
-        raise SpecError(f"C must be (K, n_out) and d (K,), got {tuple(C.shape)} and {tuple(d.shape)}")
+    C, d = clause_rows(C, d, lo0)
     K = C.shape[0]
     if pre is None:
         with torch.no_grad():

@@ -60,6 +60,17 @@ class BabResult:
     seconds: float
 
 
+def clause_rows(C, d, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One clause's rows ``C`` (K, n_out) and offsets ``d`` (K,; default 0) as tensors of ``like``'s dtype and
+    device; a clear error for other shapes."""
+    C = torch.as_tensor(C, dtype=like.dtype, device=like.device)
+    d = (torch.zeros(C.shape[0], dtype=like.dtype, device=like.device) if d is None
+         else torch.as_tensor(d, dtype=like.dtype, device=like.device).reshape(-1))
+    if C.dim() != 2 or d.shape != (C.shape[0],):
+        raise SpecError(f"C must be (K, n_out) and d (K,), got {tuple(C.shape)} and {tuple(d.shape)}")
+    return C, d
+
+
 @dataclass
 class Domains:
     """Open domains, one row each: the split signs per ReLU layer ``split[j]`` (D, unstable; +1 active, −1

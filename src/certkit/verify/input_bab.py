@@ -30,7 +30,7 @@ from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.linear import crown_bounds
 from certkit.nn import float64_copy
 from certkit.specs import Box, InputSet, LinearSpec, SpecError
-from certkit.verify.bab import BabResult
+from certkit.verify.bab import BabResult, clause_rows
 
 MAX_INPUTS = 16  # the cascade splits the input box, not ReLUs, when at most this many inputs vary
 BOUND_BRANCHING_INPUTS = 8  # 'auto' branching tries every input when at most this many vary
@@ -57,11 +57,7 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
         raise SpecError(f"branching must be 'auto', 'bound' or 'gradient', got {branching!r}")
     lo0, hi0 = input_set.lower, input_set.upper
     dtype, dev = lo0.dtype, lo0.device
-    C = torch.as_tensor(C, dtype=dtype, device=dev)
-    d = torch.zeros(C.shape[0], dtype=dtype, device=dev) if d is None else torch.as_tensor(d, dtype=dtype,
-                                                                                            device=dev).reshape(-1)
-    if C.dim() != 2 or d.shape != (C.shape[0],):
-        raise SpecError(f"C must be (K, n_out) and d (K,), got {tuple(C.shape)} and {tuple(d.shape)}")
+    C, d = clause_rows(C, d, lo0)
     varying = torch.nonzero((hi0 > lo0).flatten()).flatten()
     if branching == "auto":
         branching = "bound" if len(varying) <= BOUND_BRANCHING_INPUTS else "gradient"
