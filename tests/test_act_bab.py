@@ -4,11 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from certkit import graph as g
 from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.linear import crown_bounds
 from certkit.specs import Box, LinearSpec, LinfBall
 from certkit.verify import verify_property
 from certkit.verify.act_bab import activation_bab
+from certkit.verify.certify import certify
 
 
 def s_net(act, seed: int) -> nn.Module:
@@ -63,3 +65,23 @@ def test_splitting_proves_what_crown_cannot_and_the_cascade_uses_it():
     assert r.verdict == "verified" and r.domains > 1
     v = verify_property(model, box, LinearSpec(C[None], None), timeout=20)[0]
     assert v.verdict == "verified" and v.stage == "bab"
+
+
+def test_certify_with_bab_splits_activations_of_a_tanh_net():
+    """``certify(..., method="bab")`` (the CLI's ``--method bab``) takes Sigmoid/Tanh networks to activation
+    splitting: it proves a small ball and finds a checked counterexample in a large one."""
+    model = s_net(nn.Tanh, 0)
+    torch.manual_seed(0)
+    x = torch.rand(1, 20)
+    y = model(x).argmax(1)
+    proved = certify(model, x, y, 0.1, "bab", timeout=10)
+    assert bool(proved.certified[0]) and proved.verdicts[0].stage == "bab" and float(proved.margin_lower[0]) > 0
+    broken = certify(model, x, y, 0.3, "bab", timeout=10)
+    v = broken.verdicts[0]
+    assert v.verdict == "falsified" and not bool(broken.certified[0])
+    cex = v.counterexample.to(x.dtype)
+    assert float((cex - x).abs().max()) <= 0.3 + 1e-6 and int(model(cex).argmax(1)) != int(y)
+    pooled = nn.Sequential(nn.Unflatten(1, (1, 4, 5)), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 3), nn.ReLU(),
+                           nn.Linear(3, 3)).eval()  # MaxPool in a ReLU net: neither splitting applies
+    with pytest.raises(g.UnsupportedOpError, match="piecewise-linear"):
+        certify(pooled, x, pooled(x).argmax(1), 0.1, "bab")

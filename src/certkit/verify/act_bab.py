@@ -27,9 +27,8 @@ from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.interval import Bounds
 from certkit.bounds.linear import _backward, crown_bounds
 from certkit.bounds.relax import relu_relaxation, sshape_relaxation
-from certkit.nn import float64_copy
 from certkit.specs import Box, InputSet, LinearSpec, SpecError
-from certkit.verify.bab import BabResult, clause_rows
+from certkit.verify.bab import BabResult, clause_rows, violation_check
 
 MIN_WIDTH = 1e-6  # an interval narrower than this (relative to 1 + |bound|) is not split further
 
@@ -57,19 +56,12 @@ def activation_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor 
     acts = {n.inputs[0]: n.op for n in graph.nodes if isinstance(n.op, g.Activation)}
     js = [j for j in sorted(acts) if j in pre]
     sizes = [math.prod(shapes[j]) for j in js]
-    model64 = None
 
     def clause(m, x: torch.Tensor) -> torch.Tensor:
         out = m(x).flatten(1)
         return (out @ C.T.to(out.dtype) + d.to(out.dtype)).max(1).values
 
-    def violates(x: torch.Tensor) -> bool:
-        nonlocal model64
-        if model64 is None:
-            model64 = float64_copy(model)
-        inside = bool(((x >= lo0) & (x <= hi0)).all())
-        with torch.no_grad():
-            return inside and float(clause(model64, x.double())[0]) <= 0
+    violates = violation_check(model, clause, lo0, hi0)
 
     def bound(L: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Lower bounds (D,) of the domains with the concatenated activation intervals L, U (D, N); the

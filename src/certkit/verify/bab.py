@@ -71,6 +71,22 @@ def clause_rows(C, d, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return C, d
 
 
+def violation_check(model, clause, lo: torch.Tensor, hi: torch.Tensor):
+    """``violates(x)``: the point ``x`` (1, ...) lies in the box [lo, hi] and ``clause(m, x) <= 0`` holds for a
+    float64 copy ``m`` of the model (made on first use: the model's own dtype may round a near-tie)."""
+    model64 = None
+
+    def violates(x: torch.Tensor) -> bool:
+        nonlocal model64
+        if model64 is None:
+            model64 = float64_copy(model)
+        inside = bool(((x >= lo) & (x <= hi)).all())
+        with torch.no_grad():
+            return inside and float(clause(model64, x.double())[0]) <= 0
+
+    return violates
+
+
 @dataclass
 class Domains:
     """Open domains, one row each: the split signs per ReLU layer ``split[j]`` (D, unstable; +1 active, −1
@@ -140,21 +156,14 @@ class _Problem:
         self.unstable = {j: ((pre[j].lower < 0) & (pre[j].upper > 0)).flatten().nonzero().squeeze(1)
                          for j in self.relus}
         self.n_unstable = sum(len(u) for u in self.unstable.values())
-        self._model64 = None
+        # violates(x): the point is in the set and violates the clause in float64
+        self.violates = violation_check(model, lambda m, x: self.clause_value(x, m), self.lo, self.hi)
 
     def clause_value(self, x: torch.Tensor, model=None) -> torch.Tensor:
         """``max_k (C·f(x) + d)_k`` for a batch of points."""
         out = (model or self.model)(x).flatten(1)
         C, d = self.C[0].to(out.dtype), self.d[0].to(out.dtype)
         return (out @ C.T + d).max(1).values
-
-    def violates(self, x: torch.Tensor) -> bool:
-        """The point is in the set and violates the clause in float64 (the model's dtype may round)."""
-        if self._model64 is None:
-            self._model64 = float64_copy(self.model)
-        inside = bool(((x >= self.lo) & (x <= self.hi)).all())
-        with torch.no_grad():
-            return inside and float(self.clause_value(x.double(), self._model64)[0]) <= 0
 
     def bound(self, split: dict[int, torch.Tensor], alpha: dict[int, torch.Tensor], beta: dict[int, torch.Tensor],
               iterations: int, lr: float) -> tuple[torch.Tensor, dict, dict, torch.Tensor, torch.Tensor]:

@@ -223,6 +223,8 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
                      input_set.subset([b]))
         verdict.seconds[stage] = time.perf_counter() - t0
         return
+    if stage == "bab" and not splits_inputs(one):  # activation splitting: the easiest clauses first, so that
+        open_q.reverse()  # the time they leave goes to the hardest (one unproved clause leaves the input open)
     for q in open_q:
         rq = prop.rows_of(q)
         if (lower[b, rq] > 0).any():
@@ -249,10 +251,10 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
             if x is not None:
                 verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, x
             break
+        if len(rq) == 1 and r.verdict in ("verified", "unknown"):  # a sound bound of the row either way
+            lower[b, rq] = torch.clamp(lower[b, rq], min=r.bound)
         if r.verdict != "verified":
             break
-        if len(rq) == 1:
-            lower[b, rq] = torch.clamp(lower[b, rq], min=r.bound)
     else:
         verdict.verdict, verdict.stage = "verified", stage
     verdict.seconds[stage] = time.perf_counter() - t0

@@ -21,7 +21,7 @@ from certkit import graph as g
 from certkit.nn import float64_copy
 from certkit.specs import SpecError, ball, check_finite, margin_spec
 from certkit.verify.bab import SUPPORTED_OPS
-from certkit.verify.cascade import METHODS, STAGES, piecewise_linear, verify_property
+from certkit.verify.cascade import METHODS, STAGES, activation_splits, piecewise_linear, verify_property
 
 COMPLETE = ("bab", "milp", "cascade")  # methods that run the cascade (one stage, or all)
 SUPPORTED_NAMES = g.supported_ops(dict.fromkeys(SUPPORTED_OPS))
@@ -80,7 +80,8 @@ def certify(
         if method != "cascade":
             if not s.is_box:
                 raise SpecError(f"method {method!r} splits boxes: it takes L∞ balls, not the L{s.p:g} ball")
-            if not piecewise_linear(model):
+            # Sigmoid/Tanh networks: branch and bound splits their activation intervals instead
+            if not piecewise_linear(model) and not (method == "bab" and activation_splits(model)):
                 ops = sorted({repr(n.op) for n in g.to_graph(model).nodes if not isinstance(n.op, SUPPORTED_OPS)})
                 raise g.UnsupportedOpError(f"method {method!r} encodes piecewise-linear networks ("
                                            f"{', '.join(SUPPORTED_NAMES)}); this one has {', '.join(ops)}")

@@ -28,9 +28,8 @@ import torch
 
 from certkit.attacks.pgd import pgd_minimize
 from certkit.bounds.linear import crown_bounds
-from certkit.nn import float64_copy
 from certkit.specs import Box, InputSet, LinearSpec, SpecError
-from certkit.verify.bab import BabResult, clause_rows
+from certkit.verify.bab import BabResult, clause_rows, violation_check
 
 MAX_INPUTS = 16  # the cascade splits the input box, not ReLUs, when at most this many inputs vary
 BOUND_BRANCHING_INPUTS = 8  # 'auto' branching tries every input when at most this many vary
@@ -61,7 +60,6 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
     varying = torch.nonzero((hi0 > lo0).flatten()).flatten()
     if branching == "auto":
         branching = "bound" if len(varying) <= BOUND_BRANCHING_INPUTS else "gradient"
-    model64 = None
 
     def clause(m, x: torch.Tensor) -> torch.Tensor:
         out = m(x).flatten(1)
@@ -77,13 +75,7 @@ def input_bab(model, input_set: InputSet, C: torch.Tensor, d: torch.Tensor | Non
                 out.append((crown_bounds(model, b, spec).lower + d).max(1).values)
         return torch.cat(out)
 
-    def violates(x: torch.Tensor) -> bool:
-        nonlocal model64
-        if model64 is None:
-            model64 = float64_copy(model)
-        inside = bool(((x >= lo0) & (x <= hi0)).all())
-        with torch.no_grad():
-            return inside and float(clause(model64, x.double())[0]) <= 0
+    violates = violation_check(model, clause, lo0, hi0)
 
     def result(verdict: str, bound_: float, value: float = math.inf, x: torch.Tensor | None = None) -> BabResult:
         return BabResult(verdict, bound_, value, x, n_bounded, time.perf_counter() - t0)
