@@ -87,6 +87,40 @@ def test_every_domain_bound_holds_on_sampled_points_of_its_domain(seed):
     assert checked > 100
 
 
+def test_a_domain_bound_does_not_depend_on_the_domains_bounded_with_it():
+    """Proved domains leave the α/β optimisation at their first proving iterate; the others must get exactly
+    what they would get alone, and never less than their unoptimised bound. The shift puts some of the random
+    domains above 0 at once and leaves others open after the optimisation."""
+    net = mlp(1)
+    torch.manual_seed(7)
+    x = torch.rand(1, 5, dtype=torch.float64)
+    s = Box(x - 0.4, x + 0.4)
+    C = torch.ones(1, 1, dtype=torch.float64)
+    prob0 = _Problem(net, s, C, torch.zeros(1, dtype=torch.float64), None)
+    D = 16
+    split, alpha, beta = {}, {}, {}
+    for j, u in prob0.unstable.items():
+        split[j] = torch.randint(-1, 2, (D, len(u)), dtype=torch.int8)
+        alpha[j] = torch.rand(D, 1, len(u), dtype=torch.float64)
+        beta[j] = torch.rand(D, 1, len(u), dtype=torch.float64)
+    start, *_ = prob0.bound(split, alpha, beta, iterations=0, lr=0.1)
+    opt, *_ = prob0.bound(split, alpha, beta, iterations=5, lr=0.1)
+    shift = float(start[:, 0].max() + opt[:, 0].min()) / 2  # one domain proved before any step, one left open
+    assert float(start[:, 0].max()) > shift > float(opt[:, 0].min())
+    prob = _Problem(net, s, C, torch.tensor([-shift], dtype=torch.float64), None)
+    low, a_out, _, scores, _ = prob.bound(split, alpha, beta, iterations=5, lr=0.1)
+    proved = low[:, 0] > 0
+    assert proved.any() and not proved.all()
+    assert (low[:, 0] >= start[:, 0] - shift - 1e-12).all()
+    assert (scores[start[:, 0] > shift] == -1).all()  # left before the last pass: no scores needed
+    for k in (~proved).nonzero().squeeze(1).tolist():
+        one = {j: t[k:k + 1] for j, t in split.items()}
+        alone, a1, *_ = prob.bound(one, {j: t[k:k + 1] for j, t in alpha.items()},
+                                   {j: t[k:k + 1] for j, t in beta.items()}, iterations=5, lr=0.1)
+        assert torch.allclose(alone[0], low[k], rtol=0, atol=1e-9)
+        assert all(torch.allclose(a1[j][0], a_out[j][k], atol=1e-9) for j in a1)
+
+
 def test_time_limit_gives_unknown_with_a_sound_bound():
     net = mlp(3)
     x = torch.rand(1, 5, dtype=torch.float64)

@@ -168,46 +168,86 @@ class _Problem:
     def bound(self, split: dict[int, torch.Tensor], alpha: dict[int, torch.Tensor], beta: dict[int, torch.Tensor],
               iterations: int, lr: float) -> tuple[torch.Tensor, dict, dict, torch.Tensor, torch.Tensor]:
         """Lower bounds (D, K) of the clause rows over D domains, optimising α and β (warm-started from the
-        given compact tensors, (D, K, U_j)); returns the bounds, the optimised α and β, the branching scores
-        (D, U), and one candidate counterexample per row (D·K, ...)."""
+        given compact tensors, (D, K, U_j)) by projected Adam; returns the bounds, the optimised α and β, the
+        branching scores (D, U), and one candidate counterexample per row (D·K, ...). A domain leaves the
+        optimisation at the first iterate that proves it (about half of a search's domains are proved, half of
+        those before any step), so the later steps and the final pass cost only what is still open; a proved
+        domain's scores are −1 and its candidates the box's lower corner (it is dropped anyway)."""
         D = next(iter(split.values())).shape[0] if split else 1
         K = self.C.shape[1]
-        box = Box(self.lo.expand(D, *self.lo.shape[1:]), self.hi.expand(D, *self.hi.shape[1:]))
+        dtype, dev = self.lo.dtype, self.lo.device
         pre, base, relax = self._domain_pre(split, D)
-        rows, const = self.C.expand(D, -1, -1), self.d.expand(D, -1)
-        a = {j: v.detach().clone().requires_grad_(True) for j, v in alpha.items()}
-        bt = {j: v.detach().clone().requires_grad_(True) for j, v in beta.items()}
+        live = torch.arange(D, device=dev)  # the domains not proved yet, and their share of every tensor:
+        cur = {"pre": pre, "base": base, "relax": relax, "split": split,
+               "a": {j: v.detach().clone() for j, v in alpha.items()},
+               "bt": {j: v.detach().clone() for j, v in beta.items()}}
+        moments = {key: {j: (torch.zeros_like(v), torch.zeros_like(v)) for j, v in cur[key].items()}
+                   for key in ("a", "bt")}
+        best = torch.full((D, K), -math.inf, dtype=dtype, device=dev)
 
-        def run(record=None):
-            alphas, betas = self._full(a, bt, split, base)
-            return _backward(self.graph, self.graph.output, rows, self.shapes, pre, box, const, alphas, betas, record,
-                             relax)
+        boxes: dict[int, Box] = {}
 
-        params = list(a.values()) + list(bt.values())
-        best = None
-        if params and iterations > 0:
-            opt = torch.optim.Adam([{"params": list(a.values()), "lr": lr}, {"params": list(bt.values()), "lr": lr}])
-            for _ in range(iterations):
+        def run(a, bt, record=None):
+            n = len(live)
+            if n not in boxes:
+                boxes[n] = Box(self.lo.expand(n, *self.lo.shape[1:]), self.hi.expand(n, *self.hi.shape[1:]))
+            alphas, betas = self._full(a, bt, cur["split"], cur["base"])
+            return _backward(self.graph, self.graph.output, self.C.expand(n, -1, -1), self.shapes, cur["pre"],
+                             boxes[n], self.d.expand(n, -1), alphas, betas, record, cur["relax"])
+
+        def take(t, keep):
+            if isinstance(t, dict):
+                return {j: take(v, keep) for j, v in t.items()}
+            if isinstance(t, (tuple, list)):
+                return type(t)(take(v, keep) for v in t)
+            if isinstance(t, Bounds):
+                return Bounds(t.lower[keep], t.upper[keep])
+            return t[keep]
+
+        if cur["a"] or cur["bt"]:
+            b1, b2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, by hand so that rows can leave
+            for step in range(1, iterations + 1):
+                a = {j: v.requires_grad_(True) for j, v in cur["a"].items()}
+                bt = {j: v.requires_grad_(True) for j, v in cur["bt"].items()}
                 with torch.enable_grad():
-                    lo = run()
-                    grads = torch.autograd.grad(-lo.sum(), params)
-                best = lo.detach() if best is None else torch.maximum(best, lo.detach())
-                for p, gr in zip(params, grads):
-                    p.grad = gr
-                opt.step()
+                    lo = run(a, bt)
+                    grads = torch.autograd.grad(-lo.sum(), [*a.values(), *bt.values()])
+                lo = lo.detach()
+                best[live] = torch.maximum(best[live], lo)
                 with torch.no_grad():
-                    for v in a.values():
-                        v.clamp_(0, 1)
-                    for v in bt.values():
-                        v.clamp_(min=0)
-        record: dict[int, torch.Tensor] = {}
-        with torch.no_grad():
-            last = run(record)
-            best = last if best is None else torch.maximum(best, last)
-            scores = self._scores(record, pre, split)
-            A = record[-1]  # the minimiser over the box of each row's linear bound: a candidate counterexample
-            xs = torch.where(A >= 0, self.lo.unsqueeze(1), self.hi.unsqueeze(1)).reshape(D * K, *self.lo.shape[1:])
-        return best, {j: v.detach() for j, v in a.items()}, {j: v.detach() for j, v in bt.items()}, scores, xs
+                    for (key, j), gr in zip([("a", j) for j in a] + [("bt", j) for j in bt], grads):
+                        m, v = moments[key][j]
+                        m.mul_(b1).add_(gr, alpha=1 - b1)
+                        v.mul_(b2).addcmul_(gr, gr, value=1 - b2)
+                        upd = (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps)
+                        p = cur[key][j].detach() - lr * upd
+                        cur[key][j] = p.clamp(0, 1) if key == "a" else p.clamp(min=0)
+                keep = lo.max(1).values <= 0
+                if (~keep).sum() * 10 >= len(keep) or (step == iterations and not keep.all()):  # worth the copies
+                    live = live[keep]
+                    cur = take(cur, keep)
+                    moments = take(moments, keep)
+                if len(live) == 0:
+                    break
+        scores = torch.full((D, max(self.n_unstable, 1)), -1.0, dtype=dtype, device=dev)
+        xs = self.lo.expand(D * K, *self.lo.shape[1:]).clone()
+        out_a = {j: v.detach().clone() for j, v in alpha.items()}
+        out_b = {j: v.detach().clone() for j, v in beta.items()}
+        if len(live):
+            record: dict[int, torch.Tensor] = {}
+            with torch.no_grad():
+                last = run(cur["a"], cur["bt"], record)
+                best[live] = torch.maximum(best[live], last)
+                scores[live] = self._scores(record, cur["pre"], cur["split"])
+                A = record[-1]  # the minimiser over the box of each row's linear bound: a candidate counterexample
+                xl = torch.where(A >= 0, self.lo.unsqueeze(1), self.hi.unsqueeze(1))
+                rows = (live.unsqueeze(1) * K + torch.arange(K, device=dev)).reshape(-1)
+                xs[rows] = xl.reshape(len(live) * K, *self.lo.shape[1:])
+            for j in out_a:
+                out_a[j][live] = cur["a"][j].detach()
+            for j in out_b:
+                out_b[j][live] = cur["bt"][j].detach()
+        return best, out_a, out_b, scores, xs
 
     def _domain_pre(self, split: dict[int, torch.Tensor], D: int
                     ) -> tuple[dict[int, Bounds], dict[int, torch.Tensor], dict[int, tuple[torch.Tensor, ...]]]:
