@@ -6,7 +6,7 @@ and new verdict, deciding stage, seconds) and a summary. Resumable: indices alre
         [TIMEOUT=120] [WHICH=milp]
 
 NET: an ONNX file (MNIST normalisation put in front, as for COLT's released net) or a certkit checkpoint.
-WHICH: comma-separated stored stages to redo, and/or ``unknown`` for the undecided inputs.
+WHICH: comma-separated stored stages to redo, ``unknown`` for the undecided inputs, and/or test-set indices.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def main(args: list[str]) -> None:
     timeout = float(args[3]) if len(args) > 3 else 120.0
     which = set((args[4] if len(args) > 4 else "milp").split(","))
     rows = [json.loads(line) for line in gzip.open(stored, "rt")][1:]
-    todo = [r for r in rows if r.get("stage") in which or ("unknown" in which and r.get("verdict") == "unknown")]
+    ids = {int(w) for w in which if w.isdigit()}
+    todo = [r for r in rows if r.get("stage") in which or ("unknown" in which and r.get("verdict") == "unknown")
+            or r["idx"] in ids]
     done = {json.loads(line)["idx"] for line in out.read_text().splitlines()} if out.exists() else set()
     if net.endswith(".onnx"):
         model = nn.Sequential(Normalize(0.1307, 0.3081), load_onnx(net)).eval()

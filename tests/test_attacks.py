@@ -64,3 +64,27 @@ def test_certify_rejects_bad_input():
         certify(m, torch.rand(1, 4), torch.tensor([0]), -1.0)
     with pytest.raises(ValueError, match="unknown certification method"):
         certify(m, torch.rand(1, 4), torch.tensor([0]), 0.1, method="magic")
+
+
+def needle(x: torch.Tensor) -> torch.Tensor:
+    """Below 0 only near the corner a = (0.95, 0.95) (a basin of ~4 % of the unit square); everywhere else the
+    steepest descent leads to b = (0.05, 0.05), where the value is 0.5."""
+    a, b = torch.tensor([0.95, 0.95]), torch.tensor([0.05, 0.05])
+    near_a = 10 * ((x - a).abs().amax(1) - 0.02)
+    return torch.minimum(near_a, 0.5 + (x - b).abs().amax(1))
+
+
+def test_pgd_search_restarts_until_it_finds_a_narrow_basin_and_keeps_its_time():
+    import time
+
+    from certkit.attacks.pgd import pgd_minimize, pgd_search
+    from certkit.specs import Box
+
+    lo, hi = torch.zeros(1, 2), torch.ones(1, 2)
+    _, v = pgd_minimize(needle, Box(lo, hi), 50, 1)  # one run from the centre ends at b
+    assert float(v[0]) > 0.4
+    x, v = pgd_search(needle, lo, hi, 10.0, generator=torch.Generator().manual_seed(0))
+    assert v <= 0 and float(needle(x)[0]) == v and bool(((x >= lo) & (x <= hi)).all())
+    t = time.perf_counter()
+    x, v = pgd_search(lambda z: needle(z) + 1, lo, hi, 0.5)  # nothing to find: the time is kept
+    assert v > 0 and time.perf_counter() - t < 1.5

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certkit import rng
-from certkit.specs import ball, check_finite
+from certkit.specs import Box, ball, check_finite
 
 
 @dataclass
@@ -130,5 +130,27 @@ def pgd_minimize(
             better = v < best_v
             best_x[better], best_v[better] = xa[better], v[better]
         if deadline is not None and time.perf_counter() > deadline:
+            break
+    return best_x, best_v
+
+
+def pgd_search(objective, lower: torch.Tensor, upper: torch.Tensor, seconds: float, copies: int = 32,
+               steps: int = 50, generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
+    """Random-restart PGD on one box [lower, upper] (1, ...) for about ``seconds``: rounds of ``copies``
+    uniform starts, batched, each run for ``steps`` signed-gradient steps, until a point with
+    ``objective <= 0`` is found or the time is spent. On COLT's MNIST net at ε = 0.1 many more restarts, not
+    longer runs or per-target losses, were what found the counterexamples that 3 restarts miss. Returns the
+    best point (1, ...) and its value."""
+    end = time.perf_counter() + seconds
+    lo, up = lower.expand(copies, *lower.shape[1:]), upper.expand(copies, *upper.shape[1:])
+    box = Box(lo, up)
+    best_x, best_v = lower.clone(), math.inf
+    while time.perf_counter() < end:
+        start = lo + rng.uniform(lo.shape, generator, lo.dtype, lo.device) * (up - lo)
+        xs, vs = pgd_minimize(objective, box, steps, 1, start=start, deadline=end)
+        k = int(vs.argmin())
+        if float(vs[k]) < best_v:
+            best_x, best_v = xs[k:k + 1].detach(), float(vs[k])
+        if best_v <= 0:
             break
     return best_x, best_v

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from certkit import graph as g
-from certkit.attacks.pgd import pgd_minimize
+from certkit.attacks.pgd import pgd_minimize, pgd_search
 from certkit.bounds.interval import interval_bounds
 from certkit.bounds.linear import RULES, alpha_crown_bounds, crown_bounds
 from certkit.nn import float64_copy
@@ -262,18 +262,34 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
 
 def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower: torch.Tensor, verdict: Verdict,
                  pre: dict, budget: float, model64: Callable[[], nn.Module], exact: InputSet,
-                 first_slice: float = 1.0) -> None:
+                 first_slice: float = 1.0, search_share: float = 0.1) -> None:
     """ReLU branch and bound of the open clauses ``open_q`` (weakest first) of one input, sharing ``budget``
     seconds round robin with slices that double each round (1 s, 2 s, 4 s, ... each), every clause's search
     resumed where it stopped: a counterexample in any clause ends the search (one clause's tree cannot hide
-    another's easy counterexample), and the clauses proved early leave their time to the hard ones. Sets
-    ``verdict`` (verified when every clause is, falsified at a checked counterexample); a clause whose search
-    ends for good without a verdict (domain budget, a fully split domain) leaves the input to the MILP."""
+    another's easy counterexample), and the clauses proved early leave their time to the hard ones. After each
+    round that leaves a clause open, random-restart PGD (:func:`~certkit.attacks.pgd.pgd_search`) on the whole
+    property gets ``search_share`` of that round's time (on COLT's MNIST net it finds counterexamples that
+    120 s of branch and bound miss). Sets ``verdict`` (verified when every clause is, falsified at a checked
+    counterexample); a clause whose search ends for good without a verdict (domain budget, a fully split domain)
+    leaves the input to the MILP."""
     t0 = time.perf_counter()
     searches = {}
     todo = list(open_q)
     size = first_slice
+    C, d = prop.C[0], prop.d[0]
+
+    def value(x: torch.Tensor) -> torch.Tensor:
+        out = model(x).flatten(1)
+        return prop.value(out @ C.T.to(out.dtype) + d.to(out.dtype))
+
+    def falsified(x: torch.Tensor) -> bool:
+        cex = _counterexample(model64(), exact, prop, x)
+        if cex is not None:
+            verdict.verdict, verdict.stage, verdict.counterexample = "falsified", "bab", cex
+        return cex is not None
+
     while todo:
+        t_round = time.perf_counter()
         for q in list(todo):
             left = budget - (time.perf_counter() - t0)
             if left <= 0:
@@ -283,9 +299,7 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
                 searches[q] = ReluBab(model, one, clause.C[0], clause.d[0], pre=pre)
             r = searches[q].run(min(size, left))
             if r.verdict == "falsified":
-                x = _counterexample(model64(), exact, prop.clause(q), r.x)
-                if x is not None:
-                    verdict.verdict, verdict.stage, verdict.counterexample = "falsified", "bab", x
+                falsified(r.x)
                 return
             if r.verdict == "verified":
                 todo.remove(q)
@@ -295,6 +309,11 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
                 del searches[q]
             elif searches[q].finished:
                 return  # given up for good: the MILP decides
+        left = budget - (time.perf_counter() - t0)
+        if todo and search_share > 0 and left > 0:
+            x, v = pgd_search(value, one.lower, one.upper, min(search_share * (time.perf_counter() - t_round), left))
+            if v <= 0 and falsified(x):
+                return
         size *= 2
     verdict.verdict, verdict.stage = "verified", "bab"
 
