@@ -231,6 +231,56 @@ def test_round_robin_finds_a_later_clause_counterexample_that_a_hard_first_claus
     assert runs[2][1] == pytest.approx(0.02)  # slices double each round
 
 
+def test_round_robin_gives_restart_pgd_a_share_of_each_round(monkeypatch):
+    """After a round that leaves clauses open, random-restart PGD gets a tenth of its time and a checked
+    counterexample ends the search; with ``search_share=0`` only branch and bound runs."""
+    import time
+
+    from certkit.specs import LinearSpec, Property
+    from certkit.verify import cascade
+
+    net = nn.Sequential(nn.Linear(2, 2)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(2))
+        net[0].bias.zero_()
+    runs, given = [], []
+
+    class Slow:  # a branch and bound that never decides, using the time it is given
+        def __init__(self, model, one, C, d, pre=None):
+            self.row, self.finished = int(C[0].argmax()), False
+
+        def run(self, seconds):
+            runs.append(self.row)
+            time.sleep(seconds)
+            return type("R", (), {"verdict": "unknown", "bound": -1.0})()
+
+    real = cascade.pgd_search
+
+    def spy(f, lo, hi, seconds, **kw):
+        given.append(seconds)
+        return real(f, lo, hi, seconds, **kw)
+
+    monkeypatch.setattr(cascade, "ReluBab", Slow)
+    monkeypatch.setattr(cascade, "pgd_search", spy)
+    one = Box(torch.full((1, 2), -1.0, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64))
+    # clause q: x_q + 0.9 <= 0, a strip at the edge of [-1, 1]²
+    prop = Property(LinearSpec(torch.eye(2, dtype=torch.float64)[None], torch.full((1, 2), 0.9, dtype=torch.float64)),
+                    torch.tensor([0, 1]))
+    v = cascade.Verdict("unknown", "", {})
+    cascade._round_robin(net, one, prop, [0, 1], torch.full((2,), -1.0), v, {}, 5.0, lambda: net, one,
+                         first_slice=0.2)
+    assert v.verdict == "falsified" and runs == [0, 1]  # found right after the first round
+    assert given[0] == pytest.approx(0.04, abs=0.02)  # a tenth of the round's 0.4 s
+    x = v.counterexample.double()
+    assert bool(one.contains(x)[0]) and float(net(x).detach().min()) + 0.9 <= 0
+    runs.clear()
+    given.clear()
+    v = cascade.Verdict("unknown", "", {})
+    cascade._round_robin(net, one, prop, [0, 1], torch.full((2,), -1.0), v, {}, 0.5, lambda: net, one,
+                         first_slice=0.1, search_share=0.0)
+    assert v.verdict == "unknown" and not given and len(runs) >= 4
+
+
 def test_a_resumed_search_sizes_its_rounds_to_the_time_it_is_given():
     """After one round, a run's rounds shrink to what fits in its seconds (at least 8 parents): a short slice of
     a hard search ends close to its limit instead of one full round of 256 parents later."""
