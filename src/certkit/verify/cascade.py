@@ -251,7 +251,9 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
             if x is not None:
                 verdict.verdict, verdict.stage, verdict.counterexample = "falsified", stage, x
             break
-        if len(rq) == 1 and r.verdict in ("verified", "unknown"):  # a sound bound of the row either way
+        # branch and bound's bound is sound either way; a MILP solve that stopped early keeps no bound (its
+        # dual bound may come from a solve that was cut off, or from an encoding too large to trust)
+        if len(rq) == 1 and (r.verdict == "verified" or (r.verdict == "unknown" and stage == "bab")):
             lower[b, rq] = torch.clamp(lower[b, rq], min=r.bound)
         if r.verdict != "verified":
             break
