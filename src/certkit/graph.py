@@ -340,6 +340,33 @@ class Graph:
         return "Graph(\n" + "\n".join(lines) + f"\n  output={self.output})"
 
 
+def prefix(graph: Graph, node: int) -> tuple[Graph, list[int]]:
+    """The sub-graph that computes node ``node`` (it and its ancestors, in the same order; ``node`` is its
+    output) and, per sub-graph node, its index in ``graph``."""
+    keep = {node}
+    for i in range(node, -1, -1):
+        if i in keep:
+            keep.update(graph.nodes[i].inputs)
+    old = sorted(keep)
+    new = {o: k for k, o in enumerate(old)}
+    nodes = [Node(graph.nodes[o].op, tuple(new[j] for j in graph.nodes[o].inputs), graph.nodes[o].name) for o in old]
+    return Graph(nodes, new[node]), old
+
+
+class Truncated(nn.Module):
+    """``model`` evaluated up to node ``node`` of its graph, whose value is the output: a network of its own for
+    the bounds and the searches (its graph is :func:`prefix`'s), sharing the model's parameters. ``index[k]`` is
+    the model's node index of the truncated graph's node k."""
+
+    def __init__(self, model: nn.Module, node: int):
+        super().__init__()
+        self.model, self.node = model, node
+        self.graph, self.index = prefix(to_graph(model), node)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return to_graph(self.model).forward(x, return_all=True)[self.node]
+
+
 _MODULE_OPS = {
     nn.Linear: Linear,
     nn.Conv2d: Conv2d,
@@ -383,6 +410,8 @@ def to_graph(model: nn.Module | Graph) -> Graph:
         return model
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    if isinstance(model, Truncated):  # its own graph (a copy of it holds a copy of the graph)
+        return model.graph
     if model in _CACHE:
         return _CACHE[model]
     try:

@@ -116,6 +116,7 @@ class _Pass:
     alphas: dict[int, torch.Tensor] | None
     record: dict[int, torch.Tensor] | None
     relax: dict[int, tuple[torch.Tensor, ...]] | None = None
+    stable_slopes: bool = False  # α also relaxes the active neurons (l > 0): y ≥ α·z + (1 − α)·l
 
 
 # A backward rule maps the coefficients A on an op's output to [(input node, coefficients on it, constant)] with
@@ -139,11 +140,22 @@ def _back_kink(op: g.PiecewiseLinear, node, A, p):
     else:
         b = p.pre[j]
         sl, su, bu = relu_relaxation(Bounds(b.lower.unsqueeze(1), b.upper.unsqueeze(1)), op.negative_slope, alpha)
+    bl = None
+    if alpha is not None and p.stable_slopes:
+        # an active neuron (l > 0) is the identity y = z, and y ≥ α·z + (1 − α)·l holds on [l, u] too: with α < 1
+        # the backward pass keeps the interval's l, which the identity forgets (a neuron proved active by a
+        # tighter method would otherwise loosen the bounds after it)
+        lo = p.pre[j].lower.unsqueeze(1)
+        act = lo > 0
+        sl = torch.where(act, alpha, sl)
+        bl = torch.where(act, (1 - alpha) * lo, torch.zeros_like(alpha))
     # A⁺·sl + A⁻·su as A·sl + A⁻·(su − sl), and A⁻·bu as a batched matrix-vector product: three passes over A
     neg = A.clamp(max=0)
     Aj = (A * sl).addcmul_(neg, su - sl)
     B, K = A.shape[:2]
     c = torch.bmm(neg.reshape(B, K, -1), bu.expand(B, *bu.shape[1:]).reshape(B, -1, 1)).view(B, K)
+    if bl is not None:
+        c = c + (A.clamp(min=0) * bl).flatten(2).sum(2)
     return [(j, Aj, c)]
 
 
@@ -207,11 +219,12 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
               pre: dict[int, Bounds], input_set: InputSet, const: torch.Tensor | None = None,
               alphas: dict[int, torch.Tensor] | None = None, betas: dict[int, torch.Tensor] | None = None,
               record: dict[int, torch.Tensor] | None = None,
-              relax: dict[int, tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
+              relax: dict[int, tuple[torch.Tensor, ...]] | None = None, stable_slopes: bool = False) -> torch.Tensor:
     """Lower bound of ``A·x_target + const`` over the input set (A: (B, K, *shape of target)).
 
     ``alphas`` optionally gives, per ReLU (or LeakyReLU) input node, lower slopes in [0, 1] of the ReLU part, of
-    shape (B, K, *shape), for the unstable neurons (α-CROWN); the default is CROWN's adaptive slope.
+    shape (B, K, *shape), for the unstable neurons (α-CROWN); the default is CROWN's adaptive slope. With
+    ``stable_slopes`` they also relax the active neurons (``l > 0``) as ``y ≥ α·z + (1 − α)·l`` (α = 1: exact).
     ``betas`` adds, per node, a term ``betas[i]·x_i`` to the bounded function (β-CROWN's Lagrangian for split
     constraints; see :mod:`certkit.verify.bab`). ``record``, if given, receives the coefficients on every
     activation's output (keyed by its input node) and on the input (key -1). The rules per op are in
@@ -221,7 +234,7 @@ def _backward(graph: g.Graph, target: int, A: torch.Tensor, shapes: list[tuple[i
     coeff: dict[int, torch.Tensor] = {target: A}
     if const is None:
         const = torch.zeros(B, K, dtype=A.dtype, device=A.device)
-    ctx = _Pass(shapes, pre, alphas, record, relax)
+    ctx = _Pass(shapes, pre, alphas, record, relax, stable_slopes)
     for i in range(target, -1, -1):
         if i not in coeff:
             continue
@@ -428,7 +441,8 @@ def _optimize_slopes(graph, target, rows, shapes, pre, input_set, alphas: dict[i
         if deadline is not None and time.perf_counter() > deadline:
             break
         with torch.enable_grad():
-            lo = _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas, relax=relax)
+            lo = _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas, relax=relax,
+                           stable_slopes=True)
             grads = torch.autograd.grad(-lo.sum(), list(alphas.values()))
         best = torch.maximum(best, lo.detach())
         for a, gr in zip(alphas.values(), grads):
@@ -438,7 +452,8 @@ def _optimize_slopes(graph, target, rows, shapes, pre, input_set, alphas: dict[i
             for a in alphas.values():
                 a.clamp_(0, 1)
     with torch.no_grad():
-        return torch.maximum(best, _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas, relax=relax))
+        return torch.maximum(best, _backward(graph, target, rows, shapes, pre, input_set, alphas=alphas, relax=relax,
+                                             stable_slopes=True))
 
 
 def _intersect(lo: torch.Tensor, up: torch.Tensor, lo2: torch.Tensor, up2: torch.Tensor):
@@ -466,7 +481,7 @@ def _ibp_is_exact(graph: g.Graph, j: int) -> bool:
 def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, intersect_ibp: bool = True,
                  return_all: bool = False, intermediate: str = "crown", max_elems: int = 2**25,
                  alpha_iterations: int = 20, deadline: float | None = None, bound_upper: bool = True,
-                 cutoff: float | None = None):
+                 cutoff: float | None = None, given: dict[int, Bounds] | None = None):
     """CROWN bounds on the model's output, or on the rows of ``spec``.
 
     Pre-activation bounds of every ReLU come from the same backward procedure (intersected with IBP when
@@ -479,7 +494,8 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
     value) the intermediate slope optimisation stops and CROWN's bounds are used (every iterate is sound); past
     ``cutoff`` the neurons not yet bounded keep IBP's bounds (sound, looser), so that the call ends soon after.
     With ``bound_upper=False`` the output's upper bounds are IBP's (one backward pass of the rows instead of two:
-    what training on the margins' lower bounds needs).
+    what training on the margins' lower bounds needs). ``given``: pre-activation bounds {node index: Bounds}
+    already known to hold (e.g. tightened by a MILP); they are used as they are, the others are computed.
     """
     if intermediate not in ("crown", "ibp", "alpha"):
         raise ValueError(f"intermediate must be 'crown', 'ibp' or 'alpha', got {intermediate!r}")
@@ -490,7 +506,7 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
         vals = graph.forward(input_set.x.to(ibp_out.lower.device, dtype), return_all=True)
     shapes = [tuple(v.shape[1:]) for v in vals]
     B = input_set.batch_size
-    pre: dict[int, Bounds] = {}
+    pre: dict[int, Bounds] = dict(given or {})
 
     def identity(shape: tuple[int, ...]) -> torch.Tensor:
         n = math.prod(shape)
@@ -560,7 +576,8 @@ def crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, int
 
 def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = None, iterations: int = 20,
                        lr: float = 0.1, bound_upper: bool = True, return_all: bool = False,
-                       intermediate: str = "crown", deadline: float | None = None, cutoff: float | None = None):
+                       intermediate: str = "crown", deadline: float | None = None, cutoff: float | None = None,
+                       given: dict[int, Bounds] | None = None):
     """α-CROWN (Xu et al. 2021; COLT §6 "learned slopes"): CROWN whose lower ReLU slopes are optimised for the
     output bounds by projected Adam, one slope per (input, output row, neuron).
 
@@ -569,13 +586,13 @@ def alpha_crown_bounds(model, input_set: InputSet, spec: LinearSpec | None = Non
     iterate gives a sound bound (any slope in [0, 1] is a valid lower relaxation), so the best one per row is
     kept: the result is never looser than CROWN's. With ``bound_upper=False`` only lower bounds are optimised
     and the upper bounds are CROWN's (half the work, enough to certify a margin spec). Past ``deadline`` (a
-    ``time.perf_counter()`` value) the optimisation stops with the best slopes so far (still sound); ``cutoff`` is
-    :func:`crown_bounds`'s.
+    ``time.perf_counter()`` value) the optimisation stops with the best slopes so far (still sound); ``cutoff`` and
+    ``given`` are :func:`crown_bounds`'s.
     """
     graph = g.to_graph(model)
     with torch.no_grad():
         base, pre = crown_bounds(graph, input_set, spec, return_all=True, intermediate=intermediate,
-                                 alpha_iterations=iterations, deadline=deadline, cutoff=cutoff)
+                                 alpha_iterations=iterations, deadline=deadline, cutoff=cutoff, given=given)
     dtype = base.lower.dtype
     x = input_set.x.to(base.lower.device, dtype)
     with torch.no_grad():

@@ -27,6 +27,7 @@ from certkit.verify.act_bab import activation_bab
 from certkit.verify.bab import SUPPORTED_OPS, ReluBab
 from certkit.verify.input_bab import input_bab, splits_inputs
 from certkit.verify.milp import MilpEncoding, _select
+from certkit.verify.refine import refinable, refine_bounds
 
 # bound method name -> function(model, input_set, spec, **options) -> lower bounds on the spec rows (B, K)
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
@@ -219,8 +220,8 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
     enc = None
     open_q.sort(key=lambda q: float(lower[b, prop.rows_of(q)].max()))
     if stage == "bab" and not splits_inputs(one) and piecewise_linear(model):
-        _round_robin(model, one, mine, open_q, lower[b], verdict, pre, left - (time.perf_counter() - t0), model64,
-                     input_set.subset([b]))
+        refined[b] = _round_robin(model, one, mine, open_q, lower[b], verdict, pre, left - (time.perf_counter() - t0),
+                                  model64, input_set.subset([b]))
         verdict.seconds[stage] = time.perf_counter() - t0
         return
     if stage == "bab" and not splits_inputs(one):  # activation splitting: the easiest clauses first, so that
@@ -264,7 +265,7 @@ def _complete_stage(stage: str, model, input_set: InputSet, prop: Property, b: i
 
 def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower: torch.Tensor, verdict: Verdict,
                  pre: dict, budget: float, model64: Callable[[], nn.Module], exact: InputSet,
-                 first_slice: float = 1.0, search_share: float = 0.1) -> None:
+                 first_slice: float = 1.0, search_share: float = 0.1, refine_share: float = 0.5) -> dict:
     """ReLU branch and bound of the open clauses ``open_q`` (weakest first) of one input, sharing ``budget``
     seconds round robin with slices that double each round (1 s, 2 s, 4 s, ... each), every clause's search
     resumed where it stopped: a counterexample in any clause ends the search (one clause's tree cannot hide
@@ -273,11 +274,15 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
     property gets ``search_share`` of that round's time (on COLT's MNIST net it finds counterexamples that
     120 s of branch and bound miss). Sets ``verdict`` (verified when every clause is, falsified at a checked
     counterexample); a clause whose search ends for good without a verdict (domain budget, a fully split domain)
-    leaves the input to the MILP."""
+    leaves the input to the MILP. When the first round leaves a clause open, the intermediate bounds are
+    tightened by :func:`~certkit.verify.refine.refine_bounds` (at most ``refine_share`` of the time left; only
+    where :func:`~certkit.verify.refine.refinable`) and the open clauses' searches start again with them. Returns
+    the intermediate bounds it ended with."""
     t0 = time.perf_counter()
     searches = {}
     todo = list(open_q)
     size = first_slice
+    refined = False
     C, d = prop.C[0], prop.d[0]
 
     def value(x: torch.Tensor) -> torch.Tensor:
@@ -295,14 +300,14 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
         for q in list(todo):
             left = budget - (time.perf_counter() - t0)
             if left <= 0:
-                return
+                return pre
             if q not in searches:
                 clause = prop.clause(q)
                 searches[q] = ReluBab(model, one, clause.C[0], clause.d[0], pre=pre)
             r = searches[q].run(min(size, left))
             if r.verdict == "falsified":
                 falsified(r.x)
-                return
+                return pre
             if r.verdict == "verified":
                 todo.remove(q)
                 rq = prop.rows_of(q)
@@ -310,14 +315,30 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
                     lower[rq] = torch.clamp(lower[rq], min=r.bound)
                 del searches[q]
             elif searches[q].finished:
-                return  # given up for good: the MILP decides
+                return pre  # given up for good: the MILP decides
         left = budget - (time.perf_counter() - t0)
         if todo and search_share > 0 and left > 0:
             x, v = pgd_search(value, one.lower, one.upper, min(search_share * (time.perf_counter() - t_round), left))
             if v <= 0 and falsified(x):
-                return
+                return pre
+        left = budget - (time.perf_counter() - t0)
+        if todo and not refined and refine_share > 0 and left > 0 and pre is not None and refinable(model, pre):
+            refined = True
+            rows = torch.cat([prop.rows_of(q) for q in todo])
+
+            def proved(lo: torch.Tensor, rows=rows) -> bool:
+                ok = torch.zeros(len(lower), dtype=torch.bool, device=lo.device)
+                ok[rows] = lo[0] > 0
+                return all(bool(ok[prop.rows_of(q)].any()) for q in todo)
+
+            pre, lo, _ = refine_bounds(model, one, pre, LinearSpec(C[rows][None], d[rows][None]),
+                                       time.perf_counter() + refine_share * left, done=proved)
+            lower[rows] = torch.maximum(lower[rows], lo[0])
+            todo = [q for q in todo if not (lower[prop.rows_of(q)] > 0).any()]
+            searches = {}  # the open clauses start again on the refined bounds
         size *= 2
     verdict.verdict, verdict.stage = "verified", "bab"
+    return pre
 
 
 def _counterexample(model64: nn.Module, one: InputSet, prop: Property, x: torch.Tensor) -> torch.Tensor | None:

@@ -101,11 +101,13 @@ class MilpEncoding:
     """The MILP of one input of ``model`` over ``input_set`` (batch of one), reusable across objectives.
 
     ``pre``: optional tighter pre-activation bounds {node index: Bounds} (e.g. from CROWN), intersected with
-    IBP's. ``max_binaries``: at most this many binaries (None: every unstable ReLU is exact).
+    IBP's. ``max_binaries``: at most this many binaries (None: every unstable ReLU is exact). ``upto``: encode
+    the network only up to that node, which is then the "output" the objectives read (an intermediate layer's
+    neurons, e.g. to tighten their bounds).
     """
 
     def __init__(self, model, input_set: InputSet, pre: dict[int, Bounds] | None = None,
-                 max_binaries: int | None = None):
+                 max_binaries: int | None = None, upto: int | None = None):
         if highspy is None:  # pragma: no cover
             raise ImportError("MILP verification needs highspy: pip install highspy")
         if input_set.batch_size != 1:
@@ -162,7 +164,8 @@ class MilpEncoding:
             self.n_rows += len(lo)
 
         # which unstable ReLUs get binaries: later layers first, larger triangles first
-        relus = [i for i, n in enumerate(graph.nodes) if isinstance(n.op, g.PiecewiseLinear)]
+        last = graph.output if upto is None else upto
+        relus = [i for i, n in enumerate(graph.nodes) if isinstance(n.op, g.PiecewiseLinear) and i <= last]
         budget = math.inf if max_binaries is None else max_binaries
         binary: dict[int, np.ndarray] = {}
         for i in reversed(relus):
@@ -177,7 +180,7 @@ class MilpEncoding:
         self.n_binaries = int(sum(m.sum() for m in binary.values()))
 
         var: list[np.ndarray] = []
-        for i, node in enumerate(graph.nodes):
+        for i, node in enumerate(graph.nodes[:last + 1]):
             op = node.op
             lo, up = bounds[i]
             if isinstance(op, g.Input):
@@ -255,13 +258,14 @@ class MilpEncoding:
         self._entries = tuple(self._entries)
         self._rows = (r_lo, r_up)
         self.var = var
-        self.out = var[graph.output]
-        self.out_bounds = bounds[graph.output]
+        self.last = last
+        self.out = var[last]
+        self.out_bounds = bounds[last]
         # a point of the set (the centre, clamped into the box) and its float64 output: a property it violates is
         # falsified without a solve, and no answer of the solver can contradict it
         self.centre = torch.minimum(torch.maximum(input_set.x.detach().double(), box.lower), box.upper)
         with torch.no_grad():
-            self.centre_out = graph.forward(self.centre).reshape(-1).numpy()
+            self.centre_out = graph.forward(self.centre, return_all=True)[last].reshape(-1).numpy()
         # HiGHS's tolerances are absolute: with numbers beyond _MAX_MAGNITUDE they no longer separate
         # feasible from infeasible (measured: weights of 1e9 made satisfiable properties "infeasible")
         col_lo, col_up = self._cols[0], self._cols[1]
@@ -298,7 +302,7 @@ class MilpEncoding:
         C64 = C.detach().double().reshape(C.shape[0], -1).numpy()
         d64 = d.detach().double().reshape(-1).numpy()
         cl = np.arange(C64.shape[0]) if clauses is None else np.asarray(clauses).reshape(-1)
-        at_centre = float(_exact_objective(self.graph, self.centre, C64, d64, cl))
+        at_centre = float(_exact_objective(self.graph, self.centre, C64, d64, cl, self.last))
         if at_centre <= threshold:
             return MilpResult("falsified", -math.inf, at_centre, self.centre.clone(), time.perf_counter() - t0,
                               "centre")
@@ -379,7 +383,7 @@ class MilpEncoding:
         if has_sol:
             x = torch.tensor(np.asarray(h.getSolution().col_value)[self.var[0]]).view_as(self.input_set.x)
             x = torch.minimum(torch.maximum(x, self.input_set.lower.double()), self.input_set.upper.double())
-            value = float(_exact_objective(self.graph, x, C64, d64, cl))
+            value = float(_exact_objective(self.graph, x, C64, d64, cl, self.last))
             bound = min(bound, value)  # a point of the set attains ``value``: the minimum is not above it
             if value <= threshold:
                 return MilpResult("falsified", bound, value, x, seconds, name)
@@ -477,10 +481,12 @@ def _new_highs() -> highspy.Highs:
     return h
 
 
-def _exact_objective(graph: g.Graph, x: torch.Tensor, C: np.ndarray, d: np.ndarray, clauses: np.ndarray) -> float:
-    """``min_q max_{k∈q} (C·f(x) + d)_k`` with the encoding's float64 graph of the model."""
+def _exact_objective(graph: g.Graph, x: torch.Tensor, C: np.ndarray, d: np.ndarray, clauses: np.ndarray,
+                     node: int) -> float:
+    """``min_q max_{k∈q} (C·f(x) + d)_k`` with the encoding's float64 graph of the model (f: node ``node``)."""
     with torch.no_grad():
-        rows = torch.tensor(C) @ graph.forward(x.to(torch.float64)).reshape(-1) + torch.tensor(d)
+        out = graph.forward(x.to(torch.float64), return_all=True)[node]
+        rows = torch.tensor(C) @ out.reshape(-1) + torch.tensor(d)
     return min(float(rows[torch.tensor(clauses == q)].max()) for q in np.unique(clauses))
 
 
