@@ -354,17 +354,19 @@ def prefix(graph: Graph, node: int) -> tuple[Graph, list[int]]:
 
 
 class Truncated(nn.Module):
-    """``model`` evaluated up to node ``node`` of its graph, whose value is the output: a network of its own for
-    the bounds and the searches (its graph is :func:`prefix`'s), sharing the model's parameters. ``index[k]`` is
-    the model's node index of the truncated graph's node k."""
+    """``model`` evaluated up to node ``node`` of its graph, whose value, flattened, is the output: a network of
+    its own for the bounds and the searches (its graph is :func:`prefix`'s and a Flatten), sharing the model's
+    parameters. ``index[k]`` is the model's node index of the truncated graph's node k (the Flatten: None)."""
 
     def __init__(self, model: nn.Module, node: int):
         super().__init__()
         self.model, self.node = model, node
-        self.graph, self.index = prefix(to_graph(model), node)
+        graph, index = prefix(to_graph(model), node)
+        self.graph = Graph([*graph.nodes, Node(Flatten(), (graph.output,), "flatten")], len(graph.nodes))
+        self.index = [*index, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_graph(self.model).forward(x, return_all=True)[self.node]
+        return to_graph(self.model).forward(x, return_all=True)[self.node].flatten(1)
 
 
 _MODULE_OPS = {

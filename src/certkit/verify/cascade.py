@@ -276,13 +276,15 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
     counterexample); a clause whose search ends for good without a verdict (domain budget, a fully split domain)
     leaves the input to the MILP. When the first round leaves a clause open, the intermediate bounds are
     tightened by :func:`~certkit.verify.refine.refine_bounds` (at most ``refine_share`` of the time left; only
-    where :func:`~certkit.verify.refine.refinable`) and the open clauses' searches start again with them. Returns
-    the intermediate bounds it ended with."""
+    where :func:`~certkit.verify.refine.refinable`), and an open clause's search starts again with them when
+    α-CROWN's bound on the refined ones beats the search's bound so far. Returns the intermediate bounds it ended
+    with."""
     t0 = time.perf_counter()
     searches = {}
     todo = list(open_q)
     size = first_slice
     refined = False
+    now: dict[int, float] = {}  # each open clause's search: its bound so far
     C, d = prop.C[0], prop.d[0]
 
     def value(x: torch.Tensor) -> torch.Tensor:
@@ -305,6 +307,7 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
                 clause = prop.clause(q)
                 searches[q] = ReluBab(model, one, clause.C[0], clause.d[0], pre=pre)
             r = searches[q].run(min(size, left))
+            now[q] = r.bound
             if r.verdict == "falsified":
                 falsified(r.x)
                 return pre
@@ -335,7 +338,9 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
                                        time.perf_counter() + refine_share * left, done=proved)
             lower[rows] = torch.maximum(lower[rows], lo[0])
             todo = [q for q in todo if not (lower[prop.rows_of(q)] > 0).any()]
-            searches = {}  # the open clauses start again on the refined bounds
+            for q in list(searches):  # a clause starts again on the refined bounds where they beat its search
+                if q not in todo or float(lower[prop.rows_of(q)].max()) > now.get(q, -math.inf):
+                    del searches[q]
         size *= 2
     verdict.verdict, verdict.stage = "verified", "bab"
     return pre

@@ -28,24 +28,29 @@ from certkit.bounds.linear import alpha_crown_bounds
 from certkit.specs import InputSet, LinearSpec
 
 
-def refinable(model, pre: dict[int, Bounds], max_neurons: int = 1500) -> bool:
-    """There are unstable ReLU neurons after the first ReLU layer, at most ``max_neurons`` of them (refinement
-    costs up to two short searches per neuron)."""
+def refinable(model, pre: dict[int, Bounds], max_neurons: int = 2000) -> bool:
+    """Refinement suits the network: its ReLU layers after the first have at most ``max_neurons`` neurons in all
+    (dense nets such as VNN-COMP's mnist_fc MLPs; on convolutional feature maps each layer's α-CROWN pass and
+    per-neuron searches cost more than they save: one cifar10_resnet instance went from 52 s to 130 s) and some of
+    them are unstable."""
     graph = g.to_graph(model)
-    relus = [n.inputs[0] for n in graph.nodes if isinstance(n.op, g.PiecewiseLinear)]
-    n = sum(int(((pre[j].lower < 0) & (pre[j].upper > 0)).sum()) for j in relus[1:] if j in pre)
-    return 0 < n <= max_neurons
+    later = [n.inputs[0] for n in graph.nodes if isinstance(n.op, g.PiecewiseLinear)][1:]
+    if not later or any(j not in pre for j in later) or sum(pre[j].lower[0].numel() for j in later) > max_neurons:
+        return False
+    return any(bool(((pre[j].lower < 0) & (pre[j].upper > 0)).any()) for j in later)
 
 
 def refine_bounds(model, input_set: InputSet, pre: dict[int, Bounds], spec: LinearSpec, deadline: float,
                   per_neuron: float = 0.3, done: Callable[[torch.Tensor], bool] | None = None,
-                  iterations: int = 20) -> tuple[dict[int, Bounds], torch.Tensor, dict]:
+                  iterations: int = 20, patience: int = 8) -> tuple[dict[int, Bounds], torch.Tensor, dict]:
     """Tighten the intermediate bounds ``pre`` (one input's, e.g. α-CROWN's) layer by layer, from the second
     ReLU layer on, until ``deadline`` (a ``time.perf_counter()`` value) or until ``done(lower)`` says the
     spec's lower bounds (1, K) suffice. Each unstable neuron gets a search of up to ``per_neuron`` seconds on
     the side it is closer to (``max z ≤ 0`` when ``u ≤ −l``, else ``min z ≥ 0``) and, if that side has a
-    counterexample, on the other. Returns the refined bounds, α-CROWN's lower bounds of the spec's rows with
-    them (1, K; ``d`` included), and statistics {layer node: (unstable before, proved stable)}."""
+    counterexample, on the other; a layer ends early after ``patience`` neurons in a row whose searches ran out
+    of time (the neurons come closest-to-stable first: the rest are less likely still). Returns the refined
+    bounds, α-CROWN's lower bounds of the spec's rows with them (1, K; ``d`` included), and statistics
+    {layer node: (unstable before, proved stable)}."""
     from certkit.verify.bab import ReluBab
 
     graph = g.to_graph(model)
@@ -58,14 +63,14 @@ def refine_bounds(model, input_set: InputSet, pre: dict[int, Bounds], spec: Line
             break
         sub = g.Truncated(model, j)
         sub_pre = {k: pre[o] for k, o in enumerate(sub.index) if o in pre and o != j}
-        lo, up = pre[j].lower.flatten().clone(), pre[j].upper.flatten().clone()
+        lo, up = pre[j].lower.detach().flatten().clone(), pre[j].upper.detach().flatten().clone()
         unstable = ((lo < 0) & (up > 0)).nonzero().flatten()
         # the neurons closest to stable first: they are the likeliest to be proved in the time there is
         closeness = torch.minimum(-lo[unstable], up[unstable]) / (up[unstable] - lo[unstable])
         order = unstable[closeness.argsort()].tolist()
-        proved = 0
+        proved = timed_out = 0
         for k in order:
-            if time.perf_counter() > deadline:
+            if time.perf_counter() > deadline or timed_out >= patience:
                 break
             sides = (-1, 1) if up[k] <= -lo[k] else (1, -1)
             for s in sides:
@@ -84,6 +89,9 @@ def refine_bounds(model, input_set: InputSet, pre: dict[int, Bounds], spec: Line
                         up[k] = min(float(up[k]), -r.bound)
                 if r.verdict == "verified":
                     proved += 1
+                    timed_out = 0
+                else:
+                    timed_out += 1
                 break
         stats[j] = (len(order), proved)
         pre[j] = Bounds(lo.view_as(pre[j].lower), up.view_as(pre[j].upper))
@@ -92,6 +100,7 @@ def refine_bounds(model, input_set: InputSet, pre: dict[int, Bounds], spec: Line
             out, new = alpha_crown_bounds(model, input_set, spec, iterations=iterations, bound_upper=False,
                                           return_all=True, intermediate="alpha", given=given, deadline=deadline)
         for i in relus[li + 1:]:  # both hold: the intersection
-            pre[i] = Bounds(torch.maximum(pre[i].lower, new[i].lower), torch.minimum(pre[i].upper, new[i].upper))
-        lower = torch.maximum(lower, out.lower.nan_to_num(nan=-math.inf))
+            pre[i] = Bounds(torch.maximum(pre[i].lower, new[i].lower).detach(),
+                            torch.minimum(pre[i].upper, new[i].upper).detach())
+        lower = torch.maximum(lower, out.lower.detach().nan_to_num(nan=-math.inf))
     return pre, lower, stats
