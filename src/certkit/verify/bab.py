@@ -14,13 +14,13 @@ ReLU slopes α (α-CROWN) and the multipliers β are optimised per domain by pro
 module reports is a lower bound. The property is proved when every leaf domain's bound is positive; the minima
 of the domains' linear bounds are tried as counterexamples (re-checked in float64) on the way.
 
-Intermediate bounds are those of the root (α-CROWN-optimised), clipped by the splits (tightening them per domain
-by CROWN after each split was measured slower: 4× the time per domain, and a worse bound after 60 s on COLT's
-MNIST net and on a VNN-COMP MLP), and the neuron to split is chosen by a BaBSR-style score: the loss the upper
-relaxation's intercept causes in the current bound (filtered smart branching, ``fsb=k``, tries the k best-scored
-neurons on both children first; on mnist_fc's 256×4 net it needed more domains than the score alone and is off
-by default). A search (:class:`ReluBab`) can be resumed, so that the cascade shares one input's time between its
-clauses round robin.
+Intermediate bounds are those of the root (α-CROWN-optimised, or refined by :mod:`certkit.verify.refine`), clipped
+by the splits (tightening them per domain by CROWN after each split was measured slower: 4× the time per domain,
+and a worse bound after 60 s on COLT's MNIST net and on a VNN-COMP MLP), and the neuron to split is chosen by a
+BaBSR-style score: the loss the upper relaxation's intercept causes in the current bound (filtered smart branching,
+``fsb=k``, tries the k best-scored neurons on both children first; on mnist_fc's 256×4 net it needed more domains
+than the score alone and is off by default). A search (:class:`ReluBab`) can be resumed, so that the cascade shares
+one input's time between its clauses round robin.
 Only ReLU networks (Linear, Conv, AvgPool, Add, Flatten, per-channel affine) are supported.
 """
 

@@ -307,7 +307,6 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
                 clause = prop.clause(q)
                 searches[q] = ReluBab(model, one, clause.C[0], clause.d[0], pre=pre)
             r = searches[q].run(min(size, left))
-            now[q] = r.bound
             if r.verdict == "falsified":
                 falsified(r.x)
                 return pre
@@ -319,6 +318,8 @@ def _round_robin(model, one: InputSet, prop: Property, open_q: list[int], lower:
                 del searches[q]
             elif searches[q].finished:
                 return pre  # given up for good: the MILP decides
+            else:
+                now[q] = r.bound
         left = budget - (time.perf_counter() - t0)
         if todo and search_share > 0 and left > 0:
             x, v = pgd_search(value, one.lower, one.upper, min(search_share * (time.perf_counter() - t_round), left))
