@@ -42,13 +42,13 @@ def refinable(model, pre: dict[int, Bounds], max_neurons: int = 2000) -> bool:
 
 def refine_bounds(model, input_set: InputSet, pre: dict[int, Bounds], spec: LinearSpec, deadline: float,
                   per_neuron: float = 0.3, done: Callable[[torch.Tensor], bool] | None = None,
-                  iterations: int = 20, patience: int = 8) -> tuple[dict[int, Bounds], torch.Tensor, dict]:
+                  iterations: int = 20) -> tuple[dict[int, Bounds], torch.Tensor, dict]:
     """Tighten the intermediate bounds ``pre`` (one input's, e.g. α-CROWN's) layer by layer, from the second
     ReLU layer on, until ``deadline`` (a ``time.perf_counter()`` value) or until ``done(lower)`` says the
     spec's lower bounds (1, K) suffice. Each unstable neuron gets a search of up to ``per_neuron`` seconds on
     the side it is closer to (``max z ≤ 0`` when ``u ≤ −l``, else ``min z ≥ 0``) and, if that side has a
-    counterexample, on the other; a layer ends early after ``patience`` neurons in a row whose searches ran out
-    of time (the neurons come closest-to-stable first: the rest are less likely still). Returns the refined
+    counterexample, on the other (the neurons come closest-to-stable first; stopping a layer after 8 time-outs in
+    a row was measured worse: 22 instead of 30 of 51 neurons proved on mnist_fc 256×4 prop 0). Returns the refined
     bounds, α-CROWN's lower bounds of the spec's rows with them (1, K; ``d`` included), and statistics
     {layer node: (unstable before, proved stable)}."""
     from certkit.verify.bab import ReluBab
@@ -68,9 +68,9 @@ def refine_bounds(model, input_set: InputSet, pre: dict[int, Bounds], spec: Line
         # the neurons closest to stable first: they are the likeliest to be proved in the time there is
         closeness = torch.minimum(-lo[unstable], up[unstable]) / (up[unstable] - lo[unstable])
         order = unstable[closeness.argsort()].tolist()
-        proved = timed_out = 0
+        proved = 0
         for k in order:
-            if time.perf_counter() > deadline or timed_out >= patience:
+            if time.perf_counter() > deadline:
                 break
             sides = (-1, 1) if up[k] <= -lo[k] else (1, -1)
             for s in sides:
@@ -89,9 +89,6 @@ def refine_bounds(model, input_set: InputSet, pre: dict[int, Bounds], spec: Line
                         up[k] = min(float(up[k]), -r.bound)
                 if r.verdict == "verified":
                     proved += 1
-                    timed_out = 0
-                else:
-                    timed_out += 1
                 break
         stats[j] = (len(order), proved)
         pre[j] = Bounds(lo.view_as(pre[j].lower), up.view_as(pre[j].upper))
