@@ -179,3 +179,24 @@ def test_round_robin_refines_once_after_the_first_round_and_restarts_the_searche
         assert made[:2] == [{"root": True}] * 2
         assert made[2:] == ([{"refined": True}] if restarted else [])  # clause 1 only
         assert lower[0] == 0.5 and out == {"refined": True} and v.verdict == "unknown"
+
+
+def test_refinement_of_a_convolutional_layer_contains_the_network():
+    """Layers are truncated at feature maps too (the truncated network's output is the flattened map)."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 2), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(2 * 3 * 3, 2))
+    x = torch.rand(1, 1, 8, 8)
+    box = Box(x - 0.2, x + 0.2)
+    spec = LinearSpec(torch.tensor([[[1.0, -1.0]]]), torch.zeros(1, 1))
+    _, pre = crown_bounds(net, box, spec, return_all=True, intermediate="alpha")
+    new, lower, stats = refine_bounds(net, box, pre, spec, time.perf_counter() + 20, per_neuron=0.2)
+    assert len(stats) == 2 and sum(p for _, p in stats.values()) > 0
+    with torch.no_grad():
+        pts = box.sample(2000)[:, 0]
+        vals = g.to_graph(net).forward(pts, return_all=True)
+        out = net(pts)
+    assert (lower[0, 0] <= (out[:, 0] - out[:, 1]).min() + 1e-5)
+    for j, b in new.items():
+        v = vals[j].flatten(1)
+        assert (v >= b.lower.flatten() - 1e-5).all() and (v <= b.upper.flatten() + 1e-5).all()
