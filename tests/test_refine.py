@@ -200,3 +200,44 @@ def test_refinement_of_a_convolutional_layer_contains_the_network():
     for j, b in new.items():
         v = vals[j].flatten(1)
         assert (v >= b.lower.flatten() - 1e-5).all() and (v <= b.upper.flatten() + 1e-5).all()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_round_robin_with_refinement_agrees_with_the_exact_milp(seed, monkeypatch):
+    """End to end, with the real searches: the first round is too short to decide, the bounds are refined, and
+    the verdict on a threshold just below / above the exact minimum (MILP) is verified / falsified."""
+    from certkit.specs import Property
+    from certkit.verify import cascade
+    from certkit.verify.milp import milp_bounds
+
+    calls = []
+    real = cascade.refine_bounds
+
+    def spy(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(cascade, "refine_bounds", spy)
+    net = deep_mlp(seed).double()
+    x = torch.rand(1, 6, dtype=torch.float64)
+    box = Box(x - 0.4, x + 0.4)
+    c = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    exact = milp_bounds(net, box, c.unsqueeze(0), time_limit=60)[0][0]
+    assert exact.status == "Optimal"
+    with torch.no_grad():
+        spread = float((net(box.sample(1000)[:, 0]) @ c.T).max()) - exact.bound
+    _, pre = crown_bounds(net, box, LinearSpec(c[None], None), return_all=True, intermediate="alpha")
+    for shift, want in ((exact.bound - 0.05 * spread, "verified"), (exact.bound + 0.05 * spread, "falsified")):
+        prop = Property(LinearSpec(c[None], torch.tensor([[-shift]], dtype=torch.float64)), torch.tensor([0]))
+        v = cascade.Verdict("unknown", "", {})
+        lower = torch.full((1,), -math.inf, dtype=torch.float64)
+        cascade._round_robin(net, box, prop, [0], lower, v, pre, 60.0, lambda: net, box, first_slice=0.001,
+                             search_share=0.0)
+        assert v.verdict == want, (shift, exact.bound)
+        if want == "falsified":
+            with torch.no_grad():
+                assert float(net(v.counterexample.double()) @ c[0]) <= shift + 1e-9
+            assert bool(box.contains(v.counterexample.double())[0])
+        else:
+            assert float(lower[0]) <= exact.bound - shift + 1e-6  # the kept bound is below the true minimum
+    assert calls  # refinement ran at least once

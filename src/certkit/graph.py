@@ -366,7 +366,8 @@ class Truncated(nn.Module):
         self.index = [*index, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_graph(self.model).forward(x, return_all=True)[self.node].flatten(1)
+        # the model's own graph (a float64 copy re-traces its converted model), evaluated up to the node only
+        return to_graph(self.model).forward_from(0, x, stop=self.node).flatten(1)
 
 
 _MODULE_OPS = {
