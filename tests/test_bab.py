@@ -292,7 +292,10 @@ def test_a_resumed_search_sizes_its_rounds_to_the_time_it_is_given():
     x = torch.rand(1, 20)
     with torch.no_grad():
         margin = float(m(x)[0, 0] - m(x)[0, 1])
-    search = ReluBab(m, Box(x - 0.3, x + 0.3), torch.tensor([[1.0, -1.0]]), torch.tensor([0.5 - margin]))
+    # rounds of 1,024 parents: a full round (≈ 0.25 s here) is far above the 0.05 s slice, so that the two differ
+    # by more than the timer's noise (with 256 parents a full round was 0.056 s and the test flaky)
+    search = ReluBab(m, Box(x - 0.3, x + 0.3), torch.tensor([[1.0, -1.0]]), torch.tensor([0.5 - margin]),
+                     batch=1024)
     first = search.run(1.0)
     assert first.verdict == "unknown" and search.per_domain is not None
     full_round = 2 * search.batch * search.per_domain
